@@ -1,0 +1,11 @@
+"""farm: a single-node render farm for generative media.
+
+spec (TOML) -> plan (task graph) -> queue (SQLite) -> worker -> pipeline -> assembly (ffmpeg).
+Each stage is the module of that name; `farm.render.render()` runs them all for one spec.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import FarmError, SpecError  # noqa: E402
+
+__all__ = ["FarmError", "SpecError", "__version__"]

@@ -1,0 +1,123 @@
+"""Assembly with ffmpeg: animatic frames (hold / crossfade), encoding, and probing.
+
+Commands are built with ffmpeg-python. The binary is `FARM_FFMPEG` if set, else `ffmpeg`
+on PATH, else the static build that the imageio-ffmpeg wheel ships. Every output is written
+under a temporary name and renamed when ffmpeg succeeds; a failure raises FarmError with
+the tail of ffmpeg's stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import ffmpeg
+
+from .errors import FarmError
+
+# codec -> (encoder, output options). CRF defaults are visually lossless for each encoder.
+CODECS = {
+    "h264": ("libx264", {"pix_fmt": "yuv420p", "crf": 18, "preset": "medium", "movflags": "+faststart"}),
+    "h265": ("libx265", {"pix_fmt": "yuv420p", "crf": 20, "preset": "medium", "tag:v": "hvc1",
+                         "x265-params": "log-level=error", "movflags": "+faststart"}),
+    "av1": ("libsvtav1", {"pix_fmt": "yuv420p10le", "crf": 30, "preset": 8}),
+    "prores": ("prores_ks", {"pix_fmt": "yuv422p10le", "profile:v": 3}),  # profile 3: ProRes 422 HQ
+}
+
+
+def executable() -> str:
+    explicit = os.environ.get("FARM_FFMPEG")
+    if explicit:
+        return explicit
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        raise FarmError("ffmpeg was not found: install it (apt install ffmpeg) or `pip install imageio-ffmpeg`.")
+
+
+def run(stream, what: str) -> str:
+    """Run an ffmpeg-python stream; return stderr. Raise FarmError with its tail on failure."""
+    cmd = stream.global_args("-hide_banner", "-nostdin").compile(cmd=executable(), overwrite_output=True)
+    return _run(cmd, what)
+
+
+def _run(cmd: list[str], what: str) -> str:
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise FarmError(f"ffmpeg could not be started for {what} ({cmd[0]}: {e.strerror or e}).") from None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise FarmError(f"ffmpeg failed while {what} (exit code {proc.returncode}). Its last words:\n{tail}")
+    return proc.stderr
+
+
+def hold(image: Path, frames: int, out_dir: Path):
+    """Write `frames` copies of a still as out_dir/000000.png ... (the animatic's hold)."""
+    stream = ffmpeg.input(str(image), loop=1, framerate=1).output(
+        str(out_dir / "%06d.png"), vframes=frames, start_number=0, vcodec="png")
+    run(stream, f"holding {image.name} for {frames} frames")
+
+
+def crossfade(first: Path, last: Path, frames: int, fps: float, out_dir: Path):
+    """Dissolve from `first` towards `last` over `frames` frames; frame 0 is `first` and the
+    dissolve would reach `last` on the frame after this segment (the next segment's first)."""
+    seconds = (frames + 1) / fps
+    a = ffmpeg.input(str(first), loop=1, framerate=fps, t=seconds)
+    b = ffmpeg.input(str(last), loop=1, framerate=fps, t=seconds)
+    mixed = ffmpeg.filter([a, b], "xfade", transition="fade", duration=frames / fps, offset=0)
+    stream = mixed.output(str(out_dir / "%06d.png"), vframes=frames, start_number=0, vcodec="png", pix_fmt="rgb24")
+    run(stream, f"cross-fading {first.name} into {last.name}")
+
+
+def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out: Path):
+    """Encode a list of PNG frames into `out` (a video file, or a folder for codec "png")."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".farm-encode-", dir=out.parent) as tmp:
+        seq = Path(tmp) / "seq"
+        seq.mkdir()
+        for i, src in enumerate(frames):  # a numbered sequence for image2, as links: no copies
+            dst = seq / f"{i:06d}.png"
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        if codec == "png":
+            staged = Path(tmp) / "out"
+            seq.rename(staged)
+        else:
+            encoder, opts = CODECS[codec]
+            opts = dict(opts)
+            if quality is not None and "crf" in opts:
+                opts["crf"] = quality
+            staged = Path(tmp) / f"out{out.suffix}"
+            stream = ffmpeg.input(str(seq / "%06d.png"), framerate=fps, start_number=0).output(
+                str(staged), vcodec=encoder, r=fps, **opts, **{"fflags": "+bitexact", "flags:v": "+bitexact"})
+            run(stream, f"encoding {out.name} with {encoder}")
+        if out.is_dir() and codec == "png":
+            old = Path(tmp) / "old"
+            out.rename(old)  # swap the old sequence out, then the new one in
+        os.replace(staged, out)
+
+
+def probe(path: Path) -> dict:
+    """Frames, fps, width and height of a video, decoded with ffmpeg itself (the wheel's
+    build has no ffprobe). Frames are counted by decoding, not read from a header."""
+    err = _run([executable(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"],
+               f"reading {path.name}")
+    stream = re.search(r"Stream #\S+: Video: (\w+).*?, (\d{2,5})x(\d{2,5})", err)
+    fps = re.search(r"([\d.]+) fps", err)
+    counted = re.findall(r"frame=\s*(\d+)", err)
+    if not stream or not counted:
+        raise FarmError(f"Could not read the video stream of {path}.")
+    return {"codec": stream.group(1), "width": int(stream.group(2)), "height": int(stream.group(3)),
+            "fps": float(fps.group(1)) if fps else None, "frames": int(counted[-1])}

@@ -1,0 +1,75 @@
+"""Calling diffusers pipelines: a keyframe from text, a segment between two keyframes.
+
+Each call takes the task's params and returns PIL images. Noise comes from a CPU generator
+seeded by the task alone, so a task draws the same pixels whatever ran before it and on
+whichever device it runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image, ImageOps
+
+from . import models
+
+
+def generator(seed: int):
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def keyframe(pipe, params: dict) -> Image.Image:
+    """1. encode the prompt, 2. denoise, 3. decode: one text-to-image call."""
+    return pipe(
+        prompt=params["prompt"],
+        negative_prompt=params["negative_prompt"] or None,
+        num_inference_steps=params["steps"],
+        guidance_scale=params["guidance"],
+        width=params["width"],
+        height=params["height"],
+        generator=generator(params["seed"]),
+        **params["model"]["options"],
+    ).images[0]
+
+
+def fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop to the shot's aspect ratio and resize: a picture standing in for a keyframe."""
+    return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
+
+
+def frame_count(pipeline: str, wanted: int) -> int:
+    """The smallest frame count >= wanted that the family can generate (Wan: 4k+1)."""
+    step, offset = models.PIPELINES[pipeline].get("frames", (1, 0))
+    return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
+
+
+def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None) -> list[Image.Image]:
+    """Fill a segment: generate from the first keyframe towards the next one (when the
+    family takes an end frame), then pick the segment's frames evenly from what came out.
+
+    With an end frame, the N frames of the segment are the first N of N + 1 evenly spaced
+    samples that end on the next keyframe, which the next segment shows. The last segment
+    has no next keyframe: a first/last-frame model then returns to its own keyframe (a
+    loop), as such models are conditioned on both ends."""
+    n = params["frames"]
+    ends = models.PIPELINES[params["model"]["pipeline"]].get("last_frame", False)
+    generated = frame_count(params["model"]["pipeline"], n + 1 if ends else n)
+    kwargs = {"last_image": last if last is not None else first} if ends else {}
+    frames = pipe(
+        image=first,
+        prompt=params["prompt"],
+        negative_prompt=params["negative_prompt"] or None,
+        num_frames=generated,
+        num_inference_steps=params["steps"],
+        guidance_scale=params["guidance"],
+        width=params["width"],
+        height=params["height"],
+        generator=generator(params["seed"]),
+        output_type="pil",
+        **kwargs,
+        **params["model"]["options"],
+    ).frames[0]
+    span = n if ends else max(n - 1, 1)
+    return [frames[round(i * (len(frames) - 1) / span)] for i in range(n)]

@@ -1,0 +1,111 @@
+"""The plan: expand a validated spec into a task graph, purely (no I/O but hashing images).
+
+One `keyframe` task per frame, one `segment` per keyframe (from it to the next keyframe;
+the last one holds or animates its keyframe alone), and one `assemble` that joins the
+segments and encodes. Every task has a `key`: the hash of everything that determines its
+output, including the keys of the tasks it depends on, so an edit changes exactly the keys
+downstream of it and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .spec import Spec
+
+# Bump a kind's version when the code that makes its output changes what it makes.
+VERSIONS = {"keyframe": 1, "segment": 1, "assemble": 1}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # unique in the job: keyframe[0], segment[0], assemble
+    kind: str
+    key: str
+    params: dict
+    deps: tuple[str, ...] = ()  # names of the tasks this one needs
+    model: str | None = None  # identity of the model it loads (None for ffmpeg-only tasks)
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: Spec
+    tasks: list[Task] = field(default_factory=list)
+
+    def by_name(self) -> dict[str, Task]:
+        return {t.name: t for t in self.tasks}
+
+
+def task_key(kind: str, inputs: dict) -> str:
+    blob = json.dumps({"kind": kind, "version": VERSIONS[kind], **inputs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model(ref) -> dict:
+    """What of a model determines pixels: its identity, class, dtype and call options."""
+    extras = {k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype")}
+    return {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"), "options": extras}
+
+
+def _where(ref) -> dict:
+    """Where to load a model from: in the task's params, not its key (moving a folder or
+    renaming a preset does not change what the model draws)."""
+    return {"model": {**_model(ref), "name": ref.name, "source": ref.source}}
+
+
+def build(spec: Spec) -> Plan:
+    size = {"width": spec.width, "height": spec.height}
+    tasks: list[Task] = []
+    keyframes: list[Task] = []
+    for fr in spec.frames:
+        k = fr.keyframe
+        if k.image is not None:
+            inputs = {"image_sha256": file_digest(k.image), **size}
+            params = {"frame": fr.index, "image": str(k.image), **inputs}
+            model = None
+        else:
+            inputs = {"model": _model(k.model), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
+                      "seed": k.seed, "steps": k.steps, "guidance": k.guidance, **size}
+            params = {"frame": fr.index, **inputs, **_where(k.model)}
+            model = k.model.identity
+        task = Task(f"keyframe[{fr.index}]", "keyframe", task_key("keyframe", inputs), params, (), model)
+        keyframes.append(task)
+        tasks.append(task)
+
+    starts = spec.frame_starts()
+    segments: list[Task] = []
+    for i, fr in enumerate(spec.frames):
+        m = fr.motion
+        first = keyframes[i]
+        last = keyframes[i + 1] if i + 1 < len(keyframes) else None
+        frames = starts[i + 1] - starts[i]
+        inputs = {"first": first.key, "last": last.key if last else None, "frames": frames, "fps": spec.fps, **size}
+        if m.model.is_ffmpeg:
+            inputs["mode"] = m.model.name
+            model = None
+        else:
+            inputs.update({"model": _model(m.model), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
+                           "seed": m.seed, "steps": m.steps, "guidance": m.guidance})
+            model = m.model.identity
+        params = {"frame": i, **inputs, **(_where(m.model) if not m.model.is_ffmpeg else {})}
+        deps = (first.name,) + ((last.name,) if last else ())
+        task = Task(f"segment[{i}]", "segment", task_key("segment", inputs), params, deps, model)
+        segments.append(task)
+        tasks.append(task)
+
+    inputs = {"segments": [s.key for s in segments], "frames": starts[-1], "fps": spec.fps,
+              "codec": spec.codec, "quality": spec.quality, "container": spec.out.suffix.lower(), **size}
+    tasks.append(Task("assemble", "assemble", task_key("assemble", inputs), inputs,
+                      tuple(s.name for s in segments)))
+    return Plan(spec, tasks)

@@ -1,0 +1,392 @@
+"""The job spec: parse a storyboard TOML file and validate all of it before anything runs.
+
+`load(path)` returns a `Spec` whose frames carry fully resolved settings (spec defaults,
+preset defaults and per-frame overrides already merged), or raises `SpecError` listing
+every problem found, each with its key (`frames[2].seconds`) and line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli
+
+from . import models
+from .errors import FarmError, SpecError
+
+CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
+    "h264": (".mp4", ".mkv", ".mov"),
+    "h265": (".mp4", ".mkv", ".mov"),
+    "av1": (".mp4", ".mkv", ".webm"),
+    "prores": (".mov", ".mkv"),
+    "png": ("",),
+}
+MAX_SIDE = 8192  # pixels; a video model at 8K is already far beyond any GPU today
+MAX_FRAME_SECONDS = 600.0
+MAX_TOTAL_FRAMES = 500_000
+MAX_FRAMES = 10_000
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """How one keyframe is made: drawn by a text-to-image model, or read from an image."""
+
+    prompt: str | None
+    image: Path | None
+    model: models.ModelRef | None
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How the segment that starts at a keyframe is made."""
+
+    model: models.ModelRef
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    seconds: float
+    keyframe: Keyframe
+    motion: Motion
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    digest: str  # sha256 of the file's bytes
+    name: str
+    fps: float
+    width: int
+    height: int
+    seed: int
+    out: Path
+    codec: str
+    quality: int | None
+    frames: list[Frame] = field(default_factory=list)
+
+    def frame_starts(self) -> list[int]:
+        """Index of the first video frame of each keyframe, plus the total frame count.
+
+        Boundaries are rounded from cumulative time, so the total is exactly
+        round(sum(seconds) * fps) and no rounding error accumulates."""
+        starts, t = [0], 0.0
+        for fr in self.frames:
+            t += fr.seconds
+            starts.append(round(t * self.fps))
+        return starts
+
+
+# --- reading the file --------------------------------------------------------------------
+
+
+def read(path: Path) -> tuple[dict, str, bytes]:
+    """Read and parse the TOML file, turning every way it can fail into a FarmError."""
+    path = Path(path)
+    if not path.exists():
+        raise FarmError(f"{path}: no such file. Give the path of a job spec (a .toml file).", code=2)
+    if path.is_dir():
+        raise FarmError(f"{path} is a folder, not a job spec. Give the path of a .toml file.", code=2)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise FarmError(f"{path}: cannot read the job spec ({e.strerror or e}).", code=2) from None
+    if not raw.strip():
+        raise FarmError(f"{path} is empty: a job spec needs at least a [shot] table and one [[frames]] entry.", code=2)
+    if b"\0" in raw:
+        raise FarmError(f"{path} is a binary file, not a TOML job spec.", code=2)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FarmError(f"{path} is not UTF-8 text (byte {e.start}); a TOML job spec must be UTF-8.", code=2) from None
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as e:
+        raise FarmError(f"{path}: TOML syntax error: {e}.", code=2) from None
+    return data, text, raw
+
+
+def _line_index(text: str) -> dict[str, int]:
+    """Map key paths (`frames[2].seconds`) to the line that sets them; best effort."""
+    lines: dict[str, int] = {}
+    table, counts = "", {}
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if m := re.fullmatch(r"\[\[\s*([\w.-]+)\s*\]\]", s):
+            name = m.group(1)
+            counts[name] = counts.get(name, -1) + 1
+            table = f"{name}[{counts[name]}]"
+            lines.setdefault(table, n)
+        elif m := re.fullmatch(r"\[\s*([\w.-]+)\s*\]", s):
+            name = m.group(1)
+            head, _, rest = name.partition(".")
+            table = f"{head}[{counts[head]}].{rest}" if head in counts and rest else name
+            lines.setdefault(table, n)
+        elif m := re.match(r"([\w-]+)\s*=", s):
+            lines.setdefault(f"{table}.{m.group(1)}" if table else m.group(1), n)
+    return lines
+
+
+class _Checker:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = _line_index(text)
+        self.problems: list[str] = []
+
+    def fail(self, key: str, msg: str):
+        probe = key
+        while probe and probe not in self.lines:
+            probe = probe.rpartition(".")[0] if "." in probe else ""
+        where = f"line {self.lines[probe]}: " if probe else ""
+        self.problems.append(f"{where}{key}: {msg}")
+
+    def keys(self, table: dict, allowed: tuple[str, ...], prefix: str):
+        for k in table:
+            if k not in allowed:
+                hint = difflib.get_close_matches(k, allowed, n=1)
+                tip = f" (did you mean `{hint[0]}`?)" if hint else f" (allowed: {', '.join(allowed)})"
+                self.fail(f"{prefix}{k}", f"unknown key{tip}")
+
+    def table(self, data: dict, key: str, prefix: str = "") -> dict:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(prefix + key, f"expected a table, got {_kind(value)}")
+            return {}
+        return value
+
+    def number(self, table, key, prefix, lo, hi, default=None, integer=False, lo_open=False):
+        if key not in table:
+            return default
+        v = table[key]
+        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+        what = "an integer" if integer else "a number"
+        if isinstance(v, bool) or not ok_type:
+            self.fail(prefix + key, f"expected {what}, got {_kind(v)}")
+            return default
+        if (v <= lo if lo_open else v < lo) or v > hi or v != v:
+            low = f"> {lo}" if lo_open else f">= {lo}"
+            self.fail(prefix + key, f"expected {what} {low} and <= {hi}, got {v}")
+            return default
+        return v
+
+    def string(self, table, key, prefix, default=None, nonempty=True):
+        if key not in table:
+            return default
+        v = table[key]
+        if not isinstance(v, str):
+            self.fail(prefix + key, f"expected a string, got {_kind(v)}")
+            return default
+        if nonempty and not v.strip():
+            self.fail(prefix + key, "must not be empty")
+            return default
+        return v
+
+
+def _kind(v) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(v), type(v).__name__)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality")
+STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt")
+MOTION_KEYS = STAGE_KEYS + ("prompt",)
+FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "motion")
+FRAME_MOTION_KEYS = MOTION_KEYS + ("seed",)
+
+
+def load(path: str | Path) -> Spec:
+    """Parse and validate a job spec; raise SpecError with every problem, or FarmError."""
+    path = Path(path)
+    data, text, raw = read(path)
+    path = path.resolve()
+    base = path.parent
+    c = _Checker(path, text)
+    c.keys(data, ("shot", "keyframes", "motion", "frames"), "")
+
+    shot = c.table(data, "shot")
+    c.keys(shot, SHOT_KEYS, "shot.")
+    name = c.string(shot, "name", "shot.", default=path.stem)
+    fps = c.number(shot, "fps", "shot.", 0, 240, default=24, lo_open=True)
+    width = height = 512
+    if "size" in shot:
+        size = shot["size"]
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
+            c.fail("shot.size", f"expected [width, height] as two integers, got {size!r}")
+        elif not all(16 <= s <= MAX_SIDE for s in size):
+            c.fail("shot.size", f"each side must be between 16 and {MAX_SIDE} pixels, got {size}")
+        else:
+            width, height = size
+    seed = c.number(shot, "seed", "shot.", 0, MAX_SEED, default=0, integer=True)
+    codec = c.string(shot, "codec", "shot.", default="h264")
+    if codec not in CODECS:
+        c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
+        codec = "h264"
+    default_out = f"renders/{name}" + ("" if codec == "png" else ".mp4")
+    out = base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()
+    if out.suffix.lower() not in CODECS[codec]:
+        want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec])
+        c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
+    elif codec != "png" and out.is_dir():
+        c.fail("shot.out", f"{out} is an existing folder; give a file name")
+    quality = c.number(shot, "quality", "shot.", 0, 63, integer=True)
+
+    resolved: dict[str, models.ModelRef | None] = {}
+
+    def model(key: str, value, role: str):
+        if not isinstance(value, str) or not value.strip():
+            c.fail(key, f"expected a model name (a preset, a folder or a hub id), got {_kind(value)}")
+            return None
+        if value not in resolved:
+            try:
+                resolved[value] = models.resolve(value, base)
+            except FarmError as e:
+                resolved[value] = None
+                c.fail(key, e.message)
+                return None
+        ref = resolved[value]
+        if ref is not None and ref.role != role:
+            c.fail(key, f"{value!r} is a {ref.role} model ({ref.pipeline}), but [{role}] needs a {role} model")
+            return None
+        return ref
+
+    kf = c.table(data, "keyframes")
+    c.keys(kf, STAGE_KEYS, "keyframes.")
+    mo = c.table(data, "motion")
+    c.keys(mo, MOTION_KEYS, "motion.")
+    kf_model = model("keyframes.model", kf.get("model", "tiny"), "keyframes")
+    mo_model = model("motion.model", mo.get("model", "hold"), "motion")
+
+    def stage(table, prefix, ref, fallback: dict) -> dict:
+        defaults = ref.defaults if ref else {}
+        return {
+            "steps": c.number(table, "steps", prefix, 1, 1000, integer=True,
+                              default=fallback.get("steps", defaults.get("steps", 30))),
+            "guidance": float(c.number(table, "guidance", prefix, 0, 100,
+                                       default=fallback.get("guidance", defaults.get("guidance", 5.0)))),
+            "negative_prompt": c.string(table, "negative_prompt", prefix, nonempty=False,
+                                        default=fallback.get("negative_prompt", "")),
+        }
+
+    kf_defaults = stage(kf, "keyframes.", kf_model, {})
+    mo_defaults = stage(mo, "motion.", mo_model, {})
+    mo_prompt = c.string(mo, "prompt", "motion.", nonempty=False)
+
+    raw_frames = data.get("frames")
+    frames: list[Frame] = []
+    if raw_frames is None:
+        c.fail("frames", "a spec needs at least one [[frames]] entry")
+        raw_frames = []
+    elif not isinstance(raw_frames, list) or not all(isinstance(f, dict) for f in raw_frames):
+        c.fail("frames", "expected [[frames]] tables")
+        raw_frames = []
+    elif not raw_frames:
+        c.fail("frames", "a spec needs at least one [[frames]] entry")
+    elif len(raw_frames) > MAX_FRAMES:
+        c.fail("frames", f"at most {MAX_FRAMES} keyframes, got {len(raw_frames)}")
+        raw_frames = []
+
+    for i, fr in enumerate(raw_frames):
+        p = f"frames[{i}]."
+        c.keys(fr, FRAME_KEYS, p)
+        prompt = c.string(fr, "prompt", p)
+        image = None
+        if "image" in fr:
+            rel = c.string(fr, "image", p)
+            if rel is not None:
+                image = _check_image(c, p + "image", base / Path(rel).expanduser())
+            if "prompt" in fr:
+                c.fail(p + "image", "give either `prompt` or `image`, not both")
+        elif "prompt" not in fr:
+            c.fail(p.rstrip("."), "each frame needs a `prompt` (to draw it) or an `image` (to use a picture)")
+        if "seconds" not in fr:
+            c.fail(p + "seconds", "missing: how long this keyframe lasts, in seconds (> 0)")
+        seconds = c.number(fr, "seconds", p, 0, MAX_FRAME_SECONDS, default=1.0, lo_open=True)
+        fseed = c.number(fr, "seed", p, 0, MAX_SEED, integer=True, default=seed)
+        fmodel = model(p + "model", fr["model"], "keyframes") if "model" in fr else kf_model
+        if "model" in fr and fmodel is not None:
+            fkf = stage(fr, p, fmodel, {k: kf[k] for k in ("steps", "guidance", "negative_prompt") if k in kf})
+        else:
+            fkf = stage(fr, p, fmodel, kf_defaults)
+        fm = c.table(fr, "motion", p)
+        c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
+        mmodel = model(p + "motion.model", fm["model"], "motion") if "model" in fm else mo_model
+        fmo = stage(fm, p + "motion.", mmodel, mo_defaults)
+        frames.append(Frame(
+            index=i,
+            seconds=float(seconds),
+            keyframe=Keyframe(prompt=prompt if image is None else None, image=image,
+                              model=None if image is not None else fmodel, seed=fseed, **fkf),
+            motion=Motion(model=mmodel, seed=c.number(fm, "seed", p + "motion.", 0, MAX_SEED, integer=True,
+                                                      default=fseed),
+                          prompt=c.string(fm, "prompt", p + "motion.", nonempty=False,
+                                          default=mo_prompt if mo_prompt is not None else (prompt or "")),
+                          **fmo),
+        ))
+
+    spec = Spec(path=path, digest=hashlib.sha256(raw).hexdigest(), name=name, fps=fps, width=width,
+                height=height, seed=seed, out=out, codec=codec, quality=quality, frames=frames)
+    if not c.problems and frames:
+        _check_timing(c, spec)
+        _check_size(c, spec)
+    if c.problems:
+        raise SpecError(path, c.problems)
+    return spec
+
+
+def _check_image(c: _Checker, key: str, path: Path) -> Path | None:
+    if not path.exists():
+        c.fail(key, f"no such file: {path}")
+        return None
+    if path.is_dir():
+        c.fail(key, f"{path} is a folder, not an image")
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        c.fail(key, f"{path} is not a readable image ({e})")
+        return None
+    return path.resolve()
+
+
+def _check_timing(c: _Checker, spec: Spec):
+    starts = spec.frame_starts()
+    if starts[-1] > MAX_TOTAL_FRAMES:
+        c.fail("frames", f"the shot would have {starts[-1]} frames; at most {MAX_TOTAL_FRAMES}")
+    for fr, a, b in zip(spec.frames, starts, starts[1:]):
+        if b - a < 1:
+            c.fail(f"frames[{fr.index}].seconds",
+                   f"{fr.seconds}s is shorter than one frame at {spec.fps} fps (at least {1 / spec.fps:.4g}s)")
+
+
+def _check_size(c: _Checker, spec: Spec):
+    for fr in spec.frames:
+        for role, ref in (("keyframes", fr.keyframe.model), ("motion", fr.motion.model)):
+            if ref is None or ref.is_ffmpeg:
+                continue
+            multiple = models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 8)
+            if spec.width % multiple or spec.height % multiple:
+                c.fail("shot.size", f"{ref.name} ({ref.pipeline}) needs width and height that are multiples "
+                                    f"of {multiple}, got {spec.width}x{spec.height}")
+                return
