@@ -80,6 +80,7 @@ MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+BACKOFF_CAP = 60.0  # seconds; a retry waits 1, 2, 4 ... seconds up to this
 
 # The scheduling rule, in one statement. Runnable: queued with its backoff passed, or
 # running with an expired lease; job not paused, canceled or finished; no dependency
@@ -198,7 +199,7 @@ class Queue:
             if row is None:
                 return
             if retry and row["attempts"] < row["max_attempts"]:
-                backoff = min(2 ** (row["attempts"] - 1), 60)
+                backoff = min(2.0 ** (row["attempts"] - 1), BACKOFF_CAP)
                 self.conn.execute("UPDATE tasks SET state = 'queued', not_before = ?, error = ?, lease_owner = NULL,"
                                   " lease_expires = NULL WHERE id = ?", (now + backoff, error, task["id"]))
                 self._event(task["job_id"], task["id"], "task.retry", worker, {"error": error, "backoff": backoff})

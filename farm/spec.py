@@ -381,6 +381,9 @@ def _check_timing(c: _Checker, spec: Spec):
 
 
 def _check_size(c: _Checker, spec: Spec):
+    if spec.codec != "png" and (spec.width % 2 or spec.height % 2):
+        c.fail("shot.size", f"{spec.codec} video needs even width and height (4:2:0 / 4:2:2 chroma), "
+                            f"got {spec.width}x{spec.height}")
     for fr in spec.frames:
         for role, ref in (("keyframes", fr.keyframe.model), ("motion", fr.motion.model)):
             if ref is None or ref.is_ffmpeg:

@@ -1,0 +1,116 @@
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "jobs" / "example.toml"
+
+
+@pytest.fixture(autouse=True)
+def farm_home(tmp_path, monkeypatch):
+    """Every test gets its own queue, cache and model folder."""
+    home = tmp_path / "farm-home"
+    monkeypatch.setenv("FARM_HOME", str(home))
+    monkeypatch.delenv("FARM_FFMPEG", raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import random
+
+    import torch
+
+    random.seed(0)
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory):
+    """The tiny models, built once per session and copied into each test's FARM_HOME."""
+    from farm import models
+
+    home = tmp_path_factory.mktemp("models-home")
+    old = os.environ.get("FARM_HOME")
+    os.environ["FARM_HOME"] = str(home)
+    try:
+        for name in ("tiny", "tiny-video"):
+            models.local_path(models.resolve(name))
+    finally:
+        if old is None:
+            os.environ.pop("FARM_HOME")
+        else:
+            os.environ["FARM_HOME"] = old
+    return home / "models"
+
+
+@pytest.fixture
+def home_with_models(farm_home, built_models):
+    shutil.copytree(built_models, farm_home / "models")
+    return farm_home
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """Write a spec file (dedented) into a job folder that also holds refs/boat.png."""
+    folder = tmp_path / "job"
+    (folder / "refs").mkdir(parents=True)
+    shutil.copy(ROOT / "jobs" / "refs" / "boat.png", folder / "refs" / "boat.png")
+
+    def write(text, name="shot.toml"):
+        path = folder / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process through its real entry point; return (code, stdout, stderr)."""
+    from farm.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+SMALL = """
+[shot]
+name = "small"
+fps = 8
+size = [64, 64]
+seed = 3
+out = "out/small.mp4"
+
+[keyframes]
+model = "tiny"
+steps = 2
+
+[motion]
+model = "tiny-video"
+steps = 2
+
+[[frames]]
+prompt = "a red boat"
+seconds = 1.0
+
+[[frames]]
+prompt = "a blue boat"
+seconds = 0.5
+
+[[frames]]
+image = "refs/boat.png"
+seconds = 0.75
+"""
