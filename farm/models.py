@@ -210,7 +210,7 @@ def load_pipeline(ref: ModelRef):
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
     return pipe.to(dev)

@@ -132,3 +132,16 @@ def test_console_script_never_shows_a_traceback(tmp_path, content):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("farm: ") and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def test_the_readme_spec_is_valid(write_spec):
+    """The schema the README documents parses as written."""
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The job spec", 1)[1]
+    block = section.split("```toml", 1)[1].split("```", 1)[0]
+    s = spec.load(write_spec(block))
+    assert s.frames[1].keyframe.steps == 12 and s.frames[1].motion.steps == 4
+    assert s.frames[1].motion.prompt == "the beam turns" and s.frames[0].motion.prompt == "slow dolly in"
+    assert s.quality == 18 and s.codec == "h264"

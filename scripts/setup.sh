@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with farm and its test tools. Idempotent.
+# torch is installed first and pinned: with no torch present, a bare `torch` requirement
+# pulls a multi-GB CUDA build. torch==2.13.0 comes from local disk on our CPU machines;
+# on a GPU box it is the CUDA build from PyPI, which is what you want there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==${FARM_TORCH:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import farm, torch, diffusers; print(f'farm {farm.__version__}: torch {torch.__version__}, diffusers {diffusers.__version__}, cuda={torch.cuda.is_available()}')"

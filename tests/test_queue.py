@@ -1,0 +1,139 @@
+"""The SQLite queue: schema versions, the claim rule, dependencies, failure and leases."""
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from farm import queue as queue_mod
+from farm.errors import FarmError
+from farm.plan import Plan, Task
+from farm.queue import Queue
+
+
+class FakeSpec:
+    name = "q"
+    path = Path("/tmp/q.toml")
+    digest = "d"
+    out = Path("/tmp/q.mp4")
+
+
+def make_plan(n_keyframes=2):
+    tasks = [Task(f"keyframe[{i}]", "keyframe", f"k{i}", {}, (), "m") for i in range(n_keyframes)]
+    tasks.append(Task("assemble", "assemble", "a", {}, tuple(t.name for t in tasks)))
+    return Plan(FakeSpec(), tasks)
+
+
+@pytest.fixture
+def q(tmp_path):
+    queue = Queue(tmp_path / "q.db")
+    yield queue
+    queue.close()
+
+
+def test_schema_is_versioned_and_wal(q, tmp_path):
+    conn = sqlite3.connect(tmp_path / "q.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == queue_mod.SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+    assert {"state", "attempts", "lease_owner", "lease_expires", "priority", "error", "created_at"} <= cols
+    Queue(tmp_path / "q.db").close()  # reopening migrates nothing and keeps the version
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == queue_mod.SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    conn = sqlite3.connect(tmp_path / "new.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(FarmError, match="schema version 99"):
+        Queue(tmp_path / "new.db")
+
+
+def test_submit_is_one_transaction(q, monkeypatch):
+    bad = make_plan()
+    bad.tasks.append(Task("broken", "assemble", "x", {}, ("no-such-task",)))
+    with pytest.raises(KeyError):
+        q.submit(bad)
+    assert q.conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0
+    assert q.conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_dependencies_gate_claims(q):
+    job = q.submit(make_plan())
+    a = q.claim("w")
+    b = q.claim("w")
+    assert {a["name"], b["name"]} == {"keyframe[0]", "keyframe[1]"}
+    assert q.claim("w") is None  # assemble waits for both keyframes
+    q.complete(a, "w", cached=False, seconds=0)
+    assert q.claim("w") is None
+    q.complete(b, "w", cached=True, seconds=0)
+    c = q.claim("w")
+    assert c["name"] == "assemble"
+    q.complete(c, "w", cached=False, seconds=0)
+    assert q.job(job)["state"] == "done"
+    assert q.counts(job) == {"done": 3}
+    events = [e["event"] for e in q.events(job)]
+    assert events[0] == "job.queued" and events[-1] == "job.done" and events.count("task.started") == 3
+
+
+def test_priority_then_age(q):
+    low = q.submit(make_plan(1), priority=10)
+    high = q.submit(make_plan(1), priority=90)
+    old_mid = q.submit(make_plan(1), priority=50)
+    q.submit(make_plan(1), priority=50)
+    order = [q.claim("w")["job_id"] for _ in range(4)]
+    assert order[:2] == [high, old_mid] and order[-1] == low
+
+
+def test_only_the_lease_holder_completes(q):
+    q.submit(make_plan(1))
+    t = q.claim("w1")
+    assert not q.complete(t, "w2", cached=False, seconds=0)
+    assert q.complete(t, "w1", cached=False, seconds=0)
+
+
+def test_expired_lease_returns_the_task(q):
+    q.submit(make_plan(1))
+    t = q.claim("dead", lease=0.01)
+    time.sleep(0.05)
+    again = q.claim("alive")
+    assert again["id"] == t["id"] and again["attempts"] == 2 and again["lease_owner"] == "alive"
+    assert not q.complete(t, "dead", cached=False, seconds=0)  # the dead worker's late report is ignored
+
+
+def test_retry_with_backoff_then_fail(q, monkeypatch):
+    job = q.submit(make_plan(1), max_attempts=2)
+    t = q.claim("w")
+    q.fail(t, "w", "boom")
+    row = q.conn.execute("SELECT state, not_before, error FROM tasks WHERE id = ?", (t["id"],)).fetchone()
+    assert row["state"] == "queued" and row["not_before"] > time.time() and row["error"] == "boom"
+    assert q.claim("w") is None  # backing off
+    q.conn.execute("UPDATE tasks SET not_before = 0")
+    t = q.claim("w")
+    q.fail(t, "w", "boom again")
+    assert q.job(job)["state"] == "failed" and "boom again" in q.job(job)["error"]
+    assert q.claim("w") is None
+
+
+def test_release_is_not_an_attempt(q):
+    q.submit(make_plan(1))
+    t = q.claim("w")
+    q.release(t, "w")
+    again = q.claim("w")
+    assert again["id"] == t["id"] and again["attempts"] == 1
+
+
+def test_cancel_stops_claims(q):
+    job = q.submit(make_plan(1))
+    q.cancel(job, "no longer needed")
+    assert q.claim("w") is None
+    assert q.job(job)["state"] == "canceled" and q.counts(job) == {"canceled": 2}
+
+
+def test_claims_can_be_scoped_to_a_job(q):
+    a = q.submit(make_plan(1))
+    b = q.submit(make_plan(1))
+    assert q.claim("w", job=b)["job_id"] == b
+    assert q.claim("w", job=b) is None
+    assert q.claim("w", job=a)["job_id"] == a
