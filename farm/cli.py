@@ -21,9 +21,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout at the end (for scripts).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Queue database to use instead of $FARM_HOME/queue.db.")]
+RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=20,
+                                                   help="Times a failed task is tried again (default: the spec's, else 2).")]
+JobArg = Annotated[int, typer.Argument(help="A job id (see `farm status`).")]
 
 
-def _quiet_libraries():
+def quiet_libraries():
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -43,12 +46,16 @@ def render(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     db: DbOpt = None,
+    retries: RetriesOpt = None,
 ):
-    """Render a storyboard into a video; print the video's path (or a JSON summary)."""
+    """Render a storyboard into a video; print the video's path (or a JSON summary).
+
+    Draws in this process, or, when `farm work` workers are running, enqueues the job and
+    waits for them."""
     from .render import render as run
 
-    _quiet_libraries()
-    result = run(spec, db=db, progress=not quiet)
+    quiet_libraries()
+    result = run(spec, db=db, progress=not quiet, retries=retries)
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -57,6 +64,154 @@ def render(
             typer.echo(f"{result['frames']} frames, {t['run']} tasks run, {t['cached']} from cache, "
                        f"{result['seconds']:.1f}s", err=True)
         typer.echo(result["output"])
+
+
+@app.command()
+def submit(
+    specs: Annotated[list[Path], typer.Argument(help="Job specs to enqueue (all are validated first).")],
+    priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first (default 50).")] = 50,
+    retries: RetriesOpt = None,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+):
+    """Plan and enqueue jobs for `farm work` workers; print their job ids."""
+    from .render import submit as enqueue
+
+    for job in enqueue(specs, db=db, priority=priority, retries=retries):
+        typer.echo(json.dumps(job) if json_out else f"job {job['job']}: {job['name']} ({job['tasks']} tasks) "
+                   f"-> {job['output']}")
+
+
+@app.command()
+def work(
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="`all` or indices like 0,1: one worker per GPU.")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="CPU workers instead of GPUs.")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=256, help="Number of CPU workers.")] = 1,
+    lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed task is held between "
+                                                                "heartbeats before others may take it.")] = 60.0,
+    until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when the queue is drained.")] = False,
+    grace: Annotated[float, typer.Option("--grace", min=0, help="On Ctrl-C/SIGTERM, seconds the task in flight "
+                                                                "may take to finish before it is released.")] = 30.0,
+    memory: Annotated[Optional[str], typer.Option("--memory", help="Memory for loaded models per worker, e.g. "
+                                                  "40G (default: what the device has free).")] = None,
+    quiet: QuietOpt = False,
+    db: DbOpt = None,
+):
+    """Drain the queue with one worker process per GPU (or --cpu --workers N) until stopped."""
+    from . import supervisor
+
+    chosen = supervisor.slots(gpus, cpu, workers)
+    code = supervisor.work(chosen, db=str(db) if db else None, lease=lease, until_empty=until_empty, grace=grace,
+                           memory=supervisor.parse_memory(memory), progress=not quiet)
+    raise typer.Exit(code)
+
+
+def _queue(db):
+    from . import home
+    from .queue import Queue
+
+    return Queue(db or home.db_path())
+
+
+def _job_or_fail(queue, job: int) -> dict:
+    record = queue.job(job)
+    if record is None:
+        raise FarmError(f"No job {job} in {queue.path}. `farm status` lists the jobs.", code=2)
+    return record
+
+
+@app.command()
+def status(
+    job: Annotated[Optional[int], typer.Argument(help="One job's status; all jobs and workers without it.")] = None,
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+):
+    """Jobs (tasks by state, elapsed, ETA) and workers (device, loaded models, task in flight)."""
+    from . import status as st
+
+    queue = _queue(db)
+    if job is not None:
+        _job_or_fail(queue, job)
+        summary = st.job(queue, job)
+        typer.echo(json.dumps(summary) if json_out else st.text_job(summary))
+    else:
+        summary = st.farm(queue)
+        typer.echo(json.dumps(summary) if json_out else st.text_farm(summary))
+
+
+@app.command()
+def cancel(job: JobArg, db: DbOpt = None):
+    """Cancel a job: its queued tasks never run; tasks in flight finish but are not counted."""
+    queue = _queue(db)
+    record = _job_or_fail(queue, job)
+    if not queue.cancel(job, "canceled by the user"):
+        raise FarmError(f"Job {job} is already {record['state']}.", code=2)
+    typer.echo(f"job {job} canceled")
+
+
+@app.command()
+def retry(job: JobArg, db: DbOpt = None):
+    """Requeue the failed and canceled tasks of a job, with fresh attempts."""
+    queue = _queue(db)
+    _job_or_fail(queue, job)
+    n = queue.retry(job)
+    if not n:
+        raise FarmError(f"Job {job} has no failed or canceled task to retry.", code=2)
+    typer.echo(f"job {job}: {n} task(s) queued again")
+
+
+@app.command()
+def pause(job: Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")] = None,
+          db: DbOpt = None):
+    """Stop workers claiming tasks (of one job, or all); tasks in flight finish."""
+    queue = _queue(db)
+    if job is not None:
+        _job_or_fail(queue, job)
+    queue.pause(job, True)
+    typer.echo(f"job {job} paused" if job is not None else "farm paused")
+
+
+@app.command()
+def resume(job: Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")] = None,
+           db: DbOpt = None):
+    """Let workers claim again (one job's tasks, or all)."""
+    queue = _queue(db)
+    if job is not None:
+        _job_or_fail(queue, job)
+    queue.pause(job, False)
+    typer.echo(f"job {job} resumed" if job is not None else "farm resumed")
+
+
+@app.command()
+def priority(job: JobArg, value: Annotated[int, typer.Argument(help="New priority; higher runs first.")],
+             db: DbOpt = None):
+    """Change a job's priority (its queued tasks move in the queue at once)."""
+    queue = _queue(db)
+    _job_or_fail(queue, job)
+    queue.set_priority(job, value)
+    typer.echo(f"job {job}: priority {value}")
+
+
+@app.command()
+def logs(job: JobArg,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")] = False,
+         db: DbOpt = None):
+    """A job's events as JSON lines (task started/finished/failed, with worker and timings)."""
+    import time
+
+    from . import status as st
+    from .queue import TERMINAL
+
+    queue = _queue(db)
+    _job_or_fail(queue, job)
+    last, names = 0, {}
+    while True:
+        for e in queue.events(job, after=last):
+            typer.echo(st.event_line(queue, e, names))
+            last = e["id"]
+        if not follow or (queue.job(job)["state"] in TERMINAL and not queue.events(job, after=last)):
+            return
+        time.sleep(0.5)
 
 
 @app.command()

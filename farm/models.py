@@ -201,12 +201,12 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(ref: ModelRef):
+def load_pipeline(ref: ModelRef, dev: str | None = None):
     """Load a pipeline through diffusers' `from_pretrained`, as for any real model."""
     import torch
     from diffusers import DiffusionPipeline
 
-    dev = device()
+    dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)
     try:
@@ -214,3 +214,38 @@ def load_pipeline(ref: ModelRef):
     except (OSError, ValueError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
     return pipe.to(dev)
+
+
+def footprint(ref: ModelRef) -> int:
+    """Bytes a loaded model is expected to take: its weight files, plus 20% for buffers and
+    activations' workspace (loose, but it only decides when to unload another model)."""
+    path = local_path(ref)
+    weights = sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.pt")
+                  for f in path.rglob(pattern))
+    return int(weights * 1.2)
+
+
+def free_memory(dev: str) -> int:
+    """Bytes free on the device: GPU memory from CUDA, else MemAvailable from /proc/meminfo."""
+    if dev.startswith("cuda"):
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: never unload for lack of memory
+
+
+def release_memory(dev: str):
+    import gc
+
+    gc.collect()
+    if dev.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()

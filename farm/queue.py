@@ -1,15 +1,28 @@
-"""The durable queue: jobs, tasks, dependencies and events in one SQLite database.
+"""The durable queue: jobs, tasks, dependencies, workers and events in one SQLite database.
 
 WAL mode, short transactions, and schema versions in `PRAGMA user_version` with a list of
-migrations applied in order. Every verb that changes state is one transaction. A task is
-claimable when it is queued (or its lease expired), its job is live, its backoff has
-passed, and every task it depends on is done; claims take the highest priority first, then
-the oldest task.
+migrations applied in order. Every verb that changes state is one `BEGIN IMMEDIATE`
+transaction, so two workers can never claim the same task, and a process killed at any
+point leaves the database as it was before or after that verb, never in between.
+
+The scheduling rule (`claim`):
+1. A task is runnable when it is queued and its retry backoff has passed, its job is
+   neither paused, canceled nor finished, the farm is not paused, every task it depends
+   on is done, and the claiming worker is not blocklisted for its kind in its job.
+   Running tasks whose lease expired are first put back in the queue.
+2. Highest priority first, then oldest (lowest id).
+3. Warm models: among the first AFFINITY_WINDOW runnable tasks *of that same top
+   priority*, the worker takes the first one whose model it already holds (or that needs
+   no model). Affinity never passes over a higher priority, and it may pass over a given
+   task at most MAX_SKIPS times; after that the task is taken in strict order. So no task
+   waits forever for a warm worker.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -29,7 +42,10 @@ MIGRATIONS = [
         spec_digest TEXT,
         output TEXT,
         state TEXT NOT NULL DEFAULT 'queued',   -- queued, running, done, failed, canceled
+        paused INTEGER NOT NULL DEFAULT 0,
         priority INTEGER NOT NULL DEFAULT 50,
+        tasks_total INTEGER NOT NULL DEFAULT 0,
+        tasks_left INTEGER NOT NULL DEFAULT 0,  -- not yet done: 0 means the job is done
         error TEXT,
         created_at REAL NOT NULL,
         started_at REAL,
@@ -47,6 +63,7 @@ MIGRATIONS = [
         priority INTEGER NOT NULL DEFAULT 50,
         attempts INTEGER NOT NULL DEFAULT 0,
         max_attempts INTEGER NOT NULL DEFAULT 3,
+        skipped INTEGER NOT NULL DEFAULT 0,      -- times affinity passed over it
         not_before REAL,                         -- retry backoff
         lease_owner TEXT,
         lease_expires REAL,
@@ -60,6 +77,7 @@ MIGRATIONS = [
         UNIQUE (job_id, name)
     );
     CREATE INDEX tasks_claim ON tasks (state, priority DESC, id);
+    CREATE INDEX tasks_lease ON tasks (state, lease_expires);
     CREATE INDEX tasks_job ON tasks (job_id, state);
     CREATE TABLE deps (
         task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -67,6 +85,27 @@ MIGRATIONS = [
         PRIMARY KEY (task_id, needs)
     ) WITHOUT ROWID;
     CREATE INDEX deps_needs ON deps (needs);
+    CREATE TABLE workers (
+        name TEXT PRIMARY KEY,
+        pid INTEGER,
+        host TEXT,
+        device TEXT,
+        models TEXT NOT NULL DEFAULT '[]',       -- JSON list of loaded model identities
+        task_id INTEGER,                         -- in flight, or NULL
+        state TEXT NOT NULL DEFAULT 'idle',      -- idle, busy, stopping
+        lease REAL NOT NULL DEFAULT 60,
+        done INTEGER NOT NULL DEFAULT 0,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL
+    );
+    CREATE TABLE blocklist (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        worker TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, worker, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         ts REAL NOT NULL,
@@ -80,26 +119,40 @@ MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-BACKOFF_CAP = 60.0  # seconds; a retry waits 1, 2, 4 ... seconds up to this
 
-# The scheduling rule, in one statement. Runnable: queued with its backoff passed, or
-# running with an expired lease; job not paused, canceled or finished; no dependency
-# unfinished. Order: task priority, then age.
-CLAIM = """
-UPDATE tasks SET state = 'running', lease_owner = :worker, lease_expires = :now + :lease,
-       attempts = attempts + 1, started_at = :now, worker = :worker, device = :device
-WHERE id = (
-    SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
-    WHERE (t.state = 'queued' AND (t.not_before IS NULL OR t.not_before <= :now)
-           OR t.state = 'running' AND t.lease_expires < :now)
-      AND j.state IN ('queued', 'running')
-      AND (:job IS NULL OR t.job_id = :job)
-      AND NOT EXISTS (SELECT 1 FROM deps d JOIN tasks u ON u.id = d.needs
-                      WHERE d.task_id = t.id AND u.state != 'done')
-    ORDER BY t.priority DESC, t.id
-    LIMIT 1)
-RETURNING *
+AFFINITY_WINDOW = 32  # how far down the queue a worker looks for a task of a model it holds
+MAX_SKIPS = 32  # affinity passes over one task at most this many times
+BLOCK_AFTER = 3  # failures of one kind of task in one job before a worker stops taking it (Flamenco's default)
+BACKOFF_CAP = 60.0  # seconds; a retry waits 1, 2, 4 ... seconds up to this
+TERMINAL = ("done", "failed", "canceled")
+
+CANDIDATES = """
+SELECT t.id, t.priority, t.model, t.skipped FROM tasks t JOIN jobs j ON j.id = t.job_id
+WHERE t.state = 'queued' AND (t.not_before IS NULL OR t.not_before <= :now)
+  AND j.state IN ('queued', 'running') AND j.paused = 0
+  AND (:job IS NULL OR t.job_id = :job)
+  AND NOT EXISTS (SELECT 1 FROM deps d JOIN tasks u ON u.id = d.needs
+                  WHERE d.task_id = t.id AND u.state != 'done')
+  AND NOT EXISTS (SELECT 1 FROM blocklist b WHERE b.job_id = t.job_id AND b.worker = :worker
+                  AND b.kind = t.kind AND b.failures >= :block_after)
+ORDER BY t.priority DESC, t.id
+LIMIT :window
 """
+
+
+def choose(candidates: list, models: set) -> tuple[int, int | None]:
+    """Pick from runnable tasks in queue order; return (task id, id passed over or None).
+
+    Pure, so the rule is testable on its own: see the module docstring."""
+    head = candidates[0]
+    if head["model"] is None or head["model"] in models or head["skipped"] >= MAX_SKIPS or not models:
+        return head["id"], None
+    for c in candidates[1:]:
+        if c["priority"] != head["priority"]:
+            break
+        if c["model"] is None or c["model"] in models:
+            return c["id"], head["id"]
+    return head["id"], None
 
 
 class Queue:
@@ -107,11 +160,11 @@ class Queue:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA busy_timeout = 60000")
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across process kills
             conn.execute("PRAGMA foreign_keys = ON")
         except (OSError, sqlite3.Error) as e:
             raise FarmError(f"Cannot open the queue database {self.path}: {e}") from None
@@ -124,9 +177,12 @@ class Queue:
         if version > SCHEMA_VERSION:
             raise FarmError(f"The queue database {self.path} has schema version {version}, newer than this "
                             f"farm understands ({SCHEMA_VERSION}). Upgrade farm, or use another FARM_HOME.")
-        for i in range(version, SCHEMA_VERSION):
-            with self.transaction():
-                for statement in MIGRATIONS[i].split(";"):
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            for i in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[i].split(";\n"):  # one statement per line end: keep ';' out of comments
                     if statement.strip():
                         self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {i + 1}")
@@ -137,17 +193,18 @@ class Queue:
     def close(self):
         self.conn.close()
 
-    # --- writing ----------------------------------------------------------------------
+    # --- jobs -------------------------------------------------------------------------
 
     def submit(self, plan, *, priority: int = 50, max_attempts: int = 3) -> int:
         """Enqueue a plan as a new job with all its tasks and dependencies, atomically."""
         spec, now = plan.spec, time.time()
+        n = len(plan.tasks)
         # Plain INSERTs inside our own transaction: sqlite-utils' insert() commits on its own.
         with self.transaction():
             job = self.conn.execute(
-                "INSERT INTO jobs (name, spec_path, spec_digest, output, state, priority, created_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (spec.name, str(spec.path), spec.digest, str(spec.out), priority, now)).lastrowid
+                "INSERT INTO jobs (name, spec_path, spec_digest, output, state, priority, tasks_total, tasks_left,"
+                " created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (spec.name, str(spec.path), spec.digest, str(spec.out), priority, n, n, now)).lastrowid
             ids = {}
             for t in plan.tasks:
                 ids[t.name] = self.conn.execute(
@@ -157,48 +214,139 @@ class Queue:
                 ).lastrowid
             self.conn.executemany("INSERT INTO deps (task_id, needs) VALUES (?, ?)",
                                   [(ids[t.name], ids[d]) for t in plan.tasks for d in t.deps])
-            self._event(job, None, "job.queued", None, {"tasks": len(plan.tasks)})
+            self._event(job, None, "job.queued", None, {"tasks": n, "priority": priority})
         return job
 
-    def claim(self, worker: str, *, lease: float = 60.0, job: int | None = None, device: str | None = None):
+    def cancel(self, job: int, reason: str | None = None) -> bool:
         now = time.time()
         with self.transaction():
-            row = self.conn.execute(CLAIM, {"worker": worker, "now": now, "lease": lease, "job": job,
-                                            "device": device}).fetchone()
-            if row is None:
+            n = self.conn.execute("UPDATE jobs SET state = 'canceled', error = coalesce(?, error), finished_at = ? "
+                                  "WHERE id = ? AND state IN ('queued', 'running')", (reason, now, job)).rowcount
+            if n:
+                self.conn.execute("UPDATE tasks SET state = 'canceled', lease_owner = NULL, lease_expires = NULL "
+                                  "WHERE job_id = ? AND state IN ('queued', 'running')", (job,))
+                self._event(job, None, "job.canceled", None, {"reason": reason} if reason else None)
+        return bool(n)
+
+    def retry(self, job: int) -> int:
+        """Requeue a failed or canceled job's unfinished tasks with fresh attempts; return how many."""
+        with self.transaction():
+            n = self.conn.execute("UPDATE tasks SET state = 'queued', attempts = 0, not_before = NULL, error = NULL,"
+                                  " skipped = 0 WHERE job_id = ? AND state IN ('failed', 'canceled')", (job,)).rowcount
+            if n:
+                self.conn.execute("DELETE FROM blocklist WHERE job_id = ?", (job,))
+                self.conn.execute("UPDATE jobs SET state = CASE WHEN started_at IS NULL THEN 'queued' ELSE 'running'"
+                                  " END, error = NULL, finished_at = NULL WHERE id = ?", (job,))
+                self._event(job, None, "job.retried", None, {"tasks": n})
+        return n
+
+    def pause(self, job: int | None = None, paused: bool = True):
+        """Pause (or resume) one job, or with no job the whole farm: workers stop claiming;
+        tasks in flight finish."""
+        with self.transaction():
+            if job is None:
+                self.conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('paused', ?)",
+                                  ("1" if paused else "0",))
+            else:
+                self.conn.execute("UPDATE jobs SET paused = ? WHERE id = ?", (int(paused), job))
+            self._event(job, None, "job.paused" if paused else "job.resumed", None, None)
+
+    def farm_paused(self) -> bool:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
+        return bool(row and row[0] == "1")
+
+    def set_priority(self, job: int, priority: int):
+        with self.transaction():
+            self.conn.execute("UPDATE jobs SET priority = ? WHERE id = ?", (priority, job))
+            self.conn.execute("UPDATE tasks SET priority = ? WHERE job_id = ?", (priority, job))
+            self._event(job, None, "job.priority", None, {"priority": priority})
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def claim(self, worker: str, *, lease: float = 60.0, job: int | None = None, device: str | None = None,
+              models: set | frozenset = frozenset()):
+        """Claim the next task by the scheduling rule (module docstring); None if nothing is runnable."""
+        now = time.time()
+        with self.transaction():
+            self._expire(now)
+            if self.farm_paused():
                 return None
+            rows = self.conn.execute(CANDIDATES, {"now": now, "job": job, "worker": worker,
+                                                  "block_after": BLOCK_AFTER, "window": AFFINITY_WINDOW}).fetchall()
+            if not rows:
+                return None
+            pick, passed = choose(rows, set(models))
+            if passed is not None:
+                self.conn.execute("UPDATE tasks SET skipped = skipped + 1 WHERE id = ?", (passed,))
+            row = self.conn.execute(
+                "UPDATE tasks SET state = 'running', lease_owner = :worker, lease_expires = :now + :lease, "
+                "attempts = attempts + 1, started_at = :now, worker = :worker, device = :device WHERE id = :id "
+                "RETURNING *", {"worker": worker, "now": now, "lease": lease, "device": device, "id": pick}).fetchone()
             self.conn.execute("UPDATE jobs SET state = 'running', started_at = coalesce(started_at, ?) "
                               "WHERE id = ? AND state = 'queued'", (now, row["job_id"]))
-            self._event(row["job_id"], row["id"], "task.started", worker, {"attempt": row["attempts"]})
+            self.conn.execute("UPDATE workers SET task_id = ?, state = 'busy', heartbeat_at = ? WHERE name = ?",
+                              (row["id"], now, worker))
+            self._event(row["job_id"], row["id"], "task.started", worker,
+                        {"attempt": row["attempts"], "device": device})
         return _task(row)
 
-    def complete(self, task: dict, worker: str, *, cached: bool, seconds: float):
+    def _expire(self, now: float):
+        """Requeue running tasks whose lease ran out (their worker died or hung)."""
+        expired = self.conn.execute(
+            "UPDATE tasks SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
+            "error = 'lease expired: its worker stopped reporting (killed or hung)', lease_owner = NULL, "
+            "lease_expires = NULL WHERE state = 'running' AND lease_expires < ? "
+            "RETURNING id, job_id, name, state, worker", (now,)).fetchall()
+        for t in expired:
+            self._event(t["job_id"], t["id"], "task.lease_expired", t["worker"], {"state": t["state"]})
+            if t["state"] == "failed":
+                self._fail_job(t["job_id"], f"{t['name']}: failed {t['name']} after its worker died repeatedly", now)
+
+    def renew(self, task: dict, worker: str, lease: float) -> bool:
+        """Extend the lease of a task in flight; False if the worker no longer holds it."""
+        with self.transaction():
+            return bool(self.conn.execute(
+                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                (time.time() + lease, task["id"], worker)).rowcount)
+
+    def complete(self, task: dict, worker: str, *, cached: bool, seconds: float) -> bool:
         now = time.time()
         with self.transaction():
             n = self.conn.execute(
                 "UPDATE tasks SET state = 'done', cached = ?, finished_at = ?, lease_owner = NULL, "
                 "lease_expires = NULL, error = NULL WHERE id = ? AND state = 'running' AND lease_owner = ?",
                 (int(cached), now, task["id"], worker)).rowcount
+            self.conn.execute("UPDATE workers SET task_id = NULL, state = CASE WHEN state = 'busy' THEN 'idle' "
+                              "ELSE state END, done = done + ?, heartbeat_at = ? WHERE name = ?", (n, now, worker))
             if n:
                 self._event(task["job_id"], task["id"], "task.cached" if cached else "task.done", worker,
                             {"seconds": round(seconds, 4)})
-                left = self.conn.execute("SELECT count(*) FROM tasks WHERE job_id = ? AND state != 'done'",
-                                         (task["job_id"],)).fetchone()[0]
+                left = self.conn.execute("UPDATE jobs SET tasks_left = tasks_left - 1 WHERE id = ? "
+                                         "RETURNING tasks_left", (task["job_id"],)).fetchone()[0]
                 if left == 0:
-                    self.conn.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?",
-                                      (now, task["job_id"]))
+                    self.conn.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ? "
+                                      "AND state = 'running'", (now, task["job_id"]))
                     self._event(task["job_id"], None, "job.done", worker, None)
         return bool(n)
 
     def fail(self, task: dict, worker: str, error: str, *, retry: bool = True):
-        """Record a failure: requeue with backoff while attempts remain, else fail the job."""
+        """Record a failure: requeue with backoff while attempts remain, else fail the job.
+
+        Each failure also counts against this worker for this kind of task in this job; at
+        BLOCK_AFTER it stops being offered them. If that leaves no live worker able to take
+        the task, it fails now rather than wait forever."""
         now = time.time()
         with self.transaction():
             row = self.conn.execute("SELECT attempts, max_attempts FROM tasks WHERE id = ? AND lease_owner = ? "
                                     "AND state = 'running'", (task["id"], worker)).fetchone()
+            self.conn.execute("UPDATE workers SET task_id = NULL, state = CASE WHEN state = 'busy' THEN 'idle' "
+                              "ELSE state END WHERE name = ?", (worker,))
             if row is None:
                 return
-            if retry and row["attempts"] < row["max_attempts"]:
+            self.conn.execute("INSERT INTO blocklist (job_id, worker, kind, failures) VALUES (?, ?, ?, 1) "
+                              "ON CONFLICT DO UPDATE SET failures = failures + 1",
+                              (task["job_id"], worker, task["kind"]))
+            if retry and row["attempts"] < row["max_attempts"] and self._someone_can_take(task, worker, now):
                 backoff = min(2.0 ** (row["attempts"] - 1), BACKOFF_CAP)
                 self.conn.execute("UPDATE tasks SET state = 'queued', not_before = ?, error = ?, lease_owner = NULL,"
                                   " lease_expires = NULL WHERE id = ?", (now + backoff, error, task["id"]))
@@ -206,36 +354,83 @@ class Queue:
             else:
                 self.conn.execute("UPDATE tasks SET state = 'failed', error = ?, finished_at = ?, lease_owner = NULL,"
                                   " lease_expires = NULL WHERE id = ?", (error, now, task["id"]))
-                self.conn.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                                  (f"{task['name']}: {error}", now, task["job_id"]))
                 self._event(task["job_id"], task["id"], "task.failed", worker, {"error": error})
+                self._fail_job(task["job_id"], f"{task['name']}: {error}", now)
+
+    def _someone_can_take(self, task: dict, worker: str, now: float) -> bool:
+        """Is there a live worker (this one included) not blocklisted for this task's kind and job?"""
+        blocked = {w for (w,) in self.conn.execute(
+            "SELECT worker FROM blocklist WHERE job_id = ? AND kind = ? AND failures >= ?",
+            (task["job_id"], task["kind"], BLOCK_AFTER))}
+        live = {w for (w,) in self.conn.execute(
+            "SELECT name FROM workers WHERE heartbeat_at + lease >= ? AND state != 'stopping'", (now,))}
+        return bool((live | {worker}) - blocked)
+
+    def _fail_job(self, job: int, error: str, now: float):
+        n = self.conn.execute("UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE id = ? "
+                              "AND state IN ('queued', 'running')", (error, now, job)).rowcount
+        if n:
+            self.conn.execute("UPDATE tasks SET state = 'canceled' WHERE job_id = ? AND state = 'queued'", (job,))
+            self._event(job, None, "job.failed", None, {"error": error})
 
     def release(self, task: dict, worker: str):
-        """Give a claimed task back untouched (the worker was interrupted): not a failure."""
+        """Give a claimed task back untouched (the worker was stopped): not a failure."""
         with self.transaction():
             n = self.conn.execute("UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), "
                                   "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ? "
                                   "AND state = 'running'", (task["id"], worker)).rowcount
+            self.conn.execute("UPDATE workers SET task_id = NULL WHERE name = ?", (worker,))
             if n:
                 self._event(task["job_id"], task["id"], "task.released", worker, None)
 
-    def cancel(self, job: int, reason: str | None = None):
+    # --- workers ----------------------------------------------------------------------
+
+    def register(self, worker: str, *, device: str, lease: float):
         now = time.time()
         with self.transaction():
-            self.conn.execute("UPDATE jobs SET state = 'canceled', error = coalesce(?, error), finished_at = ? "
-                              "WHERE id = ? AND state IN ('queued', 'running')", (reason, now, job))
-            self.conn.execute("UPDATE tasks SET state = 'canceled', lease_owner = NULL, lease_expires = NULL "
-                              "WHERE job_id = ? AND state IN ('queued', 'running')", (job,))
-            self._event(job, None, "job.canceled", None, {"reason": reason} if reason else None)
+            self.conn.execute(
+                "INSERT OR REPLACE INTO workers (name, pid, host, device, lease, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (worker, os.getpid(), socket.gethostname(), device, lease, now, now))
+            self._event(None, None, "worker.started", worker, {"device": device, "pid": os.getpid()})
+
+    def heartbeat(self, worker: str, *, models: list[str], state: str | None = None,
+                  task: dict | None = None, lease: float | None = None) -> bool:
+        """Say this worker is alive (and renew its task's lease); False if the lease was lost."""
+        now = time.time()
+        held = True
+        with self.transaction():
+            self.conn.execute("UPDATE workers SET heartbeat_at = ?, models = ?, state = coalesce(?, state) "
+                              "WHERE name = ?", (now, json.dumps(models), state, worker))
+            if task is not None and lease is not None:
+                held = bool(self.conn.execute(
+                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+                    (now + lease, task["id"], worker)).rowcount)
+        return held
+
+    def unregister(self, worker: str):
+        with self.transaction():
+            self.conn.execute("DELETE FROM workers WHERE name = ?", (worker,))
+            self._event(None, None, "worker.stopped", worker, None)
+
+    def workers(self, live_only: bool = True) -> list[dict]:
+        rows = self.db.query("SELECT * FROM workers" + (" WHERE heartbeat_at + lease >= ?" if live_only else "")
+                             + " ORDER BY started_at", [time.time()] if live_only else [])
+        return [{**r, "models": json.loads(r["models"])} for r in rows]
+
+    # --- reading ----------------------------------------------------------------------
 
     def _event(self, job, task, event, worker, data):
         self.conn.execute("INSERT INTO events (ts, job_id, task_id, event, worker, data) VALUES (?, ?, ?, ?, ?, ?)",
                           (time.time(), job, task, event, worker, json.dumps(data) if data is not None else None))
 
-    # --- reading ----------------------------------------------------------------------
-
     def job(self, job: int) -> dict | None:
         return next(self.db.query("SELECT * FROM jobs WHERE id = ?", [job]), None)
+
+    def jobs(self, states: tuple[str, ...] | None = None) -> list[dict]:
+        if states:
+            marks = ", ".join("?" * len(states))
+            return list(self.db.query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", list(states)))
+        return list(self.db.query("SELECT * FROM jobs ORDER BY id"))
 
     def tasks(self, job: int) -> list[dict]:
         return [_task(r) for r in self.db.query("SELECT * FROM tasks WHERE job_id = ? ORDER BY id", [job])]
@@ -244,13 +439,21 @@ class Queue:
         rows = self.conn.execute("SELECT state, count(*) FROM tasks WHERE job_id = ? GROUP BY state", (job,))
         return {state: n for state, n in rows}
 
-    def events(self, job: int) -> list[dict]:
-        return list(self.db.query("SELECT * FROM events WHERE job_id = ? ORDER BY id", [job]))
+    def events(self, job: int | None = None, after: int = 0) -> list[dict]:
+        if job is None:
+            return list(self.db.query("SELECT * FROM events WHERE id > ? ORDER BY id", [after]))
+        return list(self.db.query("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id", [job, after]))
 
     def next_wakeup(self, job: int) -> float | None:
         """When the earliest backed-off task of a job becomes claimable, if any."""
         return self.conn.execute("SELECT min(not_before) FROM tasks WHERE job_id = ? AND state = 'queued'",
                                  (job,)).fetchone()[0]
+
+    def pending(self) -> int:
+        """Tasks queued or running in live jobs: what `farm work --until-empty` waits for."""
+        return self.conn.execute("SELECT count(*) FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE "
+                                 "t.state IN ('queued', 'running') AND j.state IN ('queued', 'running') "
+                                 "AND j.paused = 0").fetchone()[0]
 
 
 def _task(row) -> dict:

@@ -1,6 +1,8 @@
-"""Render a spec end to end: validate, plan, enqueue, drain in this process, report.
+"""Render specs end to end: validate, plan, enqueue, then drain in this process or, when
+`farm work` workers are running, wait for them; report what was made.
 
-`render()` is what `farm render` calls; Python code can call it directly.
+`render()` is what `farm render` calls and `submit()` what `farm submit` calls; Python code
+can call them directly.
 """
 
 from __future__ import annotations
@@ -12,12 +14,39 @@ from pathlib import Path
 from . import encode, home, plan as planner, spec as specs
 from .cache import Cache
 from .errors import FarmError
-from .queue import Queue
+from .queue import TERMINAL, Queue
 from .worker import Worker
+
+DEFAULT_RETRIES = 2  # a failed task runs at most 3 times
+
+
+def submit(paths: list[str | Path], *, db: str | Path | None = None, priority: int = 50,
+           retries: int | None = None) -> list[dict]:
+    """Validate every spec first (nothing is enqueued if any is invalid), then enqueue each
+    as a job; return one {"job", "name", "output", "tasks"} per spec."""
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            loaded.append(specs.load(path))
+        except FarmError as e:
+            problems.append(e)
+    if problems:
+        raise FarmError("\n".join(e.message for e in problems), code=max(e.code for e in problems))
+    queue = Queue(db or home.db_path())
+    out = []
+    for spec in loaded:
+        plan = planner.build(spec)
+        job = queue.submit(plan, priority=priority, max_attempts=_attempts(spec, retries))
+        out.append({"job": job, "name": spec.name, "output": str(spec.out), "tasks": len(plan.tasks)})
+    return out
+
+
+def _attempts(spec, retries: int | None) -> int:
+    return 1 + (retries if retries is not None else spec.retries if spec.retries is not None else DEFAULT_RETRIES)
 
 
 def render(path: str | Path, *, db: str | Path | None = None, progress: bool = False,
-           worker: Worker | None = None) -> dict:
+           worker: Worker | None = None, retries: int | None = None, priority: int = 50) -> dict:
     """Render the job spec at `path`; return the summary that `farm render --json` prints.
 
     Tasks whose key is already in the cache are answered from it without loading a model.
@@ -27,8 +56,8 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
     spec = specs.load(path)
     plan = planner.build(spec)
     queue = worker.queue if worker else Queue(db or home.db_path())
-    worker = worker or Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}", steps_progress=progress)
-    job = queue.submit(plan)
+    farm_workers = [w for w in queue.workers() if w["state"] != "stopping"]
+    job = queue.submit(plan, priority=priority, max_attempts=_attempts(spec, retries))
 
     bar = None
     if progress:
@@ -42,7 +71,13 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
             bar.update(1)
 
     try:
-        stats = worker.drain(job, on_task=on_task)
+        if farm_workers and worker is None:
+            _wait(queue, job, bar)
+        else:
+            worker = worker or Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}",
+                                      steps_progress=progress)
+            with worker:
+                worker.drain(job, on_task=on_task)
     except KeyboardInterrupt:
         queue.cancel(job, "interrupted")
         raise FarmError(f"Interrupted: job {job} canceled. Finished tasks are kept in the cache; "
@@ -56,11 +91,12 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
         failed = [t for t in queue.tasks(job) if t["state"] == "failed"]
         why = failed[0]["error"] if failed else record["error"] or record["state"]
         name = failed[0]["name"] if failed else "the job"
-        raise FarmError(f"Job {job} ({spec.name}) failed at {name}: {why}", code=1)
+        raise FarmError(f"Job {job} ({spec.name}) {record['state']} at {name}: {why}", code=1)
 
     out = spec.out
     info = encode.probe(out) if spec.codec != "png" else {
         "frames": len(list(out.glob("*.png"))), "fps": spec.fps, "width": spec.width, "height": spec.height}
+    tasks = queue.tasks(job)
     return {
         "job": job,
         "name": spec.name,
@@ -70,5 +106,20 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
         "size": [spec.width, spec.height],
         "codec": spec.codec,
         "seconds": round(time.perf_counter() - started, 3),
-        "tasks": {"total": len(plan.tasks), "run": stats["run"], "cached": stats["cached"]},
+        "tasks": {"total": len(tasks), "run": sum(t["cached"] == 0 for t in tasks),
+                  "cached": sum(t["cached"] == 1 for t in tasks)},
     }
+
+
+def _wait(queue: Queue, job: int, bar, poll: float = 0.25):
+    """Workers are running: let them draw the job, following it until it ends."""
+    seen = 0
+    while True:
+        record = queue.job(job)
+        done = record["tasks_total"] - record["tasks_left"]
+        if bar is not None and done > seen:
+            bar.update(done - seen)
+            seen = done
+        if record["state"] in TERMINAL:
+            return
+        time.sleep(poll)

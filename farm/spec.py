@@ -78,6 +78,7 @@ class Spec:
     codec: str
     quality: int | None
     frames: list[Frame] = field(default_factory=list)
+    retries: int | None = None  # times a failed task is tried again (None: the farm's default)
 
     def frame_starts(self) -> list[int]:
         """Index of the first video frame of each keyframe, plus the total frame count.
@@ -205,7 +206,7 @@ def _kind(v) -> str:
 
 # --- validation ---------------------------------------------------------------------------
 
-SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality")
+SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries")
 STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt")
 MOTION_KEYS = STAGE_KEYS + ("prompt",)
 FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "motion")
@@ -248,6 +249,7 @@ def load(path: str | Path) -> Spec:
     elif codec != "png" and out.is_dir():
         c.fail("shot.out", f"{out} is an existing folder; give a file name")
     quality = c.number(shot, "quality", "shot.", 0, 63, integer=True)
+    retries = c.number(shot, "retries", "shot.", 0, 20, integer=True)
 
     resolved: dict[str, models.ModelRef | None] = {}
 
@@ -343,7 +345,7 @@ def load(path: str | Path) -> Spec:
         ))
 
     spec = Spec(path=path, digest=hashlib.sha256(raw).hexdigest(), name=name, fps=fps, width=width,
-                height=height, seed=seed, out=out, codec=codec, quality=quality, frames=frames)
+                height=height, seed=seed, out=out, codec=codec, quality=quality, frames=frames, retries=retries)
     if not c.problems and frames:
         _check_timing(c, spec)
         _check_size(c, spec)

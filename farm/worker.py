@@ -2,7 +2,10 @@
 
 Handlers are looked up by task kind in `HANDLERS`; each writes its output into a fresh
 cache folder that is published only when the handler returns. Loaded pipelines stay warm
-in the worker between tasks.
+in an LRU bounded by memory (GPU memory on a GPU, RAM on the CPU), and the worker tells the
+queue which models it holds so that claims can prefer tasks for them. A heartbeat thread
+renews the lease of the task in flight; if the worker dies, the lease runs out and the
+task goes back to the queue.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import errno
 import os
 import shutil
 import socket
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from . import encode, models, pipeline
@@ -24,43 +29,83 @@ FRAME = "{:06d}.png"
 
 class Worker:
     def __init__(self, queue: Queue, cache: Cache, *, name: str | None = None, lease: float = 60.0,
-                 steps_progress: bool = False):
+                 steps_progress: bool = False, memory_budget: int | None = None, device: str | None = None,
+                 label: str | None = None):
         self.queue = queue
         self.cache = cache
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
-        self.device = models.device()
-        self.pipelines: dict[str, object] = {}  # model identity -> loaded pipeline
+        self.device = device or models.device()  # where pipelines run
+        self.label = label or self.device  # what status shows: the physical GPU ("cuda:3")
+        self.pipelines: OrderedDict[str, object] = OrderedDict()  # model identity -> pipeline, LRU first
+        self.footprints: dict[str, int] = {}
+        self.memory_budget = memory_budget  # bytes for loaded models; None: what the device has free
         self.steps_progress = steps_progress
-        self.calls = {"load": 0, "keyframe": 0, "segment": 0, "assemble": 0}
+        self.calls = {"load": 0, "unload": 0, "keyframe": 0, "segment": 0, "assemble": 0}
+        self.stopping = False  # set on SIGINT/SIGTERM: finish the task in flight, claim no more
+        self.current: dict | None = None
+        self._beat_stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def __enter__(self):
+        self.queue.register(self.name, device=self.label, lease=self.lease)
+        self._beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.name}", daemon=True)
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._beat_stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        self.queue.unregister(self.name)
+        return False
+
+    def _heartbeat(self):
+        """Renew the lease of the task in flight every third of a lease, on its own connection."""
+        queue = Queue(self.queue.path)
+        try:
+            while not self._beat_stop.wait(max(self.lease / 3, 0.05)):
+                queue.heartbeat(self.name, models=list(self.pipelines), task=self.current, lease=self.lease,
+                                state="stopping" if self.stopping else None)
+        finally:
+            queue.close()
 
     # --- the loop -----------------------------------------------------------------------
 
-    def drain(self, job: int | None = None, on_task=None) -> dict:
-        """Run claimable tasks (of one job, or any) until none is left; return counts."""
-        stats = {"run": 0, "cached": 0}
-        while True:
-            task = self.queue.claim(self.name, lease=self.lease, job=job, device=self.device)
+    def drain(self, job: int | None = None, on_task=None, *, until_empty: bool = True, poll: float = 0.5) -> dict:
+        """Run claimable tasks (of one job, or any) until none is left (or, with
+        until_empty=False, until stopped); return counts."""
+        stats = {"run": 0, "cached": 0, "failed": 0}
+        while not self.stopping:
+            task = self.queue.claim(self.name, lease=self.lease, job=job, device=self.label,
+                                    models=frozenset(self.pipelines))
             if task is None:
-                wake = self.queue.next_wakeup(job) if job is not None else None
-                if wake is None:
+                if job is not None:
+                    wake = self.queue.next_wakeup(job)
+                    if wake is None:
+                        return stats
+                    time.sleep(max(0.0, min(wake - time.time(), poll * 4)))  # a retry is backing off
+                elif until_empty and self.queue.pending() == 0:
                     return stats
-                time.sleep(max(0.0, min(wake - time.time(), 5.0)))  # a retry is backing off
+                else:
+                    time.sleep(poll)
                 continue
             cached = self.run(task)
-            if cached is not None:
-                stats["cached" if cached else "run"] += 1
+            stats["failed" if cached is None else "cached" if cached else "run"] += 1
             if on_task:
                 on_task(task, cached)
+        return stats
 
     def run(self, task: dict) -> bool | None:
         """Answer one claimed task; True if from the cache, False if run, None if it failed."""
         started = time.perf_counter()
+        self.current = task
         try:
             cached = self.cache.has(task["key"])
             if not cached:
-                with self.cache.writing(task["key"]) as out:
-                    HANDLERS[task["kind"]](self, task["params"], out)
+                self._produce(task)
             if task["kind"] == "assemble":
                 self.publish(task)
         except KeyboardInterrupt:
@@ -77,24 +122,64 @@ class Worker:
                 self.queue.fail(task, self.name, f"{type(e).__name__}: {e}")
             return None
         except Exception as e:  # noqa: BLE001 - any model or library failure is retried
-            self.queue.fail(task, self.name, f"{type(e).__name__}: {e}")
+            what = f"out of memory on {self.device}: {e}" if _is_oom(e) else f"{type(e).__name__}: {e}"
+            self.queue.fail(task, self.name, what)
             return None
+        finally:
+            self.current = None
         self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
         return cached
 
-    # --- helpers ------------------------------------------------------------------------
+    def _produce(self, task: dict):
+        """Run the task's handler into a fresh cache entry. Out of memory: free every loaded
+        model and try once more before it counts as a failure."""
+        for last_try in (False, True):
+            try:
+                with self.cache.writing(task["key"]) as out:
+                    HANDLERS[task["kind"]](self, task["params"], out)
+                return
+            except Exception as e:  # noqa: BLE001
+                if last_try or not _is_oom(e):
+                    raise
+                self.unload_all()
+
+    # --- models -------------------------------------------------------------------------
 
     def pipe(self, model: dict):
-        """The loaded pipeline for a task's model, loading it on first use."""
+        """The loaded pipeline for a task's model, loading it (and unloading the least
+        recently used ones while it would not fit) on first use."""
         identity = model["identity"]
-        if identity not in self.pipelines:
+        if identity in self.pipelines:
+            self.pipelines.move_to_end(identity)
+        else:
             ref = models.ModelRef(model["name"], "", model["pipeline"], model["source"], identity,
                                   defaults={"dtype": model["dtype"]} if model["dtype"] else {})
-            self.pipelines[identity] = models.load_pipeline(ref)
+            need = models.footprint(ref)
+            while self.pipelines and not self._fits(need):
+                self.unload(next(iter(self.pipelines)))
+            self.pipelines[identity] = models.load_pipeline(ref, self.device)
+            self.footprints[identity] = need
             self.calls["load"] += 1
         pipe = self.pipelines[identity]
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
+
+    def _fits(self, need: int) -> bool:
+        if self.memory_budget is not None:
+            return sum(self.footprints.values()) + need <= self.memory_budget
+        return need <= models.free_memory(self.device)
+
+    def unload(self, identity: str):
+        del self.pipelines[identity]
+        self.footprints.pop(identity, None)
+        self.calls["unload"] += 1
+        models.release_memory(self.device)
+
+    def unload_all(self):
+        for identity in list(self.pipelines):
+            self.unload(identity)
+
+    # --- outputs ------------------------------------------------------------------------
 
     def output(self, key: str) -> Path:
         return self.cache.path(key)
@@ -117,6 +202,13 @@ class Worker:
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 # --- handlers: one per task kind ------------------------------------------------------------

@@ -21,6 +21,7 @@ def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, wr
     running = None
     while time.time() < deadline and running is None:
         time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
         if db_path.exists():
             try:
                 running = sqlite3.connect(db_path).execute(

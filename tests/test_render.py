@@ -53,7 +53,7 @@ def test_rerender_runs_no_model_and_is_byte_identical(home_with_models, write_sp
     first = render_json(cli, path)
     digest = sha(first["output"])
 
-    def no_models(ref):
+    def no_models(ref, *args):
         raise AssertionError(f"a model was loaded on a re-render: {ref.name}")
 
     monkeypatch.setattr(models, "load_pipeline", no_models)

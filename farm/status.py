@@ -1,0 +1,99 @@
+"""What `farm status` and `farm logs` report: job and worker summaries and event lines,
+as plain dicts (printed as JSON for scripts, or as text for people)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .queue import Queue
+
+STATES = ("queued", "running", "done", "failed", "canceled")
+
+
+def job(queue: Queue, job_id: int) -> dict | None:
+    record = queue.job(job_id)
+    if record is None:
+        return None
+    counts = {s: 0 for s in STATES} | queue.counts(job_id)
+    times = queue.conn.execute(
+        "SELECT count(*), sum(finished_at - started_at), sum(cached) FROM tasks WHERE job_id = ? "
+        "AND state = 'done'", (job_id,)).fetchone()
+    executed = queue.conn.execute(
+        "SELECT count(*), avg(finished_at - started_at) FROM tasks WHERE job_id = ? AND state = 'done' "
+        "AND cached = 0", (job_id,)).fetchone()
+    now = time.time()
+    start, end = record["started_at"], record["finished_at"]
+    elapsed = (end or now) - start if start else 0.0
+    left = counts["queued"] + counts["running"]
+    eta = None
+    if record["state"] in ("queued", "running") and executed[0]:
+        workers = max(1, len(queue.workers()))
+        eta = round(left * executed[1] / workers, 1)
+    return {
+        "job": job_id,
+        "name": record["name"],
+        "state": record["state"],
+        "paused": bool(record["paused"]),
+        "priority": record["priority"],
+        "output": record["output"],
+        "spec": record["spec_path"],
+        "tasks": {"total": record["tasks_total"], **counts, "cached": times[2] or 0},
+        "error": record["error"],
+        "created_at": record["created_at"],
+        "elapsed": round(elapsed, 1),
+        "eta": eta,
+    }
+
+
+def farm(queue: Queue, recent: int = 20) -> dict:
+    jobs = queue.jobs()
+    live = [j for j in jobs if j["state"] in ("queued", "running")]
+    ended = [j for j in jobs if j["state"] not in ("queued", "running")][-recent:]
+    workers = []
+    for w in queue.workers():
+        task = None
+        if w["task_id"] is not None:
+            row = queue.conn.execute("SELECT id, job_id, name FROM tasks WHERE id = ?", (w["task_id"],)).fetchone()
+            if row:
+                task = {"id": row["id"], "job": row["job_id"], "name": row["name"]}
+        workers.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "device": w["device"],
+                        "state": w["state"], "models": w["models"], "task": task, "done": w["done"],
+                        "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
+    return {"paused": queue.farm_paused(), "jobs": [job(queue, j["id"]) for j in ended + live],
+            "workers": workers}
+
+
+def text_job(s: dict) -> str:
+    t = s["tasks"]
+    eta = f", eta {s['eta']:.0f}s" if s["eta"] is not None else ""
+    paused = " (paused)" if s["paused"] else ""
+    line = (f"job {s['job']:>4}  {s['name']:<20} {s['state']:<9}{paused} p{s['priority']:<3} "
+            f"{t['done']}/{t['total']} done, {t['running']} running, {t['queued']} queued, {t['failed']} failed"
+            f"  {s['elapsed']:.0f}s{eta}")
+    if s["error"]:
+        line += f"\n           error: {s['error']}"
+    return line
+
+
+def text_farm(s: dict) -> str:
+    lines = ["farm is PAUSED: workers claim nothing until `farm resume`."] if s["paused"] else []
+    lines += [text_job(j) for j in s["jobs"]] or ["no jobs"]
+    lines.append("")
+    if not s["workers"]:
+        lines.append("no workers running (start some with `farm work`)")
+    for w in s["workers"]:
+        doing = f"job {w['task']['job']} {w['task']['name']}" if w["task"] else w["state"]
+        lines.append(f"worker {w['name']:<24} {w['device']:<8} {doing:<28} models: {len(w['models'])}, "
+                     f"{w['done']} tasks done")
+    return "\n".join(lines)
+
+
+def event_line(queue: Queue, e: dict, names: dict) -> str:
+    data = json.loads(e["data"]) if e["data"] else {}
+    if e["task_id"] is not None and e["task_id"] not in names:
+        row = queue.conn.execute("SELECT name FROM tasks WHERE id = ?", (e["task_id"],)).fetchone()
+        names[e["task_id"]] = row[0] if row else None
+    out = {"id": e["id"], "ts": round(e["ts"], 3), "job": e["job_id"], "event": e["event"],
+           "task": names.get(e["task_id"]), "worker": e["worker"]}
+    return json.dumps({**out, **data})
