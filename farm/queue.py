@@ -445,9 +445,10 @@ class Queue:
         return list(self.db.query("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id", [job, after]))
 
     def next_wakeup(self, job: int) -> float | None:
-        """When the earliest backed-off task of a job becomes claimable, if any."""
-        return self.conn.execute("SELECT min(not_before) FROM tasks WHERE job_id = ? AND state = 'queued'",
-                                 (job,)).fetchone()[0]
+        """When the earliest task of a job now backing off after a failure becomes claimable;
+        None if no task of the job is waiting on a backoff."""
+        return self.conn.execute("SELECT min(not_before) FROM tasks WHERE job_id = ? AND state = 'queued' "
+                                 "AND not_before > ?", (job, time.time())).fetchone()[0]
 
     def pending(self) -> int:
         """Tasks queued or running in live jobs: what `farm work --until-empty` waits for."""

@@ -78,6 +78,8 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
                                       steps_progress=progress)
             with worker:
                 worker.drain(job, on_task=on_task)
+            if queue.job(job)["state"] not in TERMINAL:  # what is left is in other workers' hands
+                _wait(queue, job, None)
     except KeyboardInterrupt:
         queue.cancel(job, "interrupted")
         raise FarmError(f"Interrupted: job {job} canceled. Finished tasks are kept in the cache; "

@@ -84,7 +84,7 @@ class Worker:
             if task is None:
                 if job is not None:
                     wake = self.queue.next_wakeup(job)
-                    if wake is None:
+                    if wake is None:  # nothing left that this worker can take (done, or others' now)
                         return stats
                     time.sleep(max(0.0, min(wake - time.time(), poll * 4)))  # a retry is backing off
                 elif until_empty and self.queue.pending() == 0:

@@ -1,0 +1,304 @@
+"""The farm: concurrent claims, worker processes, leases after SIGKILL, retries and the
+blocklist, priorities and affinity, pause/cancel/retry, signals, status."""
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL
+from farm import queue as queue_mod
+from farm.cache import Cache
+from farm.plan import Plan, Task
+from farm.queue import Queue
+from farm.worker import HANDLERS, Worker
+
+SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2', '[motion]\nmodel = "tiny-video"\nsteps = 150')
+
+
+class FakeSpec:
+    name = "bench"
+    path = Path("/tmp/bench.toml")
+    digest = "d"
+    out = Path("/tmp/bench.mp4")
+
+
+def flat_plan(n, model=None, prefix="t"):
+    return Plan(FakeSpec(), [Task(f"{prefix}{i}", "noop", f"{prefix}{i}", {}, (), model) for i in range(n)])
+
+
+def _hammer(db, name, out):
+    q = Queue(db)
+    got = []
+    while True:
+        t = q.claim(name, lease=30)
+        if t is None:
+            break
+        got.append(t["id"])
+        assert q.complete(t, name, cached=False, seconds=0)
+    q.close()
+    out.put(got)
+
+
+def test_concurrent_claims_never_double_and_never_lose(tmp_path):
+    db = tmp_path / "q.db"
+    q = Queue(db)
+    for j in range(4):
+        q.submit(flat_plan(100, prefix=f"j{j}-"))
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(str(db), f"w{i}", out)) for i in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    ids = [i for got in claimed for i in got]
+    assert len(ids) == 400 and len(set(ids)) == 400  # every task once, none twice
+    assert sum(1 for got in claimed if got) >= 2  # the work really was shared
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] == 400
+    assert conn.execute("SELECT count(*) FROM events WHERE event = 'task.started'").fetchone()[0] == 400
+    assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 4
+
+
+def test_priority_is_never_passed_over_for_affinity(tmp_path):
+    q = Queue(tmp_path / "q.db")
+    q.submit(flat_plan(3, model="warm", prefix="low"), priority=10)
+    q.submit(flat_plan(1, model="cold", prefix="high"), priority=90)
+    t = q.claim("w", models={"warm"})
+    assert t["name"] == "high0"
+
+
+def test_affinity_prefers_warm_models_but_never_starves_a_task(tmp_path):
+    q = Queue(tmp_path / "q.db")
+    q.submit(Plan(FakeSpec(), [Task("cold", "noop", "c", {}, (), "cold")]
+                  + [Task(f"warm{i}", "noop", f"w{i}", {}, (), "warm") for i in range(40)]))
+    order = []
+    while (t := q.claim("w", models={"warm"})) is not None:
+        order.append(t["name"])
+        q.complete(t, "w", cached=False, seconds=0)
+    assert order[:queue_mod.MAX_SKIPS] == [f"warm{i}" for i in range(queue_mod.MAX_SKIPS)]
+    assert order[queue_mod.MAX_SKIPS] == "cold"  # passed over exactly MAX_SKIPS times, then taken
+    # a worker holding nothing takes strict queue order
+    q.submit(Plan(FakeSpec(), [Task("a", "noop", "a", {}, (), "x"), Task("b", "noop", "b", {}, (), "y")]))
+    assert q.claim("cold-worker")["name"] == "a"
+
+
+def test_pause_cancel_retry_priority_from_the_cli(tmp_path, cli, monkeypatch):
+    db = tmp_path / "q.db"
+    q = Queue(db)
+    a = q.submit(flat_plan(2, prefix="a"))
+    b = q.submit(flat_plan(2, prefix="b"))
+    assert cli("pause", a, "--db", db)[0] == 0
+    assert q.claim("w")["job_id"] == b  # a is paused
+    assert cli("pause", "--db", db)[0] == 0
+    assert q.claim("w") is None  # the whole farm is paused
+    cli("resume", "--db", db)
+    cli("resume", a, "--db", db)
+    assert cli("priority", b, 80, "--db", db)[0] == 0
+    assert q.claim("w")["job_id"] == b  # b's last task first now
+    code, out, _ = cli("cancel", a, "--db", db)
+    assert code == 0 and q.job(a)["state"] == "canceled" and q.claim("w") is None
+    assert cli("cancel", a, "--db", db)[0] == 2  # already canceled: a clear error
+    code, out, _ = cli("retry", a, "--db", db)
+    assert code == 0 and "2 task(s)" in out and q.job(a)["state"] == "queued"
+    assert q.claim("w")["job_id"] == a
+    code, _, err = cli("status", 999, "--db", db)
+    assert code == 2 and "No job 999" in err
+
+
+def test_retries_blocklist_and_failed_job_in_status(home_with_models, write_spec, cli, monkeypatch, farm_home):
+    from farm import plan, spec
+
+    monkeypatch.setattr(queue_mod, "BACKOFF_CAP", 0)
+    q = Queue(farm_home / "queue.db")
+    job = q.submit(plan.build(spec.load(write_spec(SMALL))), max_attempts=10)
+    real = HANDLERS["keyframe"]
+
+    def flaky(worker, params, out):
+        if worker.name == "bad":
+            raise RuntimeError("driver error on this box")
+        return real(worker, params, out)
+
+    monkeypatch.setitem(HANDLERS, "keyframe", flaky)
+    cache = Cache(farm_home / "cache")
+    with Worker(q, cache, name="bad") as bad, Worker(q, cache, name="good") as good:
+        stats = bad.drain(job)
+        assert stats["failed"] == queue_mod.BLOCK_AFTER and stats["run"] == 0
+        row = q.conn.execute("SELECT failures FROM blocklist WHERE worker = 'bad' AND kind = 'keyframe'").fetchone()
+        assert row[0] == queue_mod.BLOCK_AFTER
+        assert q.claim("bad", job=job) is None  # blocklisted for keyframes of this job
+        good.drain(job)
+    assert q.job(job)["state"] == "done"
+    retries = [e for e in q.events(job) if e["event"] == "task.retry"]
+    assert len(retries) == queue_mod.BLOCK_AFTER and all(e["worker"] == "bad" for e in retries)
+
+    # A task that keeps failing fails its job; the error is kept and shown.
+    job2 = q.submit(plan.build(spec.load(write_spec(SMALL.replace("a red boat", "a red ship"), "two.toml"))),
+                    max_attempts=2)
+    with Worker(q, cache, name="bad") as bad:
+        bad.drain(job2)
+    code, out, _ = cli("status", job2, "--json")
+    status = json.loads(out)
+    assert status["state"] == "failed" and "driver error on this box" in status["error"]
+    assert status["tasks"]["failed"] == 1
+
+
+def test_out_of_memory_frees_models_and_retries_once(home_with_models, write_spec, monkeypatch, farm_home):
+    import torch
+
+    from farm import plan, spec
+
+    q = Queue(farm_home / "queue.db")
+    job = q.submit(plan.build(spec.load(write_spec(SMALL))))
+    real = HANDLERS["segment"]
+    calls = {"n": 0}
+
+    def oom_once(worker, params, out):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(worker, params, out)
+
+    monkeypatch.setitem(HANDLERS, "segment", oom_once)
+    with Worker(q, Cache(farm_home / "cache")) as w:
+        w.drain(job)
+        assert w.calls["unload"] >= 1  # the model cache was emptied before the retry
+    assert q.job(job)["state"] == "done"
+    seg0 = next(t for t in q.tasks(job) if t["name"] == "segment[0]")
+    assert seg0["attempts"] == 1  # retried in place, not counted as a failure
+
+
+def test_model_cache_is_bounded_by_memory(home_with_models, write_spec, farm_home):
+    from farm import models, plan, spec
+
+    need = models.footprint(models.resolve("tiny"))
+    q = Queue(farm_home / "queue.db")
+    job = q.submit(plan.build(spec.load(write_spec(SMALL))))
+    with Worker(q, Cache(farm_home / "cache"), memory_budget=need + 1000) as w:  # room for one model only
+        w.drain(job)
+        assert w.calls["load"] == 2 and w.calls["unload"] == 1
+        assert list(w.pipelines) == [models.resolve("tiny-video").identity]
+    assert q.job(job)["state"] == "done"
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def work_proc(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
+                            start_new_session=True)
+
+
+def wait_for(predicate, timeout=120, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited early: {proc.communicate()}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def in_flight(db, kind="segment"):
+    try:
+        conn = sqlite3.connect(db)
+        row = conn.execute("SELECT w.pid, t.id, t.name FROM workers w JOIN tasks t ON t.id = w.task_id "
+                           "WHERE t.kind = ? AND t.state = 'running'", (kind,)).fetchone()
+        conn.close()
+        return row
+    except sqlite3.OperationalError:
+        return None
+
+
+def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models, write_spec, cli, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    path = write_spec(SLOW_SEGMENTS)
+    clean_home, farm_home = tmp_path / "clean", tmp_path / "farm"
+    for h in (clean_home, farm_home):
+        shutil.copytree(built_models, h / "models")
+    monkeypatch.setenv("FARM_HOME", str(clean_home))
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0, err
+    clean = sha(json.loads(out)["output"])
+
+    monkeypatch.setenv("FARM_HOME", str(farm_home))
+    code, out, _ = cli("submit", path, "--json")
+    job = json.loads(out)["job"]
+    proc = work_proc("--workers", "1", "--lease", "2", "--until-empty", "--quiet")
+    db = farm_home / "queue.db"
+    pid, task_id, name = wait_for(lambda: in_flight(db), proc=proc)
+    os.kill(pid, signal.SIGKILL)  # the worker dies mid-segment; the supervisor starts another
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "died" in err and "restarting" in err
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
+    events = [e for (e,) in conn.execute("SELECT event FROM events WHERE task_id = ? ORDER BY id", (task_id,))]
+    assert events == ["task.started", "task.lease_expired", "task.started", "task.done"]
+    done = conn.execute("SELECT task_id, count(*) FROM events WHERE event IN ('task.done', 'task.cached') "
+                        "GROUP BY task_id HAVING count(*) > 1").fetchall()
+    assert done == []  # no task counted twice
+    assert not list((farm_home / "cache").rglob(".tmp-*"))  # the killed worker's partial output is not in the cache
+    assert sha(path.parent / "out" / "small.mp4") == clean
+
+
+def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home):
+    proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet")
+    db = farm_home / "queue.db"
+    wait_for(lambda: in_flight_worker(db), proc=proc)
+    code, out, err = cli("render", write_spec(SMALL), "--json", "-q")
+    assert code == 0, err
+    job = json.loads(out)["job"]
+    conn = sqlite3.connect(db)
+    runners = {w for (w,) in conn.execute("SELECT DISTINCT worker FROM tasks WHERE job_id = ?", (job,))}
+    assert runners and not any(w.startswith("render:") for w in runners)  # the farm drew it, not the CLI
+
+    # status --json while a worker runs a long task
+    code, out, _ = cli("submit", write_spec(SLOW_SEGMENTS, "slow.toml"), "--json")
+    slow = json.loads(out)["job"]
+    wait_for(lambda: in_flight(db))
+    code, out, _ = cli("status", "--json")
+    status = json.loads(out)
+    (w,) = status["workers"]
+    assert w["pid"] != os.getpid() and w["device"] == "cpu" and w["task"]["job"] == slow
+    assert len(w["models"]) >= 1 and w["task"]["name"].startswith("segment")
+    job_status = next(j for j in status["jobs"] if j["job"] == slow)
+    assert job_status["state"] == "running" and job_status["tasks"]["running"] == 1
+
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert time.time() - t0 < 30  # grace 1 s, plus start-up of nothing: bounded
+    assert conn.execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0
+    released = conn.execute("SELECT count(*) FROM events WHERE event = 'task.released'").fetchone()[0]
+    assert released == 1  # the long segment went back to the queue, not failed
+    assert conn.execute("SELECT count(*) FROM tasks WHERE state = 'failed'").fetchone()[0] == 0
+
+
+def in_flight_worker(db):
+    try:
+        conn = sqlite3.connect(db)
+        n = conn.execute("SELECT count(*) FROM workers").fetchone()[0]
+        conn.close()
+        return n
+    except sqlite3.OperationalError:
+        return 0
