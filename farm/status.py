@@ -52,13 +52,8 @@ def farm(queue: Queue, recent: int = 20) -> dict:
     ended = [j for j in jobs if j["state"] not in ("queued", "running")][-recent:]
     workers = []
     for w in queue.workers():
-        task = None
-        if w["task_id"] is not None:
-            row = queue.conn.execute("SELECT id, job_id, name FROM tasks WHERE id = ?", (w["task_id"],)).fetchone()
-            if row:
-                task = {"id": row["id"], "job": row["job_id"], "name": row["name"]}
         workers.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "device": w["device"],
-                        "state": w["state"], "models": w["models"], "task": task, "done": w["done"],
+                        "state": w["state"], "models": w["models"], "task": w["task"], "done": w["done"],
                         "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
     return {"paused": queue.farm_paused(), "jobs": [job(queue, j["id"]) for j in ended + live],
             "workers": workers}
@@ -83,7 +78,8 @@ def text_farm(s: dict) -> str:
     if not s["workers"]:
         lines.append("no workers running (start some with `farm work`)")
     for w in s["workers"]:
-        doing = f"job {w['task']['job']} {w['task']['name']}" if w["task"] else w["state"]
+        doing = f"job {w['task']['job']} {w['task']['name']}" if w["task"] else (
+            "stopping" if w["state"] == "stopping" else "idle")
         lines.append(f"worker {w['name']:<24} {w['device']:<8} {doing:<28} models: {len(w['models'])}, "
                      f"{w['done']} tasks done")
     return "\n".join(lines)

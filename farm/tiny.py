@@ -12,8 +12,6 @@ model, so old cached outputs are not mistaken for new ones.
 
 from __future__ import annotations
 
-import torch
-
 RECIPE = 1
 
 # Byte-level alphabet with a few specials; no merges, so every byte is a token.
@@ -45,6 +43,7 @@ def build_tokenizer(max_length: int):
 
 def build_text_to_image():
     """A Stable Diffusion 1.x-style pipeline: CLIP text encoder, UNet, 8x VAE."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -106,6 +105,7 @@ def build_text_to_image():
 
 def build_image_to_video():
     """A Wan 2.1 first/last-frame-to-video pipeline: UMT5, CLIP vision, Wan DiT, Wan VAE."""
+    import torch
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 

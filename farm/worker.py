@@ -78,9 +78,13 @@ class Worker:
         """Run claimable tasks (of one job, or any) until none is left (or, with
         until_empty=False, until stopped); return counts."""
         stats = {"run": 0, "cached": 0, "failed": 0}
-        while not self.stopping:
-            task = self.queue.claim(self.name, lease=self.lease, job=job, device=self.label,
-                                    models=frozenset(self.pipelines))
+        claim = {"lease": self.lease, "job": job, "device": self.label}
+        task = None
+        while True:
+            if task is None:
+                if self.stopping:
+                    return stats
+                task = self.queue.claim(self.name, models=frozenset(self.pipelines), **claim)
             if task is None:
                 if job is not None:
                     wake = self.queue.next_wakeup(job)
@@ -92,15 +96,31 @@ class Worker:
                 else:
                     time.sleep(poll)
                 continue
-            cached = self.run(task)
+            started = time.perf_counter()
+            cached = self.execute(task)
             stats["failed" if cached is None else "cached" if cached else "run"] += 1
+            done, following = cached is not None, None
+            if done and self.stopping:
+                self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
+            elif done:  # report and take the next task in one transaction
+                _, following = self.queue.complete_and_claim(
+                    task, self.name, cached=cached, seconds=time.perf_counter() - started,
+                    models=frozenset(self.pipelines), **claim)
             if on_task:
                 on_task(task, cached)
-        return stats
+            task = following
 
     def run(self, task: dict) -> bool | None:
-        """Answer one claimed task; True if from the cache, False if run, None if it failed."""
+        """Answer one claimed task and report it; True if from the cache, False if run, None if it failed."""
         started = time.perf_counter()
+        cached = self.execute(task)
+        if cached is not None:
+            self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
+        return cached
+
+    def execute(self, task: dict) -> bool | None:
+        """Answer one claimed task without reporting success (failures are reported here):
+        True if from the cache, False if run, None if it failed."""
         self.current = task
         try:
             cached = self.cache.has(task["key"])
@@ -127,7 +147,6 @@ class Worker:
             return None
         finally:
             self.current = None
-        self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
         return cached
 
     def _produce(self, task: dict):

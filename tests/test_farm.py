@@ -35,8 +35,10 @@ def flat_plan(n, model=None, prefix="t"):
     return Plan(FakeSpec(), [Task(f"{prefix}{i}", "noop", f"{prefix}{i}", {}, (), model) for i in range(n)])
 
 
-def _hammer(db, name, out):
+def _hammer(db, name, ready, start, out):
     q = Queue(db)
+    ready.release()
+    start.wait()
     got = []
     while True:
         t = q.claim(name, lease=30)
@@ -54,10 +56,13 @@ def test_concurrent_claims_never_double_and_never_lose(tmp_path):
     for j in range(4):
         q.submit(flat_plan(100, prefix=f"j{j}-"))
     ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_hammer, args=(str(db), f"w{i}", out)) for i in range(4)]
+    ready, start, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(str(db), f"w{i}", ready, start, out)) for i in range(4)]
     for p in procs:
         p.start()
+    for _ in procs:  # all connected before any claims
+        ready.acquire(timeout=60)
+    start.set()
     claimed = [out.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(30)
@@ -217,7 +222,7 @@ def wait_for(predicate, timeout=120, proc=None):
 def in_flight(db, kind="segment"):
     try:
         conn = sqlite3.connect(db)
-        row = conn.execute("SELECT w.pid, t.id, t.name FROM workers w JOIN tasks t ON t.id = w.task_id "
+        row = conn.execute("SELECT w.pid, t.id, t.name FROM workers w JOIN tasks t ON t.lease_owner = w.name "
                            "WHERE t.kind = ? AND t.state = 'running'", (kind,)).fetchone()
         conn.close()
         return row

@@ -93,7 +93,8 @@ def test_only_the_lease_holder_completes(q):
     assert q.complete(t, "w1", cached=False, seconds=0)
 
 
-def test_expired_lease_returns_the_task(q):
+def test_expired_lease_returns_the_task(q, monkeypatch):
+    monkeypatch.setattr(queue_mod, "EXPIRY_EVERY", 0)  # sweep at every claim (normally once a second)
     q.submit(make_plan(1))
     t = q.claim("dead", lease=0.01)
     time.sleep(0.05)
