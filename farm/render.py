@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from . import encode, home, plan as planner, spec as specs
+from . import encode, home, manifest, plan as planner, spec as specs
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
@@ -61,6 +61,11 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
     out = spec.out
     info = encode.probe(out) if spec.codec != "png" else {
         "frames": len(list(out.glob("*.png"))), "fps": spec.fps, "width": spec.width, "height": spec.height}
+    # The contact sheet and manifest are written here, once the job is done, not by the
+    # assemble task: the manifest records every task's finish time, the assembly's included,
+    # and no task (so no task count) is added. They are per-run files next to the video,
+    # outside the cache, so the cached video stays byte-identical across renders.
+    sidecars = manifest.publish(queue, job, worker.cache, video={"codec": spec.codec, **info})
     return {
         "job": job,
         "name": spec.name,
@@ -71,4 +76,5 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
         "codec": spec.codec,
         "seconds": round(time.perf_counter() - started, 3),
         "tasks": {"total": len(plan.tasks), "run": stats["run"], "cached": stats["cached"]},
+        **sidecars,
     }
