@@ -290,7 +290,7 @@ button { background: var(--card); color: var(--text); border: 1px solid #3f3f46;
 table { border-collapse: collapse; width: 100%; background: var(--card); border-radius: 8px; overflow: hidden; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #3f3f46; vertical-align: top; }
 th { color: var(--dim); font-weight: 500; } td.k { font-family: ui-monospace, monospace; color: var(--dim); }
-.sheets img { max-width: 100%; display: block; margin-bottom: 12px; border-radius: 6px; }
+.sheets figure { margin: 0 0 12px; } .sheets img { max-width: 100%; display: block; border-radius: 6px; }
 details { margin-top: 24px; color: var(--dim); } pre { white-space: pre-wrap; }
 """
 
