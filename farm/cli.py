@@ -63,7 +63,7 @@ def render(
 def review(
     targets: Annotated[list[str], typer.Argument(
         help="What to review: job ids, spec files (their latest render), folders of renders, or manifests.",
-        show_default=False)],
+        show_default=False, metavar="JOB|SPEC|FOLDER...")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html and media/ into.")] = Path("review"),
     serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 until Ctrl-C.")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free port).")] = 0,
