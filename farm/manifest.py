@@ -134,14 +134,16 @@ def _first_runs(queue: Queue, keys: list[str]) -> dict[str, dict]:
     if not keys:
         return {}
     found = {}
-    marks = ",".join("?" * len(keys))
-    rows = queue.conn.execute(
-        f"SELECT key, job_id, name, worker, device, started_at, finished_at FROM tasks "
-        f"WHERE key IN ({marks}) AND state = 'done' AND cached = 0 ORDER BY finished_at", keys)
-    for key, job, name, worker, device, started, finished in rows:
-        found.setdefault(key, {"job": job, "task": name, "worker": worker, "device": device,
-                               "started_at": started, "finished_at": finished,
-                               "seconds": _seconds(started, finished)})
+    for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+        chunk = keys[i:i + 500]
+        rows = queue.conn.execute(
+            f"SELECT key, job_id, name, worker, device, started_at, finished_at FROM tasks "
+            f"WHERE key IN ({','.join('?' * len(chunk))}) AND state = 'done' AND cached = 0 ORDER BY finished_at",
+            chunk)
+        for key, job, name, worker, device, started, finished in rows:
+            found.setdefault(key, {"job": job, "task": name, "worker": worker, "device": device,
+                                   "started_at": started, "finished_at": finished,
+                                   "seconds": _seconds(started, finished)})
     return found
 
 

@@ -65,7 +65,11 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
     # assemble task: the manifest records every task's finish time, the assembly's included,
     # and no task (so no task count) is added. They are per-run files next to the video,
     # outside the cache, so the cached video stays byte-identical across renders.
-    sidecars = manifest.publish(queue, job, worker.cache, video={"codec": spec.codec, **info})
+    try:
+        sidecars = manifest.publish(queue, job, worker.cache, video={"codec": spec.codec, **info})
+    except OSError as e:
+        raise FarmError(f"Job {job} ({spec.name}) rendered {out}, but its contact sheet and manifest could not "
+                        f"be written beside it: {e.strerror or e} ({e.filename or out.parent}).", code=1) from None
     return {
         "job": job,
         "name": spec.name,

@@ -227,3 +227,19 @@ def test_review_serve_prints_the_url_serves_ranges_and_exits_0_on_ctrl_c(home_wi
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_a_sidecar_that_cannot_be_written_is_reported_and_the_video_kept(home_with_models, write_spec, cli,
+                                                                        monkeypatch):
+    import errno
+
+    def full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(sheet, "write", full)
+    code, out, err = cli("render", variant(write_spec, 3), "--json", "--quiet")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert "contact sheet and manifest could not be written" in err and "No space left" in err
+    folder = write_spec(HOLD).parent / "out"
+    assert encode.probe(folder / "seed3.mp4")["frames"] == 18  # the render itself is complete
+    assert not list(folder.glob("*.manifest.json")) and not list(folder.glob(".*"))
