@@ -77,7 +77,7 @@ def review(
         typer.echo(str(page))
         return
     srv = rv.server(page.parent, port)
-    typer.echo(rv.url(srv), err=False)
+    typer.echo(rv.url(srv))
     sys.stdout.flush()
     try:
         srv.serve_forever()

@@ -215,6 +215,14 @@ def grid(renders: list[dict], ax: list[tuple[str, list[str]]]):
 def write(renders: list[dict], out: str | Path) -> Path:
     """Write `<out>/index.html` and `<out>/media/` for these renders; return the page's path."""
     out = Path(out).resolve()
+    try:
+        return _write(renders, out)
+    except OSError as e:
+        raise FarmError(f"Cannot write the review page into {out}: {e.strerror or e} ({e.filename or out}).",
+                        code=1) from None
+
+
+def _write(renders: list[dict], out: Path) -> Path:
     media = out / "media"
     media.mkdir(parents=True, exist_ok=True)
     cards = []
