@@ -291,7 +291,7 @@ button { background: var(--card); color: var(--text); border: 1px solid #3f3f46;
          padding: 6px 12px; font: inherit; cursor: pointer; }
 .videos { display: grid; gap: 14px; align-items: start; }
 .card { background: var(--card); border-radius: 8px; padding: 10px; }
-.card video { width: 100%; display: block; background: #000; border-radius: 4px; image-rendering: pixelated; }
+.card video { width: 100%; display: block; background: #000; border-radius: 4px; }
 .card .title { font-weight: 600; margin-top: 8px; } .card .meta { color: var(--dim); font-size: 12px; }
 .card a { color: var(--dim); }
 .axis { color: var(--hi); font-weight: 600; padding: 4px 2px; }
