@@ -215,6 +215,34 @@ def logs(job: JobArg,
 
 
 @app.command()
+def review(
+    targets: Annotated[list[str], typer.Argument(
+        help="What to review: job ids, spec files (their latest render), folders of renders, or manifests.",
+        show_default=False, metavar="JOB|SPEC|FOLDER...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html and media/ into.")] = Path("review"),
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 until Ctrl-C.")] = False,
+    port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free port).")] = 0,
+    db: DbOpt = None,
+):
+    """Write a static HTML page comparing renders side by side; print its path (or URL with --serve)."""
+    from . import review as rv
+
+    page = rv.write(rv.collect(targets, db=db), out)
+    if not serve:
+        typer.echo(str(page))
+        return
+    srv = rv.server(page.parent, port)
+    typer.echo(rv.url(srv))
+    sys.stdout.flush()
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C is how a user stops serving: a clean exit, not 130
+        pass
+    finally:
+        srv.server_close()
+
+
+@app.command()
 def version():
     """Print farm's version."""
     typer.echo(__version__)

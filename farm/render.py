@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from . import encode, home, plan as planner, spec as specs
+from . import encode, home, manifest, plan as planner, spec as specs
 from .cache import Cache
 from .errors import FarmError
 from .queue import TERMINAL, Queue
@@ -99,6 +99,16 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
     info = encode.probe(out) if spec.codec != "png" else {
         "frames": len(list(out.glob("*.png"))), "fps": spec.fps, "width": spec.width, "height": spec.height}
     tasks = queue.tasks(job)
+    # The contact sheet and manifest are written here, once the job is done, not by the
+    # assemble task: the manifest records every task's finish time, the assembly's included,
+    # and no task (so no task count) is added. They are per-run files next to the video,
+    # outside the cache, so the cached video stays byte-identical across renders.
+    try:
+        cache = worker.cache if worker is not None else Cache(home.cache_dir())
+        sidecars = manifest.publish(queue, job, cache, video={"codec": spec.codec, **info})
+    except OSError as e:
+        raise FarmError(f"Job {job} ({spec.name}) rendered {out}, but its contact sheet and manifest could not "
+                        f"be written beside it: {e.strerror or e} ({e.filename or out.parent}).", code=1) from None
     return {
         "job": job,
         "name": spec.name,
@@ -110,6 +120,7 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
         "seconds": round(time.perf_counter() - started, 3),
         "tasks": {"total": len(tasks), "run": sum(t["cached"] == 0 for t in tasks),
                   "cached": sum(t["cached"] == 1 for t in tasks)},
+        **sidecars,
     }
 
 

@@ -1,0 +1,184 @@
+"""The manifest: everything needed to reproduce and audit one finished render, as JSON.
+
+It is read out of the queue database once the job is done: the spec's hash, every task with
+its key, params (prompts, seeds, model identity and source), timings, worker and device, the
+models used with their revisions, and the versions of farm, diffusers, torch and ffmpeg.
+Timings and devices belong to this run, not to a task key, so the manifest is written next
+to the video (`lighthouse.mp4` -> `lighthouse.manifest.json`) rather than cached, and the
+cached video stays byte-identical from one render to the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__, encode
+from .cache import Cache
+from .errors import FarmError
+from .queue import Queue
+
+FORMAT = 1  # bump when a field changes meaning; readers check it
+
+
+def sidecar(output: str | Path, suffix: str) -> Path:
+    """`renders/lighthouse.mp4` -> `renders/lighthouse<suffix>` (a PNG folder keeps its name)."""
+    output = Path(output)
+    return output.with_name(output.stem + suffix)
+
+
+def path_for(output: str | Path) -> Path:
+    return sidecar(output, ".manifest.json")
+
+
+def versions() -> dict:
+    def dist(name):
+        # importlib.metadata, not `import torch`: reading a manifest for review must not
+        # cost torch's two-second import. The wheel's version is what `torch.__version__` says.
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"farm": __version__, "diffusers": dist("diffusers"), "torch": dist("torch"),
+            "transformers": dist("transformers"), "pillow": dist("pillow"), "ffmpeg": encode.version(),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def video_of(cache: Cache, tasks: list[dict]) -> Path | None:
+    """The job's own assembled video (or PNG folder) in the cache: unlike the output path,
+    a later render of an edited spec cannot overwrite it."""
+    assemble = next((t for t in tasks if t["kind"] == "assemble"), None)
+    if assemble is None or not cache.has(assemble["key"]):
+        return None
+    return next(iter(sorted(cache.path(assemble["key"]).iterdir())), None)
+
+
+def file_sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) -> dict:
+    """The manifest of a finished job, from the database (and the cache for the video's hash).
+
+    `video` is what `encode.probe` said about the output, when the caller already knows."""
+    record = queue.job(job)
+    if record is None:
+        raise FarmError(f"There is no job {job} in {queue.path}.", code=2)
+    if record["state"] != "done":
+        raise FarmError(f"Job {job} ({record['name']}) is {record['state']}, not done: only a finished render "
+                        f"has a manifest.", code=2)
+    tasks = queue.tasks(job)
+    first_runs = _first_runs(queue, [t["key"] for t in tasks if t["cached"]])
+    models: dict[str, dict] = {}
+    entries = []
+    for t in tasks:
+        params = t["params"]
+        model = params.get("model")
+        if model:
+            models.setdefault(model["identity"], {
+                "name": model["name"], "identity": model["identity"], "revision": revision(model["identity"]),
+                "source": model["source"], "pipeline": model["pipeline"], "dtype": model["dtype"],
+                "tasks": []})["tasks"].append(t["name"])
+        entry = {
+            "name": t["name"], "kind": t["kind"], "key": t["key"], "state": t["state"],
+            "cached": bool(t["cached"]), "attempts": t["attempts"], "worker": t["worker"], "device": t["device"],
+            "started_at": t["started_at"], "finished_at": t["finished_at"],
+            "seconds": _seconds(t["started_at"], t["finished_at"]), "params": params,
+        }
+        if t["cached"]:
+            # Answered from the cache: say where (and on what) its output was first made.
+            entry["made_by"] = first_runs.get(t["key"])
+        entries.append(entry)
+
+    produced = video_of(cache, tasks)
+    out = Path(record["output"])
+    info = dict(video or {})
+    info.update({"path": str(out), "sha256": file_sha256(produced) if produced else file_sha256(out)})
+    return {
+        "format": FORMAT,
+        "job": {"id": job, "name": record["name"], "state": record["state"], "created_at": record["created_at"],
+                "started_at": record["started_at"], "finished_at": record["finished_at"],
+                "seconds": _seconds(record["started_at"], record["finished_at"])},
+        "spec": {"path": record["spec_path"], "sha256": record["spec_digest"]},
+        "video": info,
+        "contact_sheet": str(sidecar(out, ".contact.png")),
+        "versions": versions(),
+        "models": list(models.values()),
+        "tasks": entries,
+    }
+
+
+def revision(identity: str) -> str:
+    """The revision part of a model identity: `builtin:tiny@recipe1` -> `recipe1`,
+    `hub:org/name@<commit>` -> the commit, `folder:<digest>` -> the digest."""
+    kind, _, rest = identity.partition(":")
+    return rest.rpartition("@")[2] if "@" in rest else rest
+
+
+def _seconds(a, b):
+    return round(b - a, 4) if a is not None and b is not None else None
+
+
+def _first_runs(queue: Queue, keys: list[str]) -> dict[str, dict]:
+    if not keys:
+        return {}
+    found = {}
+    for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+        chunk = keys[i:i + 500]
+        rows = queue.conn.execute(
+            f"SELECT key, job_id, name, worker, device, started_at, finished_at FROM tasks "
+            f"WHERE key IN ({','.join('?' * len(chunk))}) AND state = 'done' AND cached = 0 ORDER BY finished_at",
+            chunk)
+        for key, job, name, worker, device, started, finished in rows:
+            found.setdefault(key, {"job": job, "task": name, "worker": worker, "device": device,
+                                   "started_at": started, "finished_at": finished,
+                                   "seconds": _seconds(started, finished)})
+    return found
+
+
+def write_json(data: dict, path: Path):
+    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.part"
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FarmError(f"{path} is not a readable farm manifest ({e}).", code=2) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or "tasks" not in data:
+        raise FarmError(f"{path} is not a farm manifest of format {FORMAT}.", code=2)
+    return data
+
+
+def publish(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) -> dict:
+    """Write the contact sheet and the manifest of a finished job next to its video; return
+    their paths. Called by `render()` once the job is done (the manifest needs the finish time
+    of every task, the assembly's included)."""
+    from . import sheet
+
+    data = build(queue, job, cache, video=video)
+    contact = Path(data["contact_sheet"])
+    sheet.write(sheet.draw(data, cache), contact)
+    manifest = path_for(data["video"]["path"])
+    write_json(data, manifest)
+    return {"contact_sheet": str(contact), "manifest": str(manifest)}
+

@@ -1,0 +1,92 @@
+"""The review page in a real browser: headless Chromium loads it from a local server, both
+videos of a two-variant sweep load and play, and a screenshot shows a page, not a blank."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import pytest
+from PIL import Image, ImageChops, ImageStat
+
+from farm import review
+from test_review import render_json, variant
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's `chromium`: used if present, else installed with apt-get (root only; about a
+    minute), else the test is skipped saying why. FARM_TEST_NO_INSTALL=1 forbids installing."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("FARM_TEST_NO_INSTALL"):
+        pytest.skip("chromium is not installed and FARM_TEST_NO_INSTALL is set (apt-get install chromium)")
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip("chromium is not installed, and installing it needs apt-get as root (apt-get install chromium)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+            if proc.returncode != 0:
+                tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+                pytest.skip(f"chromium is not installed and `{' '.join(cmd)}` failed: {tail}")
+    except subprocess.TimeoutExpired:
+        pytest.skip("chromium is not installed and apt-get took over 15 minutes")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("apt-get installed chromium, but there is no `chromium` on PATH")
+    return found
+
+
+def browse(chromium, url, *args, timeout=120):
+    with tempfile.TemporaryDirectory(prefix="farm-chromium-") as profile:
+        proc = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", *args, url],
+                              capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_review_page_of_a_two_variant_sweep_plays_both_videos(chromium, home_with_models, write_spec, cli,
+                                                              tmp_path):
+    a, b = render_json(cli, variant(write_spec, 3)), render_json(cli, variant(write_spec, 4))
+    page = review.write(review.collect([str(a["job"]), str(b["job"])]), tmp_path / "page")
+    srv = review.server(page.parent, 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = review.url(srv)
+        # The page's script writes each video's readyState, duration and error into #status;
+        # the virtual time budget lets the page load and the videos decode before the dump.
+        dom = browse(chromium, url, "--virtual-time-budget=10000", "--dump-dom")
+        shot = tmp_path / "shot.png"
+        browse(chromium, url, "--virtual-time-budget=10000", "--window-size=1200,900", "--hide-scrollbars",
+               f"--screenshot={shot}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+    status = json.loads(re.search(r'<pre id="status">(.*?)</pre>', dom, re.S).group(1))
+    assert [s["src"] for s in status] == [f"media/job{a['job']}-seed3.mp4", f"media/job{b['job']}-seed4.mp4"]
+    for s in status:
+        assert s["error"] is None, s
+        assert s["readyState"] >= 3, s  # HAVE_FUTURE_DATA: decoded, and can play on
+        assert s["duration"] == pytest.approx(18 / 8, abs=0.01), s  # 18 frames at 8 fps
+    assert "keyframe[0].seed" in dom
+
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (1200, 900)
+    colors = im.getcolors(maxcolors=1 << 20)
+    assert len(colors) > 1000, "the screenshot has too few colors: a blank page?"
+    assert max(ImageStat.Stat(im).stddev) > 20
+    # The two videos sit side by side under the title (cards of at most 420 px from x = 20):
+    # each shows a decoded frame of noise, and the two differ (seeds 3 and 4).
+    left, right = (im.crop((x, 130, x + 360, 480)) for x in (40, 474))
+    assert all(len(v.getcolors(maxcolors=1 << 20)) > 500 for v in (left, right))
+    assert max(ImageStat.Stat(ImageChops.difference(left, right)).mean) > 10
