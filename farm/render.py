@@ -7,11 +7,12 @@ can call them directly.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
-from . import encode, home, manifest, plan as planner, spec as specs
+from . import home, manifest, plan as planner, spec as specs
 from .cache import Cache
 from .errors import FarmError
 from .queue import TERMINAL, Queue
@@ -95,20 +96,22 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
         name = failed[0]["name"] if failed else "the job"
         raise FarmError(f"Job {job} ({spec.name}) {record['state']} at {name}: {why}", code=1)
 
+    # The worker that finished the assembly wrote the contact sheet and manifest beside the
+    # video (they need every task's finish time, so they are not a task's cached output); the
+    # manifest also holds what ffmpeg decoded from the video.
     out = spec.out
-    info = encode.probe(out) if spec.codec != "png" else {
-        "frames": len(list(out.glob("*.png"))), "fps": spec.fps, "width": spec.width, "height": spec.height}
-    tasks = queue.tasks(job)
-    # The contact sheet and manifest are written here, once the job is done, not by the
-    # assemble task: the manifest records every task's finish time, the assembly's included,
-    # and no task (so no task count) is added. They are per-run files next to the video,
-    # outside the cache, so the cached video stays byte-identical across renders.
+    sidecars = {"contact_sheet": str(manifest.sidecar(out, ".contact.png")), "manifest": str(manifest.path_for(out))}
     try:
-        cache = worker.cache if worker is not None else Cache(home.cache_dir())
-        sidecars = manifest.publish(queue, job, cache, video={"codec": spec.codec, **info})
-    except OSError as e:
+        written = manifest.load(sidecars["manifest"])
+    except FarmError:
+        written = None
+    if not written or written["job"]["id"] != job or not Path(sidecars["contact_sheet"]).is_file():
+        failed = [e for e in queue.events(job) if e["event"] == "job.sidecars_failed"]
+        why = json.loads(failed[-1]["data"])["error"] if failed else "they are missing"
         raise FarmError(f"Job {job} ({spec.name}) rendered {out}, but its contact sheet and manifest could not "
-                        f"be written beside it: {e.strerror or e} ({e.filename or out.parent}).", code=1) from None
+                        f"be written beside it: {why}.", code=1)
+    info = written["video"]
+    tasks = queue.tasks(job)
     return {
         "job": job,
         "name": spec.name,

@@ -106,6 +106,8 @@ class Worker:
                 _, following = self.queue.complete_and_claim(
                     task, self.name, cached=cached, seconds=time.perf_counter() - started,
                     models=frozenset(self.pipelines), **claim)
+            if done and task["kind"] == "assemble":
+                self.sidecars(task)
             if on_task:
                 on_task(task, cached)
             task = following
@@ -116,7 +118,29 @@ class Worker:
         cached = self.execute(task)
         if cached is not None:
             self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
+            if task["kind"] == "assemble":
+                self.sidecars(task)
         return cached
+
+    def sidecars(self, task: dict) -> dict | None:
+        """Once a job's assembly is done (so every task's timings are known), write its
+        contact sheet and manifest beside the video. A failure here does not undo the
+        video: it is recorded as an event, and `farm render` reports it."""
+        from . import manifest
+
+        job = self.queue.job(task["job_id"])
+        if job is None or job["state"] != "done":
+            return None
+        p = task["params"]
+        out = Path(job["output"])
+        try:
+            video = encode.probe(out) if p["codec"] != "png" else {
+                "frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"], "height": p["height"]}
+            return manifest.publish(self.queue, task["job_id"], self.cache, video={"codec": p["codec"], **video})
+        except (OSError, FarmError) as e:
+            with self.queue.transaction():
+                self.queue._event(task["job_id"], task["id"], "job.sidecars_failed", self.name, {"error": str(e)})
+            return None
 
     def execute(self, task: dict) -> bool | None:
         """Answer one claimed task without reporting success (failures are reported here):

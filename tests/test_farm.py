@@ -262,6 +262,8 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     assert done == []  # no task counted twice
     assert not list((farm_home / "cache").rglob(".tmp-*"))  # the killed worker's partial output is not in the cache
     assert sha(path.parent / "out" / "small.mp4") == clean
+    written = json.loads((path.parent / "out" / "small.manifest.json").read_text())  # the worker wrote it
+    assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
 
 
 def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home):
