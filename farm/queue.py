@@ -451,6 +451,11 @@ class Queue:
 
     # --- reading ----------------------------------------------------------------------
 
+    def record(self, job: int | None, task: int | None, event: str, worker: str | None, data: dict | None = None):
+        """Add an event row of the caller's own (in its own transaction)."""
+        with self.transaction():
+            self._event(job, task, event, worker, data)
+
     def _event(self, job, task, event, worker, data):
         self.conn.execute("INSERT INTO events (ts, job_id, task_id, event, worker, data) VALUES (?, ?, ?, ?, ?, ?)",
                           (time.time(), job, task, event, worker, json.dumps(data) if data is not None else None))

@@ -137,5 +137,16 @@ def _wait(queue: Queue, job: int, bar, poll: float = 0.25):
             bar.update(done - seen)
             seen = done
         if record["state"] in TERMINAL:
+            break
+        time.sleep(poll)
+    # The worker writes the contact sheet and manifest just after the job is done.
+    deadline = time.time() + 60
+    while record["state"] == "done" and time.time() < deadline:
+        try:
+            if manifest.load(manifest.path_for(record["output"]))["job"]["id"] == job:
+                return
+        except FarmError:
+            pass
+        if any(e["event"] == "job.sidecars_failed" for e in queue.events(job)):
             return
         time.sleep(poll)

@@ -138,8 +138,7 @@ class Worker:
                 "frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"], "height": p["height"]}
             return manifest.publish(self.queue, task["job_id"], self.cache, video={"codec": p["codec"], **video})
         except (OSError, FarmError) as e:
-            with self.queue.transaction():
-                self.queue._event(task["job_id"], task["id"], "job.sidecars_failed", self.name, {"error": str(e)})
+            self.queue.record(task["job_id"], task["id"], "job.sidecars_failed", self.name, {"error": str(e)})
             return None
 
     def execute(self, task: dict) -> bool | None:
