@@ -160,26 +160,27 @@ def retry(job: JobArg, db: DbOpt = None):
     typer.echo(f"job {job}: {n} task(s) queued again")
 
 
+OptJobArg = Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")]
+
+
+def _pause(job: int | None, paused: bool, db):
+    queue = _queue(db)
+    if job is not None:
+        _job_or_fail(queue, job)
+    queue.pause(job, paused)
+    typer.echo(f"{f'job {job}' if job is not None else 'farm'} {'paused' if paused else 'resumed'}")
+
+
 @app.command()
-def pause(job: Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")] = None,
-          db: DbOpt = None):
+def pause(job: OptJobArg = None, db: DbOpt = None):
     """Stop workers claiming tasks (of one job, or all); tasks in flight finish."""
-    queue = _queue(db)
-    if job is not None:
-        _job_or_fail(queue, job)
-    queue.pause(job, True)
-    typer.echo(f"job {job} paused" if job is not None else "farm paused")
+    _pause(job, True, db)
 
 
 @app.command()
-def resume(job: Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")] = None,
-           db: DbOpt = None):
+def resume(job: OptJobArg = None, db: DbOpt = None):
     """Let workers claim again (one job's tasks, or all)."""
-    queue = _queue(db)
-    if job is not None:
-        _job_or_fail(queue, job)
-    queue.pause(job, False)
-    typer.echo(f"job {job} resumed" if job is not None else "farm resumed")
+    _pause(job, False, db)
 
 
 @app.command()
