@@ -8,6 +8,7 @@ in the worker between tasks.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -30,7 +31,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
         self.device = models.device()
-        self.pipelines: dict[str, object] = {}  # model identity -> loaded pipeline
+        self.pipelines: dict[str, object] = {}  # [identity, dtype, scheduler] -> loaded pipeline
         self.steps_progress = steps_progress
         self.calls = {"load": 0, "keyframe": 0, "segment": 0, "assemble": 0}
 
@@ -85,14 +86,14 @@ class Worker:
     # --- helpers ------------------------------------------------------------------------
 
     def pipe(self, model: dict):
-        """The loaded pipeline for a task's model, loading it on first use."""
-        identity = model["identity"]
-        if identity not in self.pipelines:
-            ref = models.ModelRef(model["name"], "", model["pipeline"], model["source"], identity,
-                                  defaults={"dtype": model["dtype"]} if model["dtype"] else {})
-            self.pipelines[identity] = models.load_pipeline(ref)
+        """The loaded pipeline for a task's model, loading it on first use, with exactly the
+        task's LoRAs active (one loaded base model serves every LoRA combination)."""
+        warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler")])
+        if warm not in self.pipelines:
+            self.pipelines[warm] = models.load_pipeline(models.ref_from_params(model))
             self.calls["load"] += 1
-        pipe = self.pipelines[identity]
+        pipe = self.pipelines[warm]
+        models.use_loras(pipe, model.get("loras", []))
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
 
