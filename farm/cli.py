@@ -59,6 +59,51 @@ def render(
         typer.echo(result["output"])
 
 
+models_app = typer.Typer(no_args_is_help=False, help="List, show and fetch model presets (presets/*.toml).")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context, json_out: JsonOpt = False):
+    """List the presets: role, pipeline, source, and whether the weights are here."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import models
+
+    rows = models.catalog()
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    w = max(len(r["name"]) for r in rows)
+    typer.echo(f"{'NAME':<{w}}  {'ROLE':<9}  {'LOCAL':<5}  {'PIPELINE':<29}  SOURCE")
+    for r in rows:
+        typer.echo(f"{r['name']:<{w}}  {r['role']:<9}  {'yes' if r['local'] else 'no':<5}  {r['pipeline']:<29}  "
+                   f"{r['source']}")
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `farm models`).")],
+                json_out: JsonOpt = False):
+    """Print one preset: source, role, defaults, memory options, twin, and where its weights are."""
+    from . import models
+
+    info = models.describe(name)
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        if value not in (None, {}, ""):
+            typer.echo(f"{key:<12} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="A preset name or a hub id (org/name[@revision]).")]):
+    """Download a model's weights into the Hugging Face cache (needs a network); print the folder."""
+    from . import models
+
+    typer.echo(str(models.pull(name)))
+
+
 @app.command()
 def version():
     """Print farm's version."""

@@ -392,7 +392,7 @@ def describe(name: str) -> dict:
     info = {"name": name, "role": preset["role"], "pipeline": preset["pipeline"], "source": source,
             "local": local, "twin": preset.get("twin"), "description": preset.get("description", ""),
             "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
-            "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))),
+            "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
             "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
     if where:
         info["path"] = where
