@@ -44,19 +44,23 @@ def render(
     quiet: QuietOpt = False,
     db: DbOpt = None,
 ):
-    """Render a storyboard into a video; print the video's path (or a JSON summary)."""
-    from .render import render as run
+    """Render a storyboard into a video; print the video's path (or a JSON summary).
+    A spec with a [sweep] renders one video per variant: one line (or JSON object) each."""
+    from .render import render_all
 
     _quiet_libraries()
-    result = run(spec, db=db, progress=not quiet)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
+
+    def report(result):  # as each output is written, so a long sweep shows its progress
+        if json_out:
+            typer.echo(json.dumps(result))
+            return
         t = result["tasks"]
         if not quiet:
-            typer.echo(f"{result['frames']} frames, {t['run']} tasks run, {t['cached']} from cache, "
+            typer.echo(f"{result['name']}: {result['frames']} frames, {t['run']} tasks run, {t['cached']} from cache, "
                        f"{result['seconds']:.1f}s", err=True)
         typer.echo(result["output"])
+
+    render_all(spec, db=db, progress=not quiet, on_result=report)
 
 
 models_app = typer.Typer(no_args_is_help=False, help="List, show and fetch model presets (presets/*.toml).")

@@ -1,6 +1,7 @@
 """Render a spec end to end: validate, plan, enqueue, drain in this process, report.
 
-`render()` is what `farm render` calls; Python code can call it directly.
+`render_all()` is what `farm render` calls (one summary per output: a spec with a [sweep]
+has one per variant); `render()` renders a spec without a sweep. Python code can call both.
 """
 
 from __future__ import annotations
@@ -23,8 +24,32 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
     Tasks whose key is already in the cache are answered from it without loading a model.
     Pass a `worker` to reuse loaded pipelines across renders (and to read its call counts).
     """
+    return render_spec(specs.load(path), db=db, progress=progress, worker=worker)
+
+
+def render_all(path: str | Path, *, db: str | Path | None = None, progress: bool = False,
+               worker: Worker | None = None, on_result=None) -> list[dict]:
+    """Render every variant of the spec at `path` (one, without a [sweep]), in order.
+
+    All variants are validated before any renders. One worker drains them one job after
+    another, so a task shared by several variants (same key) runs in the first and is a
+    cache hit in the rest, and a model loaded for one stays warm for the next.
+    `on_result` is called with each summary as soon as its output is written."""
+    variants = specs.load_all(path)
+    queue = worker.queue if worker else Queue(db or home.db_path())
+    worker = worker or Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}", steps_progress=progress)
+    results = []
+    for spec in variants:
+        results.append(render_spec(spec, progress=progress, worker=worker))
+        if on_result:
+            on_result(results[-1])
+    return results
+
+
+def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: bool = False,
+                worker: Worker | None = None) -> dict:
+    """Render one validated spec; return its summary."""
     started = time.perf_counter()
-    spec = specs.load(path)
     plan = planner.build(spec)
     queue = worker.queue if worker else Queue(db or home.db_path())
     worker = worker or Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}", steps_progress=progress)

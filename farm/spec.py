@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli
 
-from . import models
+from . import models, sweep
 from .errors import FarmError, SpecError
 
 CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
@@ -227,13 +227,58 @@ FRAME_MOTION_KEYS = MOTION_KEYS + ("seed",)
 
 
 def load(path: str | Path) -> Spec:
-    """Parse and validate a job spec; raise SpecError with every problem, or FarmError."""
+    """Parse and validate a job spec; raise SpecError with every problem, or FarmError.
+    A spec with a [sweep] is many specs: use `load_all`."""
+    specs = load_all(path)
+    if len(specs) != 1:
+        raise FarmError(f"{path} declares a sweep of {len(specs)} variants; load it with spec.load_all().", code=2)
+    return specs[0]
+
+
+def load_all(path: str | Path) -> list[Spec]:
+    """Parse and validate a job spec and every variant of its [sweep], if any.
+
+    Each variant is validated in full; problems common to all variants are listed once,
+    the others under the sweep values that cause them. Raise SpecError with all of them."""
     path = Path(path)
     data, text, raw = read(path)
-    path = path.resolve()
+    if "sweep" not in data:
+        return [_validate(path.resolve(), data, text, raw)]
+    c = _Checker(path.resolve(), text)
+    variants = sweep.expand(data.pop("sweep"), data, c)
+    if c.problems:
+        raise SpecError(path.resolve(), c.problems)
+    specs, problems = [], {}
+    for v in variants:
+        try:
+            spec = _validate(path.resolve(), v.data, text, raw)
+        except SpecError as e:
+            for problem in e.problems:
+                problems.setdefault(problem, []).append(v)
+            continue
+        specs.append(replace(spec, name=f"{spec.name}-{v.label}", out=_suffixed(spec.out, v.label)))
+    if problems:
+        raise SpecError(path.resolve(), [p if len(where) == len(variants) else f"{_culprit(where, len(variants))}: {p}"
+                                         for p, where in problems.items()])
+    return specs
+
+
+def _culprit(failing: list, total: int) -> str:
+    """The swept values that all failing variants share: what to fix."""
+    shared = [(k, v) for k, v in failing[0].values if all((k, v) in f.values for f in failing)]
+    which = ", ".join(f"{k}={v!r}" for k, v in shared) or "; ".join(f.describe() for f in failing)
+    return f"sweep {which} ({len(failing)} of {total} variants)"
+
+
+def _suffixed(out: Path, label: str) -> Path:
+    """renders/lighthouse.mp4 -> renders/lighthouse-seed1-tiny.mp4 (a png folder: no suffix)."""
+    return out.with_name(f"{out.stem}-{label}{out.suffix}")
+
+
+def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     base = path.parent
     c = _Checker(path, text)
-    c.keys(data, ("shot", "keyframes", "motion", "frames"), "")
+    c.keys(data, ("shot", "keyframes", "motion", "frames", "sweep"), "")
 
     shot = c.table(data, "shot")
     c.keys(shot, SHOT_KEYS, "shot.")
