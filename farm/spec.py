@@ -394,6 +394,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
         c.fail("frames", f"at most {MAX_FRAMES} keyframes, got {len(raw_frames)}")
         raw_frames = []
 
+    lora_misuse: set[str] = set()
     for i, fr in enumerate(raw_frames):
         p = f"frames[{i}]."
         c.keys(fr, FRAME_KEYS, p)
@@ -421,6 +422,11 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
         c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
         mmodel = model(p + "motion.model", fm["model"], "motion") if "model" in fm else mo_model
         fmo = stage(fm, p + "motion.", mmodel, mo_defaults)
+        if mmodel is not None and mmodel.is_ffmpeg and fmo["loras"]:
+            where = p + "motion.loras" if "loras" in fm else "motion.loras"
+            if where not in lora_misuse:
+                lora_misuse.add(where)
+                c.fail(where, f"LoRAs apply to diffusers models; {mmodel.name!r} is an ffmpeg animatic")
         frames.append(Frame(
             index=i,
             seconds=float(seconds),
