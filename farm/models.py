@@ -168,12 +168,10 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
     except FarmError as e:
         if not is_hub_id(hub):
             raise FarmError(f"Preset {name!r}: {e.message}", code=2) from None
-        from huggingface_hub.constants import HF_HUB_CACHE
-
         twin = f" To smoke-test the family without weights, use its tiny twin {preset['twin']!r}." \
             if preset.get("twin") else ""
         raise FarmError(f"model {name!r} ({hub}) has no weights on this machine: farm looked in the Hugging Face "
-                        f"cache at {HF_HUB_CACHE} and never downloads while rendering. Fetch them with "
+                        f"cache at {hub_cache()} and never downloads while rendering. Fetch them with "
                         f"`farm models pull {name}` where a network is available.{twin}", code=2) from None
     if inner.pipeline != preset["pipeline"]:
         raise FarmError(f"Preset {name!r} says {preset['pipeline']}, but {hub} is a {inner.pipeline}.", code=2)
@@ -244,12 +242,10 @@ def _resolve_hub(name: str) -> ModelRef:
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, revision = name.partition("@")
-    found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None)
+    found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None, cache_dir=hub_cache())
     if not isinstance(found, str):
-        from huggingface_hub.constants import HF_HUB_CACHE
-
         raise FarmError(
-            f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}), and farm never downloads "
+            f"model {name!r} is not in the local Hugging Face cache ({hub_cache()}), and farm never downloads "
             f"while rendering. Fetch it first with `hf download {repo}"
             + (f" --revision {revision}" if revision else "") + "`, or point the spec at a local folder.",
             code=2,
@@ -258,6 +254,14 @@ def _resolve_hub(name: str) -> ModelRef:
     commit = snapshot.name
     pipeline = _pipeline_class(Path(found))
     return ModelRef(name, _role_of(name, pipeline), pipeline, str(snapshot), f"hub:{repo}@{commit}", commit)
+
+
+def hub_cache() -> str:
+    """The Hugging Face cache folder, read now (huggingface_hub reads its variables once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_CACHE") or (os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"))
+    return env or constants.HF_HUB_CACHE
 
 
 def folder_digest(path: Path) -> str:
@@ -437,7 +441,8 @@ def pull(name: str, timeout: float = 10.0) -> Path:
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     _reachable(endpoint, timeout, name)
     try:
-        path = snapshot_download(repo, revision=revision or None, etag_timeout=timeout)
+        path = snapshot_download(repo, revision=revision or None, etag_timeout=timeout, cache_dir=hub_cache(),
+                                 endpoint=endpoint)
     except Exception as e:  # noqa: BLE001 - hub errors come from requests/httpx and huggingface_hub alike
         raise FarmError(f"Could not download {name!r} ({repo}{'@' + revision if revision else ''}) from {endpoint}: "
                         f"{type(e).__name__}: {e}", code=1) from None
