@@ -108,7 +108,7 @@ def load_preset(name: str) -> dict:
                         f"(allowed: {', '.join(PRESET_KEYS)}).", code=2)
     if data["role"] not in ROLES:
         raise FarmError(f"The preset file {path}: role {data['role']!r} is not one of {', '.join(ROLES)}.", code=2)
-    if data["role"] == "upscale" or PIPELINES.get(data["pipeline"], {}).get("role", data["role"]) != data["role"]:
+    if data["role"] == "upscale" or PIPELINES.get(data["pipeline"], {}).get("role") != data["role"]:
         raise FarmError(f"The preset file {path}: farm cannot drive a {data['pipeline']} as a {data['role']} "
                         f"model (it drives: {_drivable()}).", code=2)
     if data.get("trust_remote_code"):
