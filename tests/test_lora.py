@@ -102,3 +102,51 @@ def test_loras_on_an_animatic_are_an_error(write_spec, lora_file, cli):
     code, out, err = cli("render", write_spec(text))
     assert code == 2 and "motion.loras: LoRAs apply to diffusers models; 'hold' is an ffmpeg animatic" in err
     assert err.count("ffmpeg animatic") == 1  # once, not once per frame
+
+
+MOTION_SPEC = """
+[shot]
+fps = 8
+size = [32, 32]
+out = "out/{name}.mp4"
+
+[keyframes]
+model = "tiny"
+steps = 2
+
+[motion]
+model = "tiny-video"
+steps = 2
+{loras}
+
+[[frames]]
+prompt = "a kite"
+seconds = 0.5
+"""
+
+
+def test_a_motion_lora_changes_the_segment(home_with_models, write_spec, tmp_path):
+    import torch
+    from diffusers import WanImageToVideoPipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from farm import tiny
+
+    pipe = tiny.build_image_to_video()
+    torch.manual_seed(1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"]))
+    folder = write_spec("").parent
+    WanImageToVideoPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+                                              weight_name="motion.safetensors")
+    worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()))
+    plain = render(write_spec(MOTION_SPEC.format(name="plain", loras="")), worker=worker)
+    styled = render(write_spec(MOTION_SPEC.format(name="styled", loras='loras = [{ path = "motion.safetensors" }]'),
+                               "styled.toml"), worker=worker)
+    assert styled["tasks"] == {"total": 3, "run": 2, "cached": 1}  # the keyframe is shared
+    db = sqlite3.connect(home.db_path())
+    seg = [db.execute("SELECT key FROM tasks WHERE job_id = ? AND name = 'segment[0]'", (r["job"],)).fetchone()[0]
+           for r in (plain, styled)]
+    frames = [sorted((home.cache_dir() / k[:2] / k).glob("*.png")) for k in seg]
+    assert seg[0] != seg[1] and len(frames[0]) == len(frames[1]) == 4
+    assert frames[0][-1].read_bytes() != frames[1][-1].read_bytes()
+    assert worker.calls["load"] == 2  # tiny + tiny-video, the adapter added to the warm one
