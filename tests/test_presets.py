@@ -126,3 +126,23 @@ def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatc
         models.resolve("noconf")
     with pytest.raises(FarmError, match="named through a preset"):
         models.resolve(str(tmp_path / "nope.safetensors"))
+
+
+def test_pull_downloads_the_pinned_revision_into_the_cache(cli, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(models, "_reachable", lambda *a: None)  # as if the hub answered
+    asked = {}
+
+    def fake(repo, **kw):
+        asked.update(repo=repo, **kw)
+        return str(tmp_path / "hf" / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    code, out, err = cli("models", "pull", "ltx-video")
+    assert code == 0 and out.strip() == str(tmp_path / "hf" / "snapshot")
+    assert asked["repo"] == "Lightricks/LTX-Video-0.9.5" and asked["revision"] == "main"
+    assert asked["cache_dir"] == str(tmp_path / "hf") and asked["etag_timeout"] == 10.0
+    code, out, err = cli("models", "pull", "acme/model@v2")
+    assert code == 0 and (asked["repo"], asked["revision"]) == ("acme/model", "v2")
