@@ -50,7 +50,8 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 
 # Preset keys, and the [defaults] keys that are not pipeline-call options (every other
 # [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
-PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "trust_remote_code",
+PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
+               "trust_remote_code",
                "defaults", "options", "memory")
 NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
@@ -78,6 +79,7 @@ class ModelRef:
     defaults: dict = field(default_factory=dict, hash=False, compare=False)
     memory: dict = field(default_factory=dict, hash=False, compare=False)  # offload, VAE tiling: no pixel change
     config: str | None = None  # a single-file checkpoint's config folder
+    component: str | None = None  # set when the file holds only this component (e.g. "transformer")
 
     @property
     def is_ffmpeg(self) -> bool:
@@ -179,8 +181,11 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
 
 
 def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:
-    """A single-file checkpoint: `from_single_file` with the preset's `config` (a diffusers
-    folder, preset or cached hub id holding the component configs; offline it must be local)."""
+    """A single-file checkpoint with the preset's `config` (a diffusers folder, preset or
+    cached hub id holding the pipeline's configs; offline it must be local). The file is a
+    whole pipeline (SD/SDXL checkpoints), or with `component = "transformer"` (or "unet")
+    only the denoiser, as Flux, Wan and LTX fine-tunes are shared; the rest of the pipeline
+    then comes from `config`, so its identity is part of the model's."""
     path = Path(preset["source"]).expanduser()
     if not path.is_absolute():
         path = presets_dir() / path
@@ -190,9 +195,17 @@ def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:
         raise FarmError(f"Preset {name!r}: a single-file checkpoint needs `config`, a diffusers folder (or preset, "
                         f"or cached hub id) with the pipeline's configs; farm does not fetch them.", code=2)
     config = resolve(preset["config"], presets_dir())
+    folder = local_path(config)
+    component = preset.get("component")
+    if component is not None:
+        index = json.loads((folder / "model_index.json").read_text())
+        if component not in index or not isinstance(index[component], list):
+            parts = ", ".join(k for k, v in index.items() if isinstance(v, list) and v[0])
+            raise FarmError(f"Preset {name!r}: component {component!r} is not part of {config.name} ({parts}).", code=2)
     digest = file_digest(path)
-    return ModelRef(name, preset["role"], preset["pipeline"], str(path.resolve()), f"file:{digest}", digest[:12],
-                    config=str(local_path(config)), **extra)
+    return ModelRef(name, preset["role"], preset["pipeline"], str(path.resolve()),
+                    f"file:{digest}+{component or 'pipeline'}+config:{config.identity}", digest[:12],
+                    config=str(folder), component=component, **extra)
 
 
 def file_digest(path: Path) -> str:
@@ -313,18 +326,26 @@ def load_pipeline(ref: ModelRef):
     checkpoint file), as for any real model; never with remote code, never from the network."""
     import diffusers
     import torch
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     dev = device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)
     try:
-        if ref.config:
+        if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder
+            index = json.loads((Path(ref.config) / "model_index.json").read_text())
+            part_cls = getattr(diffusers, index[ref.component][1])
+            part = part_cls.from_single_file(str(path), config=ref.config, subfolder=ref.component,
+                                             torch_dtype=dtype, local_files_only=True)
+            pipe = diffusers.DiffusionPipeline.from_pretrained(ref.config, dtype=dtype, local_files_only=True,
+                                                               trust_remote_code=False, **{ref.component: part})
+        elif ref.config:
             cls = getattr(diffusers, ref.pipeline)
             pipe = cls.from_single_file(str(path), config=ref.config, torch_dtype=dtype, local_files_only=True)
         else:
             pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                                trust_remote_code=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SingleFileComponentError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
     if ref.defaults.get("scheduler"):
         name = ref.defaults["scheduler"]
@@ -350,7 +371,8 @@ def ref_from_params(model: dict) -> ModelRef:
     """The ModelRef a worker loads, rebuilt from a task's params (see plan._where)."""
     defaults = {k: model[k] for k in ("dtype", "scheduler") if model.get(k)}
     return ModelRef(model["name"], "", model["pipeline"], model["source"], model["identity"],
-                    defaults=defaults, memory=model.get("memory") or {}, config=model.get("config"))
+                    defaults=defaults, memory=model.get("memory") or {}, config=model.get("config"),
+                    component=model.get("component"))
 
 
 def use_loras(pipe, loras: list[dict]):

@@ -69,7 +69,7 @@ def _where(ref, loras=()) -> dict:
     """Where and how to load a model: in the task's params, not its key (moving a folder,
     renaming a preset or offloading to the CPU does not change what the model draws)."""
     model = {**_model(ref, loras), "name": ref.name, "source": ref.source, "memory": ref.memory,
-             "config": ref.config}
+             "config": ref.config, "component": ref.component}
     if loras:
         model["loras"] = [{"path": str(lo.path), "sha256": lo.sha256, "scale": lo.scale} for lo in loras]
     return {"model": model}

@@ -1,6 +1,7 @@
 """Preset files, model sources and their errors: unknown presets, missing weights, offline
 pulls, role/pipeline mismatches, single-file checkpoints, preset defaults."""
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -108,7 +109,8 @@ def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatc
     ckpt.write_bytes(b"not really weights")
     presets("mine", f'role = "keyframes"\npipeline = "StableDiffusionPipeline"\nsource = "{ckpt}"\nconfig = "tiny"\n')
     ref = models.resolve("mine")
-    assert ref.identity == "file:" + models.file_digest(ckpt) and ref.config.endswith("text-to-image-recipe1")
+    assert ref.identity == f"file:{models.file_digest(ckpt)}+pipeline+config:builtin:text-to-image@recipe1"
+    assert ref.config.endswith("text-to-image-recipe1")
     seen = {}
 
     def fake(cls, path, **kw):
@@ -146,3 +148,35 @@ def test_pull_downloads_the_pinned_revision_into_the_cache(cli, monkeypatch, tmp
     assert asked["cache_dir"] == str(tmp_path / "hf") and asked["etag_timeout"] == 10.0
     code, out, err = cli("models", "pull", "acme/model@v2")
     assert code == 0 and (asked["repo"], asked["revision"]) == ("acme/model", "v2")
+
+
+def test_a_single_file_transformer_renders_with_the_rest_from_its_config(presets, write_spec, cli, tmp_path):
+    """A Flux fine-tune shared as one transformer .safetensors: loaded for real with
+    from_single_file, the text encoders and VAE from the twin's folder."""
+    import torch
+    from safetensors.torch import save_file
+
+    from farm import tiny
+
+    net = tiny.build_flux().transformer
+    torch.manual_seed(5)
+    weights = {k: v.contiguous() + 0.05 * torch.randn_like(v) for k, v in net.state_dict().items()}  # "fine-tuned"
+    save_file(weights, tmp_path / "flux-ft.safetensors")
+    presets("flux-ft", f'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "{tmp_path / "flux-ft.safetensors"}"\n'
+                       f'config = "tiny-flux"\ncomponent = "transformer"\n[defaults]\nsteps = 2\nmax_sequence_length = 32\n')
+    ref = models.resolve("flux-ft")
+    pipe = models.load_pipeline(ref)
+    name = next(iter(weights))
+    assert torch.equal(pipe.transformer.state_dict()[name], weights[name])  # the file's weights, not the twin's
+    shots = []
+    for model in ("flux-ft", "tiny-flux"):
+        text = SMALL.replace('model = "tiny"', f'model = "{model}"').replace('model = "tiny-video"', 'model = "hold"')
+        text = text.replace("out/small.mp4", f"out/{model}.mp4")
+        code, out, err = cli("render", write_spec(text, f"{model}.toml"), "--json")
+        assert code == 0, err
+        shots.append(json.loads(out))
+    assert Path(shots[0]["output"]).read_bytes() != Path(shots[1]["output"]).read_bytes()
+    presets("bad-part", f'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "{tmp_path / "flux-ft.safetensors"}"\n'
+                        f'config = "tiny-flux"\ncomponent = "unet"\n')
+    with pytest.raises(FarmError, match="component 'unet' is not part of tiny-flux"):
+        models.resolve("bad-part")
