@@ -165,18 +165,17 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
     if source.endswith(".safetensors"):
         return _resolve_single_file(name, preset, extra)
     hub = f"{source}@{preset['revision']}" if preset.get("revision") and "@" not in source else source
-    try:
-        inner = resolve(hub, presets_dir())
-    except FarmError as e:
-        if not is_hub_id(hub):
+    # The preset's class wins over the one the weights' model_index.json names: LTX-Video's
+    # repos name LTXPipeline, whose components LTXConditionPipeline loads as they are.
+    folder = Path(source).expanduser()
+    folder = folder if folder.is_absolute() else presets_dir() / folder
+    if folder.exists() or not is_hub_id(hub):
+        try:
+            inner = _resolve_folder(source, folder, preset["pipeline"])
+        except FarmError as e:
             raise FarmError(f"Preset {name!r}: {e.message}", code=2) from None
-        twin = f" To smoke-test the family without weights, use its tiny twin {preset['twin']!r}." \
-            if preset.get("twin") else ""
-        raise FarmError(f"model {name!r} ({hub}) has no weights on this machine: farm looked in the Hugging Face "
-                        f"cache at {hub_cache()} and never downloads while rendering. Fetch them with "
-                        f"`farm models pull {name}` where a network is available.{twin}", code=2) from None
-    if inner.pipeline != preset["pipeline"]:
-        raise FarmError(f"Preset {name!r} says {preset['pipeline']}, but {hub} is a {inner.pipeline}.", code=2)
+    else:
+        inner = _resolve_hub(hub, preset["pipeline"], preset=(name, preset))
     return ModelRef(name, preset["role"], preset["pipeline"], inner.source, inner.identity, inner.revision, **extra)
 
 
@@ -242,20 +241,27 @@ def _role_of(name: str, pipeline: str) -> str:
     return PIPELINES[pipeline]["role"]
 
 
-def _resolve_folder(name: str, path: Path) -> ModelRef:
+def _resolve_folder(name: str, path: Path, pipeline: str | None = None) -> ModelRef:
     index = path / "model_index.json"
     if not path.is_dir() or not index.is_file():
         raise FarmError(f"model {name!r}: {path} is not a diffusers model folder (no model_index.json).", code=2)
-    pipeline = _pipeline_class(index)
+    pipeline = pipeline or _pipeline_class(index)
     digest = folder_digest(path)
     return ModelRef(name, _role_of(name, pipeline), pipeline, str(path.resolve()), f"folder:{digest}", digest[:12])
 
 
-def _resolve_hub(name: str) -> ModelRef:
+def _resolve_hub(name: str, pipeline: str | None = None, preset: tuple[str, dict] | None = None) -> ModelRef:
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, revision = name.partition("@")
     found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None, cache_dir=hub_cache())
+    if not isinstance(found, str) and preset is not None:
+        label, data = preset
+        twin = f" To smoke-test the family without weights, use its tiny twin {data['twin']!r}." \
+            if data.get("twin") else ""
+        raise FarmError(f"model {label!r} ({name}) has no weights on this machine: farm looked in the Hugging Face "
+                        f"cache at {hub_cache()} and never downloads while rendering. Fetch them with "
+                        f"`farm models pull {label}` where a network is available.{twin}", code=2)
     if not isinstance(found, str):
         raise FarmError(
             f"model {name!r} is not in the local Hugging Face cache ({hub_cache()}), and farm never downloads "
@@ -265,7 +271,7 @@ def _resolve_hub(name: str) -> ModelRef:
         )
     snapshot = Path(found).parent
     commit = snapshot.name
-    pipeline = _pipeline_class(Path(found))
+    pipeline = pipeline or _pipeline_class(Path(found))
     return ModelRef(name, _role_of(name, pipeline), pipeline, str(snapshot), f"hub:{repo}@{commit}", commit)
 
 
@@ -343,8 +349,8 @@ def load_pipeline(ref: ModelRef):
             cls = getattr(diffusers, ref.pipeline)
             pipe = cls.from_single_file(str(path), config=ref.config, torch_dtype=dtype, local_files_only=True)
         else:
-            pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                               trust_remote_code=False)
+            cls = getattr(diffusers, ref.pipeline, None) or diffusers.DiffusionPipeline  # the preset's class
+            pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, SingleFileComponentError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
     if ref.defaults.get("scheduler"):

@@ -180,3 +180,26 @@ def test_a_single_file_transformer_renders_with_the_rest_from_its_config(presets
                         f'config = "tiny-flux"\ncomponent = "unet"\n')
     with pytest.raises(FarmError, match="component 'unet' is not part of tiny-flux"):
         models.resolve("bad-part")
+
+
+def test_a_hub_preset_in_the_local_cache_loads_with_the_presets_class(presets, write_spec, cli, tmp_path, monkeypatch):
+    """The hub path, offline: a snapshot laid out as huggingface_hub caches it. Its
+    model_index names LTXPipeline (as LTX-Video's repos do); the preset's class wins."""
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--acme--ltx-mini"
+    shutil.copytree(models.local_path(models.resolve("tiny-ltx")), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    index = repo / "snapshots" / commit / "model_index.json"
+    index.write_text(index.read_text().replace('"LTXConditionPipeline"', '"LTXPipeline"'))
+    presets("ltx-mini", 'role = "motion"\npipeline = "LTXConditionPipeline"\nsource = "acme/ltx-mini"\n'
+                        'revision = "main"\ntwin = "tiny-ltx"\n[defaults]\nsteps = 2\nmax_sequence_length = 32\n')
+    ref = models.resolve("ltx-mini")
+    assert ref.identity == f"hub:acme/ltx-mini@{commit}" and ref.pipeline == "LTXConditionPipeline"
+    assert models.describe("ltx-mini")["local"] is True
+    text = SMALL.replace('model = "tiny-video"', 'model = "ltx-mini"').replace("size = [64, 64]", "size = [32, 32]")
+    code, out, err = cli("render", write_spec(text), "--json")
+    assert code == 0, err
+    assert json.loads(out)["frames"] == 18
