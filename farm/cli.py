@@ -18,7 +18,7 @@ from .errors import FarmError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="farm: render storyboards (TOML job specs) into videos with diffusers models.")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout at the end (for scripts).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts): one object per output.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Queue database to use instead of $FARM_HOME/queue.db.")]
 
@@ -68,7 +68,8 @@ app.add_typer(models_app, name="models")
 
 
 @models_app.callback(invoke_without_command=True)
-def models_list(ctx: typer.Context, json_out: JsonOpt = False):
+def models_list(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the presets as one JSON list of objects (for scripts).")] = False):
     """List the presets: role, pipeline, source, and whether the weights are here."""
     if ctx.invoked_subcommand is not None:
         return
