@@ -130,15 +130,15 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
         return ModelRef(name, "motion", "ffmpeg", name, f"ffmpeg:{name}")
     if name in preset_names():
         return _resolve_preset(name, load_preset(name))
+    if name.endswith((".safetensors", ".ckpt")):
+        raise FarmError(f"model {name!r}: a single-file checkpoint is named through a preset (`source` = the file, "
+                        f"`pipeline`, `config`; see the README), as its pipeline class and configs cannot be read "
+                        f"from the file offline.", code=2)
     path = Path(name).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
     if path.exists():
         return _resolve_folder(name, path)
-    if name.endswith(".safetensors"):
-        raise FarmError(f"model {name!r}: no such file, and a single-file checkpoint is named through a preset "
-                        f"(`source` = the file, `pipeline`, `config`), as its pipeline class and configs cannot be "
-                        f"read from the file offline.", code=2)
     if is_hub_id(name):
         return _resolve_hub(name)
     hint = difflib.get_close_matches(name, preset_names() + list(FFMPEG_MOTION), n=1)
