@@ -80,6 +80,7 @@ class ModelRef:
     memory: dict = field(default_factory=dict, hash=False, compare=False)  # offload, VAE tiling: no pixel change
     config: str | None = None  # a single-file checkpoint's config folder
     component: str | None = None  # set when the file holds only this component (e.g. "transformer")
+    trust_remote_code: bool = False  # only a preset that says `trust_remote_code = true` runs a repo's own code
 
     @property
     def is_ffmpeg(self) -> bool:
@@ -113,9 +114,8 @@ def load_preset(name: str) -> dict:
     if data["role"] == "upscale" or PIPELINES.get(data["pipeline"], {}).get("role") != data["role"]:
         raise FarmError(f"The preset file {path}: farm cannot drive a {data['pipeline']} as a {data['role']} "
                         f"model (it drives: {_drivable()}).", code=2)
-    if data.get("trust_remote_code"):
-        raise FarmError(f"The preset file {path} asks for trust_remote_code; farm never runs a model's own "
-                        f"code, and ships no pipeline that needs it.", code=2)
+    if not isinstance(data.get("trust_remote_code", False), bool):
+        raise FarmError(f"The preset file {path}: trust_remote_code must be true or false.", code=2)
     data["defaults"] = {**data.get("defaults", {}), **data.get("options", {})}
     return data
 
@@ -156,7 +156,7 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
     if bad:
         raise FarmError(f"Preset {name!r}: unknown [memory] keys {', '.join(bad)} (allowed: {', '.join(MEMORY_KEYS)}).",
                         code=2)
-    extra = {"defaults": defaults, "memory": memory}
+    extra = {"defaults": defaults, "memory": memory, "trust_remote_code": preset.get("trust_remote_code", False)}
     if source.startswith("builtin:"):
         recipe = source.split(":", 1)[1]
         if recipe not in tiny.BUILDERS:
@@ -329,7 +329,8 @@ def device() -> str:
 
 def load_pipeline(ref: ModelRef):
     """Load a pipeline through diffusers' `from_pretrained` (or `from_single_file` for a
-    checkpoint file), as for any real model; never with remote code, never from the network."""
+    checkpoint file), as for any real model; never from the network, and with a repo's own
+    code only when its preset says `trust_remote_code = true`."""
     import diffusers
     import torch
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -344,13 +345,15 @@ def load_pipeline(ref: ModelRef):
             part = part_cls.from_single_file(str(path), config=ref.config, subfolder=ref.component,
                                              torch_dtype=dtype, local_files_only=True)
             pipe = diffusers.DiffusionPipeline.from_pretrained(ref.config, dtype=dtype, local_files_only=True,
-                                                               trust_remote_code=False, **{ref.component: part})
+                                                               trust_remote_code=ref.trust_remote_code,
+                                                               **{ref.component: part})
         elif ref.config:
             cls = getattr(diffusers, ref.pipeline)
             pipe = cls.from_single_file(str(path), config=ref.config, torch_dtype=dtype, local_files_only=True)
         else:
             cls = getattr(diffusers, ref.pipeline, None) or diffusers.DiffusionPipeline  # the preset's class
-            pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
+            pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                       trust_remote_code=ref.trust_remote_code)
     except (OSError, ValueError, SingleFileComponentError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
     if ref.defaults.get("scheduler"):
@@ -378,7 +381,7 @@ def ref_from_params(model: dict) -> ModelRef:
     defaults = {k: model[k] for k in ("dtype", "scheduler") if model.get(k)}
     return ModelRef(model["name"], "", model["pipeline"], model["source"], model["identity"],
                     defaults=defaults, memory=model.get("memory") or {}, config=model.get("config"),
-                    component=model.get("component"))
+                    component=model.get("component"), trust_remote_code=model.get("trust_remote_code", False))
 
 
 def use_loras(pipe, loras: list[dict]):
@@ -424,6 +427,7 @@ def describe(name: str) -> dict:
     info = {"name": name, "role": preset["role"], "pipeline": preset["pipeline"], "source": source,
             "local": local, "twin": preset.get("twin"), "description": preset.get("description", ""),
             "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
+            "trust_remote_code": preset.get("trust_remote_code", False),
             "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
             "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
     if where:

@@ -72,6 +72,8 @@ def _where(ref, loras=()) -> dict:
              "config": ref.config, "component": ref.component}
     if loras:
         model["loras"] = [{"path": str(lo.path), "sha256": lo.sha256, "scale": lo.scale} for lo in loras]
+    if ref.trust_remote_code:
+        model["trust_remote_code"] = True
     return {"model": model}
 
 

@@ -66,8 +66,8 @@ def test_unknown_and_mismatched_models_are_input_errors(write_spec, cli, presets
     presets("odd", 'role = "motion"\npipeline = "FluxPipeline"\nsource = "builtin:flux"\n')
     code, out, err = cli("render", write_spec(SMALL.replace('model = "tiny-video"', 'model = "odd"')))
     assert code == 2 and "cannot drive a FluxPipeline as a motion model" in err
-    presets("remote", 'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "acme/x"\ntrust_remote_code = true\n')
-    with pytest.raises(FarmError, match="never runs a model's own code"):
+    presets("remote", 'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "acme/x"\ntrust_remote_code = "yes"\n')
+    with pytest.raises(FarmError, match="trust_remote_code must be true or false"):
         models.resolve("remote")
     presets("typo", 'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "builtin:flux"\n[memory]\noffload = true\n')
     with pytest.raises(FarmError, match="unknown \\[memory\\] keys offload"):
@@ -203,3 +203,23 @@ def test_a_hub_preset_in_the_local_cache_loads_with_the_presets_class(presets, w
     code, out, err = cli("render", write_spec(text), "--json")
     assert code == 0, err
     assert json.loads(out)["frames"] == 18
+
+
+def test_remote_code_only_when_a_preset_says_so(presets, write_spec, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    seen = []
+    real = DiffusionPipeline.from_pretrained.__func__
+
+    def spy(cls, path, **kw):
+        seen.append(kw["trust_remote_code"])
+        return real(cls, path, **{k: v for k, v in kw.items() if k != "trust_remote_code"})
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(spy))
+    folder = models.local_path(models.resolve("tiny"))
+    presets("trusted", f'role = "keyframes"\npipeline = "StableDiffusionPipeline"\nsource = "{folder}"\n'
+                       f'trust_remote_code = true\n')
+    for name, trusted in (("tiny", False), (str(folder), False), ("trusted", True)):
+        task = plan.build(spec.load(write_spec(SMALL.replace('model = "tiny"', f'model = "{name}"')))).by_name()
+        models.load_pipeline(models.ref_from_params(task["keyframe[0]"].params["model"]))
+        assert seen[-1] is trusted, name
