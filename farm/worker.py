@@ -25,13 +25,19 @@ FRAME = "{:06d}.png"
 
 class Worker:
     def __init__(self, queue: Queue, cache: Cache, *, name: str | None = None, lease: float = 60.0,
-                 steps_progress: bool = False):
+                 steps_progress: bool = False, max_warm: int | None = None):
         self.queue = queue
         self.cache = cache
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
         self.device = models.device()
-        self.pipelines: dict[str, object] = {}  # [identity, dtype, scheduler] -> loaded pipeline
+        self.pipelines: dict[str, object] = {}  # [identity, dtype, scheduler] -> loaded pipeline, oldest use first
+        # How many pipelines stay loaded. On a GPU, 2: a keyframe and a motion model, which a
+        # sweep over keyframe models still reuses job after job; SDXL (7 GB in fp16) next to
+        # Wan 14B (28 GB in bf16) already fills a 40 GB card, so a third would not fit.
+        # On the CPU, 8: the twins are a few MB each. `FARM_MAX_WARM` overrides both.
+        env = os.environ.get("FARM_MAX_WARM")
+        self.max_warm = max_warm or (int(env) if env else (8 if self.device == "cpu" else 2))
         self.steps_progress = steps_progress
         self.calls = {"load": 0, "keyframe": 0, "segment": 0, "assemble": 0}
 
@@ -90,12 +96,26 @@ class Worker:
         task's LoRAs active (one loaded base model serves every LoRA combination)."""
         warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler")])
         if warm not in self.pipelines:
+            while len(self.pipelines) >= self.max_warm:
+                self.evict(next(iter(self.pipelines)))
             self.pipelines[warm] = models.load_pipeline(models.ref_from_params(model))
             self.calls["load"] += 1
-        pipe = self.pipelines[warm]
+        pipe = self.pipelines.pop(warm)
+        self.pipelines[warm] = pipe  # most recently used last
         models.use_loras(pipe, model.get("loras", []))
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
+
+    def evict(self, warm: str):
+        """Unload the least recently used pipeline and give its memory back."""
+        import gc
+
+        del self.pipelines[warm]
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
     def output(self, key: str) -> Path:
         return self.cache.path(key)

@@ -91,3 +91,25 @@ zip = [["motion.steps", "keyframes.model", "shot.fps"]]
     code, out, err = cli("render", write_spec(text))
     assert code == 2 and "1 problem" in err  # once, naming the swept value that all failing variants share
     assert "sweep keyframes.model='tiny-nope' (2 of 4 variants): line 10: keyframes.model: unknown model" in err
+
+
+def test_a_worker_keeps_at_most_max_warm_pipelines_loaded(home_with_models, write_spec, monkeypatch):
+    """On a GPU only two pipelines stay loaded; a sweep over keyframe models then swaps the
+    keyframe model and keeps the motion model (least recently used goes first)."""
+    from farm.cache import Cache
+    from farm.queue import Queue
+    from farm.render import render_all
+    from farm.worker import Worker
+
+    text = '[shot]\nfps = 8\nsize = [32, 32]\n[motion]\nmodel = "tiny-video"\nsteps = 1\n' \
+        '[[frames]]\nprompt = "a kite"\nseconds = 0.25\n' + \
+        '\n[sweep]\n"keyframes.model" = ["tiny", "tiny-sdxl", "tiny"]\n"keyframes.steps" = [1, 2, 3]\n' \
+        'zip = [["keyframes.model", "keyframes.steps"]]\n'
+    worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()), max_warm=2)
+    evicted = []
+    real = worker.evict
+    monkeypatch.setattr(worker, "evict", lambda warm: (evicted.append(json.loads(warm)[0]), real(warm)))
+    results = render_all(write_spec(text), worker=worker)
+    assert len(results) == 3 and len(worker.pipelines) == 2
+    # tiny, tiny-video; then tiny-sdxl evicts tiny (tiny-video was used after it); then tiny evicts tiny-sdxl
+    assert worker.calls["load"] == 4 and [i.split("@")[0] for i in evicted] == ["builtin:text-to-image", "builtin:sdxl"]
