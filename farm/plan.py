@@ -52,16 +52,29 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _model(ref) -> dict:
-    """What of a model determines pixels: its identity, class, dtype and call options."""
-    extras = {k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype")}
-    return {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"), "options": extras}
+def _model(ref, loras=()) -> dict:
+    """What of a model determines pixels: its identity, class, dtype and call options, and
+    (only when set, so keys made before they existed stay valid) its scheduler and LoRAs:
+    each LoRA by content digest and scale, not by path."""
+    out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"),
+           "options": ref.options()}
+    if ref.defaults.get("scheduler"):
+        out["scheduler"] = ref.defaults["scheduler"]
+    if loras:
+        out["loras"] = [{"sha256": lo.sha256, "scale": lo.scale} for lo in loras]
+    return out
 
 
-def _where(ref) -> dict:
-    """Where to load a model from: in the task's params, not its key (moving a folder or
-    renaming a preset does not change what the model draws)."""
-    return {"model": {**_model(ref), "name": ref.name, "source": ref.source}}
+def _where(ref, loras=()) -> dict:
+    """Where and how to load a model: in the task's params, not its key (moving a folder,
+    renaming a preset or offloading to the CPU does not change what the model draws)."""
+    model = {**_model(ref, loras), "name": ref.name, "source": ref.source, "memory": ref.memory,
+             "config": ref.config, "component": ref.component}
+    if loras:
+        model["loras"] = [{"path": str(lo.path), "sha256": lo.sha256, "scale": lo.scale} for lo in loras]
+    if ref.trust_remote_code:
+        model["trust_remote_code"] = True
+    return {"model": model}
 
 
 def build(spec: Spec) -> Plan:
@@ -75,9 +88,9 @@ def build(spec: Spec) -> Plan:
             params = {"frame": fr.index, "image": str(k.image), **inputs}
             model = None
         else:
-            inputs = {"model": _model(k.model), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
+            inputs = {"model": _model(k.model, k.loras), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
                       "seed": k.seed, "steps": k.steps, "guidance": k.guidance, **size}
-            params = {"frame": fr.index, **inputs, **_where(k.model)}
+            params = {"frame": fr.index, **inputs, **_where(k.model, k.loras)}
             model = k.model.identity
         task = Task(f"keyframe[{fr.index}]", "keyframe", task_key("keyframe", inputs), params, (), model)
         keyframes.append(task)
@@ -95,10 +108,10 @@ def build(spec: Spec) -> Plan:
             inputs["mode"] = m.model.name
             model = None
         else:
-            inputs.update({"model": _model(m.model), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
+            inputs.update({"model": _model(m.model, m.loras), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
                            "seed": m.seed, "steps": m.steps, "guidance": m.guidance})
             model = m.model.identity
-        params = {"frame": i, **inputs, **(_where(m.model) if not m.model.is_ffmpeg else {})}
+        params = {"frame": i, **inputs, **(_where(m.model, m.loras) if not m.model.is_ffmpeg else {})}
         deps = (first.name,) + ((last.name,) if last else ())
         task = Task(f"segment[{i}]", "segment", task_key("segment", inputs), params, deps, model)
         segments.append(task)

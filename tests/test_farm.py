@@ -193,7 +193,7 @@ def test_model_cache_is_bounded_by_memory(home_with_models, write_spec, farm_hom
     with Worker(q, Cache(farm_home / "cache"), memory_budget=need + 1000) as w:  # room for one model only
         w.drain(job)
         assert w.calls["load"] == 2 and w.calls["unload"] == 1
-        assert list(w.pipelines) == [models.resolve("tiny-video").identity]
+        assert w.held() == {models.resolve("tiny-video").identity}
     assert q.job(job)["state"] == "done"
 
 
