@@ -183,6 +183,8 @@ BUILDERS = {"text-to-image": build_text_to_image, "image-to-video": build_image_
 
 
 def _clip_text(tokenizer, hidden: int, projection: bool = False):
+    import torch
+
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
@@ -195,6 +197,8 @@ def _clip_text(tokenizer, hidden: int, projection: bool = False):
 
 
 def _t5(tokenizer, d_model: int, umt5: bool = False):
+    import torch
+
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
@@ -207,6 +211,8 @@ def _t5(tokenizer, d_model: int, umt5: bool = False):
 
 def _vae_8x(latent_channels: int, **kw):
     """An AutoencoderKL with three downsamples (8x), like SD, SDXL, SD3 and Flux."""
+    import torch
+
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -220,6 +226,8 @@ def _vae_8x(latent_channels: int, **kw):
 def build_sdxl():
     """SDXL: two CLIP text encoders (the second with projection), a UNet with text-time
     conditioning (crop and size embeddings), 8x VAE, Euler scheduler."""
+    import torch
+
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = build_tokenizer(max_length=32)
@@ -246,6 +254,8 @@ def build_sdxl():
 
 def build_sd3():
     """SD 3.x: MMDiT transformer (patch 2), two CLIPs with projection plus T5, 16-channel 8x VAE."""
+    import torch
+
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tokenizer = build_tokenizer(max_length=32)
@@ -267,6 +277,8 @@ def build_sd3():
 def build_flux():
     """FLUX.1: double- and single-stream transformer over 2x2-packed latents (16 channels in,
     from a 4-channel 8x VAE), CLIP pooled plus T5 text, guidance embedding (as FLUX.1-dev)."""
+    import torch
+
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     tokenizer = build_tokenizer(max_length=32)
@@ -287,6 +299,8 @@ def build_flux():
 def build_wan22():
     """Wan 2.2 A14B image-to-video: two experts (high-noise `transformer`, low-noise
     `transformer_2`, switched at `boundary_ratio`), no CLIP image encoder."""
+    import torch
+
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
 
     tokenizer = build_tokenizer(max_length=64)
@@ -311,6 +325,8 @@ def build_wan22():
 def build_ltx():
     """LTX-Video: a patch-4 causal video VAE with three spatio-temporal downsamples (32x
     spatial, 8x temporal: 8k+1 frames, as the real one), T5 text, LTX transformer."""
+    import torch
+
     from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
 
     tokenizer = build_tokenizer(max_length=64)
@@ -337,6 +353,8 @@ def build_ltx():
 def build_cogvideox():
     """CogVideoX 1.5 image-to-video: 3D-causal VAE (8x spatial, 4x temporal), T5 text, an
     expert transformer with temporal patch 2 and rotary positions (any size, as 1.5 allows)."""
+    import torch
+
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
 
     tokenizer = build_tokenizer(max_length=32)
