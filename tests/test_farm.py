@@ -201,10 +201,27 @@ def sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def work_proc(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
-                            start_new_session=True)
+@pytest.fixture
+def work_proc():
+    """Start `farm work --cpu ...` in its own session; whatever a test leaves running is
+    killed (the whole process group) when it ends, pass or fail."""
+    started = []
+
+    def start(*args, env=None):
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env or os.environ.copy(), start_new_session=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
 
 
 def wait_for(predicate, timeout=120, proc=None):
@@ -231,7 +248,7 @@ def in_flight(db, kind="segment"):
 
 
 def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models, write_spec, cli, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, work_proc):
     import shutil
 
     path = write_spec(SLOW_SEGMENTS)
@@ -266,7 +283,7 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
 
 
-def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home):
+def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home, work_proc):
     proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet")
     db = farm_home / "queue.db"
     wait_for(lambda: in_flight_worker(db), proc=proc)
