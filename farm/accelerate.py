@@ -57,6 +57,13 @@ def check_features(features, where: str = "accelerate") -> list[str]:
     return sorted(set(features), key=FEATURES.index)
 
 
+def check_threshold(value, where: str = "cache_threshold") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+        raise FarmError(f"{where}: expected a number >= 0 and <= 10 (relative change of the first block's "
+                        f"residual), got {value!r}", code=2)
+    return float(value)
+
+
 @dataclass
 class Report:
     model: str = ""
@@ -100,7 +107,9 @@ class Report:
         else:
             lines.append("cache: off")
         if self.kernels:
-            lines.append(f"replaced ({len(self.graphs)} graph{'s' if len(self.graphs) != 1 else ''}):")
+            n = len(self.graphs)
+            lines.append(f"replaced (in {n} graph{'s' if n != 1 else ''}" + ("; a graph Dynamo reuses for "
+                         "identical blocks counts once" if n > 1 else "") + "):")
             width = max(map(len, PATTERNS))
             lines += [f"  {p:<{width}}  {n}" for p, n in self.replaced.items()]
         return "\n".join(lines)
@@ -141,6 +150,37 @@ def accelerate(pipe, features=None, *, kernels: bool = True, compile: bool = Tru
         # Each block class is traced once per input shape; CFG and cache branches add a few.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     pipe._farm_acceleration = report
+    return report
+
+
+def probe(name: str, features=None, *, cache_threshold: float | None = None, dev: str | None = None) -> Report:
+    """Load a model (a preset, folder or hub id), accelerate it with `features` (default: its
+    preset's `accelerate` list, else kernels and attention) and run one small denoising call,
+    so the report holds what the pass replaced. What `farm accelerate --report` prints."""
+    from . import models, pipeline
+
+    ref = models.resolve(name)
+    if ref.is_ffmpeg:
+        raise FarmError(f"{name!r} runs ffmpeg, not a model: there is nothing to accelerate.", code=2)
+    features = check_features(list(features) if features is not None
+                              else ref.defaults.get("accelerate") or ["kernels", "attention"])
+    threshold = cache_threshold if cache_threshold is not None else ref.defaults.get("cache_threshold",
+                                                                                     DEFAULT_CACHE_THRESHOLD)
+    pipe = models.load_pipeline(ref, dev)
+    pipe.set_progress_bar_config(disable=True)
+    report = accelerate(pipe, features, cache_threshold=threshold)
+    side = 4 * models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 16)  # a 4x4-token latent: cheap
+    params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": 2, "guidance": 5.0, "width": side,
+              "height": side, "seed": 0, "frames": 1, "model": {"pipeline": ref.pipeline, "options": {
+                  k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype", "accelerate",
+                                                                    "cache_threshold")}}}
+    from PIL import Image
+
+    if ref.role == "keyframes":
+        pipeline.keyframe(pipe, params)
+    else:
+        im = Image.new("RGB", (side, side), (90, 120, 200))
+        pipeline.segment(pipe, params, im, im)
     return report
 
 

@@ -81,6 +81,24 @@ def load_preset(name: str) -> dict:
     return data
 
 
+def preset_defaults(name: str, preset: dict) -> dict:
+    """A preset's [defaults], plus its `accelerate = [...]` and `cache_threshold` (validated)."""
+    from .accelerate import check_features, check_threshold
+
+    defaults = dict(preset.get("defaults", {}))
+    if "accelerate" in preset:
+        defaults["accelerate"] = check_features(preset["accelerate"], f"preset {name!r}: accelerate")
+    if "cache_threshold" in preset:
+        defaults["cache_threshold"] = check_threshold(preset["cache_threshold"], f"preset {name!r}: cache_threshold")
+    return defaults
+
+
+def slot(identity: str, accelerate=None) -> str:
+    """What a worker holds a loaded pipeline under: the model, and how it was accelerated (an
+    accelerated pipeline is rewired and compiled, so it is not the plain one)."""
+    return f"{identity}+{','.join(accelerate)}" if accelerate else identity
+
+
 def resolve(name: str, base: Path | None = None) -> ModelRef:
     """Turn a model name from a spec into a ModelRef, or raise FarmError saying why not."""
     if name in FFMPEG_MOTION:
@@ -93,11 +111,12 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
             if recipe not in tiny.BUILDERS:
                 raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
             identity = f"{source}@recipe{tiny.RECIPE}"
-            ref = ModelRef(name, preset["role"], preset["pipeline"], source, identity, None, preset.get("defaults", {}))
+            ref = ModelRef(name, preset["role"], preset["pipeline"], source, identity, None,
+                           preset_defaults(name, preset))
         else:
             inner = resolve(source, presets_dir())
             ref = ModelRef(name, preset["role"], preset["pipeline"], inner.source, inner.identity,
-                           inner.revision, preset.get("defaults", {}))
+                           inner.revision, preset_defaults(name, preset))
         return ref
     path = Path(name).expanduser()
     if base is not None and not path.is_absolute():

@@ -52,10 +52,29 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+ACCELERATION_KEYS = ("accelerate", "cache_threshold")
+
+
 def _model(ref) -> dict:
-    """What of a model determines pixels: its identity, class, dtype and call options."""
-    extras = {k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype")}
-    return {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"), "options": extras}
+    """What of a model determines pixels: its identity, class, dtype, call options and, when
+    asked for, its acceleration (fused kernels round differently, compiled graphs reorder
+    sums, the cache skips blocks): a model without `accelerate` keeps the keys it had."""
+    extras = {k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype", *ACCELERATION_KEYS)}
+    out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"), "options": extras}
+    features = ref.defaults.get("accelerate")
+    if features:
+        out["accelerate"] = list(features)
+        if "cache" in features:
+            from .accelerate import DEFAULT_CACHE_THRESHOLD
+
+            out["cache_threshold"] = ref.defaults.get("cache_threshold", DEFAULT_CACHE_THRESHOLD)
+    return out
+
+
+def _slot(ref) -> str:
+    from .models import slot
+
+    return slot(ref.identity, ref.defaults.get("accelerate"))
 
 
 def _where(ref) -> dict:
@@ -78,7 +97,7 @@ def build(spec: Spec) -> Plan:
             inputs = {"model": _model(k.model), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
                       "seed": k.seed, "steps": k.steps, "guidance": k.guidance, **size}
             params = {"frame": fr.index, **inputs, **_where(k.model)}
-            model = k.model.identity
+            model = _slot(k.model)
         task = Task(f"keyframe[{fr.index}]", "keyframe", task_key("keyframe", inputs), params, (), model)
         keyframes.append(task)
         tasks.append(task)
@@ -97,7 +116,7 @@ def build(spec: Spec) -> Plan:
         else:
             inputs.update({"model": _model(m.model), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
                            "seed": m.seed, "steps": m.steps, "guidance": m.guidance})
-            model = m.model.identity
+            model = _slot(m.model)
         params = {"frame": i, **inputs, **(_where(m.model) if not m.model.is_ffmpeg else {})}
         deps = (first.name,) + ((last.name,) if last else ())
         task = Task(f"segment[{i}]", "segment", task_key("segment", inputs), params, deps, model)

@@ -207,10 +207,10 @@ def _kind(v) -> str:
 # --- validation ---------------------------------------------------------------------------
 
 SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries")
-STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt")
+STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "accelerate", "cache_threshold")
 MOTION_KEYS = STAGE_KEYS + ("prompt",)
 FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "motion")
-FRAME_MOTION_KEYS = MOTION_KEYS + ("seed",)
+FRAME_MOTION_KEYS = tuple(k for k in MOTION_KEYS if k not in ("accelerate", "cache_threshold")) + ("seed",)
 
 
 def load(path: str | Path) -> Spec:
@@ -274,8 +274,12 @@ def load(path: str | Path) -> Spec:
     c.keys(kf, STAGE_KEYS, "keyframes.")
     mo = c.table(data, "motion")
     c.keys(mo, MOTION_KEYS, "motion.")
-    kf_model = model("keyframes.model", kf.get("model", "tiny"), "keyframes")
-    mo_model = model("motion.model", mo.get("model", "hold"), "motion")
+    kf_accel = _acceleration(c, kf, "keyframes.")
+    mo_accel = _acceleration(c, mo, "motion.")
+    kf_model = _accelerated(model("keyframes.model", kf.get("model", "tiny"), "keyframes"), kf_accel)
+    mo_model = _accelerated(model("motion.model", mo.get("model", "hold"), "motion"), mo_accel)
+    if mo_accel and mo_model is not None and mo_model.is_ffmpeg:
+        c.fail("motion.accelerate", f"{mo_model.name!r} runs ffmpeg, not a model: there is nothing to accelerate")
 
     def stage(table, prefix, ref, fallback: dict) -> dict:
         defaults = ref.defaults if ref else {}
@@ -323,14 +327,14 @@ def load(path: str | Path) -> Spec:
             c.fail(p + "seconds", "missing: how long this keyframe lasts, in seconds (> 0)")
         seconds = c.number(fr, "seconds", p, 0, MAX_FRAME_SECONDS, default=1.0, lo_open=True)
         fseed = c.number(fr, "seed", p, 0, MAX_SEED, integer=True, default=seed)
-        fmodel = model(p + "model", fr["model"], "keyframes") if "model" in fr else kf_model
+        fmodel = _accelerated(model(p + "model", fr["model"], "keyframes"), kf_accel) if "model" in fr else kf_model
         if "model" in fr and fmodel is not None:
             fkf = stage(fr, p, fmodel, {k: kf[k] for k in ("steps", "guidance", "negative_prompt") if k in kf})
         else:
             fkf = stage(fr, p, fmodel, kf_defaults)
         fm = c.table(fr, "motion", p)
         c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
-        mmodel = model(p + "motion.model", fm["model"], "motion") if "model" in fm else mo_model
+        mmodel = _accelerated(model(p + "motion.model", fm["model"], "motion"), mo_accel) if "model" in fm else mo_model
         fmo = stage(fm, p + "motion.", mmodel, mo_defaults)
         frames.append(Frame(
             index=i,
@@ -352,6 +356,28 @@ def load(path: str | Path) -> Spec:
     if c.problems:
         raise SpecError(path, c.problems)
     return spec
+
+
+def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
+    """A stage's `accelerate = [...]` and `cache_threshold`, which override its model preset's."""
+    from .accelerate import check_features, check_threshold
+
+    out = {}
+    for key, check in (("accelerate", check_features), ("cache_threshold", check_threshold)):
+        if key in table:
+            try:
+                out[key] = check(table[key], prefix + key)
+            except FarmError as e:
+                c.fail(prefix + key, e.message.split(": ", 1)[1])
+    return out
+
+
+def _accelerated(ref: models.ModelRef | None, settings: dict) -> models.ModelRef | None:
+    if ref is None or ref.is_ffmpeg or not settings:
+        return ref
+    import dataclasses
+
+    return dataclasses.replace(ref, defaults={**ref.defaults, **settings})
 
 
 def _check_image(c: _Checker, key: str, path: Path) -> Path | None:

@@ -167,7 +167,7 @@ class Worker:
     def pipe(self, model: dict):
         """The loaded pipeline for a task's model, loading it (and unloading the least
         recently used ones while it would not fit) on first use."""
-        identity = model["identity"]
+        identity = models.slot(model["identity"], model.get("accelerate"))
         if identity in self.pipelines:
             self.pipelines.move_to_end(identity)
         else:
@@ -177,6 +177,11 @@ class Worker:
             while self.pipelines and not self._fits(need):
                 self.unload(next(iter(self.pipelines)))
             self.pipelines[identity] = models.load_pipeline(ref, self.device)
+            if model.get("accelerate"):
+                from .accelerate import accelerate
+
+                accelerate(self.pipelines[identity], model["accelerate"],
+                           cache_threshold=model.get("cache_threshold", 0.05))
             self.footprints[identity] = need
             self.calls["load"] += 1
         pipe = self.pipelines[identity]
