@@ -191,7 +191,16 @@ def reset(pipe):
     if getattr(pipe, "_farm_acceleration", None) is not None:
         r = pipe._farm_acceleration
         if r.attention and hasattr(model, "reset_attention_backend"):
-            model.reset_attention_backend()
+            import logging
+
+            from diffusers.utils import logging as dlog
+
+            level = dlog.get_verbosity()
+            dlog.set_verbosity(logging.ERROR)
+            try:
+                model.reset_attention_backend()
+            finally:
+                dlog.set_verbosity(level)
         if r.cache and r.cache.get("supported"):
             model.disable_cache()
         pipe._farm_acceleration = None
