@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import sys
+import types
 from dataclasses import dataclass, field
 
 from .errors import FarmError
@@ -623,3 +625,13 @@ def _rmsnorm_rope(g, node) -> bool:
             g.erase_node(dead)
     g.erase_node(node)
     return True
+
+
+class _CallableModule(types.ModuleType):
+    """`farm.accelerate(pipe, ...)` calls `accelerate`; `farm.accelerate.reset(pipe)` still works."""
+
+    def __call__(self, *args, **kwargs):
+        return accelerate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
