@@ -306,10 +306,31 @@ def rewrite(gm) -> dict:
         for node in list(g.nodes):
             if node.graph is g and match(g, node):
                 counts[name] += 1
-    g.eliminate_dead_code()
+    _drop_dead(g)
     g.lint()
     gm.recompile()
     return counts
+
+
+_PURE_METHODS = {"float", "to", "type_as", "type", "unflatten", "unbind", "chunk", "reshape", "add", "sub", "mul"}
+
+
+def _drop_dead(g):
+    """Remove what the replacements left unused, but only nodes of the kinds the patterns are
+    made of. Not `graph.eliminate_dead_code()`: it counts every `call_method` as pure, so it
+    would drop an unused in-place `x.add_(y)` from a Dynamo graph, and with it the mutation."""
+    pure = {fn for kind in ("layer_norm", "rms_norm", "group_norm", "silu", "gelu", "add", "sub", "mul",
+                            "empty_like", "getitem") for fn in _fns()[kind]}
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(g.nodes)):
+            if node.users or node.op not in ("call_function", "call_method"):
+                continue
+            if (node.op == "call_function" and node.target in pure) or (
+                    node.op == "call_method" and node.target in _PURE_METHODS):
+                g.erase_node(node)
+                changed = True
 
 
 def _fns():
@@ -502,12 +523,13 @@ def _glu(g, node) -> bool:
                 and b.args[1] == 1 and _only_user(act, node)):
             continue
         chunk = a.args[0]
-        if not (chunk.op == "call_method" and chunk.target == "chunk" and _arg(chunk, 1, "chunks") == 2
-                and _arg(chunk, 2, "dim", 0) in (-1, (_val(chunk.args[0]).ndim - 1 if _val(chunk.args[0]) is not None
-                                                      else -1))):
+        if not (chunk.op == "call_method" and chunk.target == "chunk" and _arg(chunk, 1, "chunks") == 2):
             continue
         src = chunk.args[0]
-        if _val(src) is None or _val(src).shape[-1] % 2 or len(chunk.users) != 2:
+        sv = _val(src)
+        if sv is None or _arg(chunk, 2, "dim", 0) not in (-1, sv.ndim - 1) or sv.shape[-1] % 2:
+            continue
+        if len(chunk.users) != 2:
             continue
         _replace(g, node, torch.ops.farm.glu.default, (src, activation), erase=(act, a, b))
         if not chunk.users:
