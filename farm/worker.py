@@ -167,21 +167,21 @@ class Worker:
     def pipe(self, model: dict):
         """The loaded pipeline for a task's model, loading it (and unloading the least
         recently used ones while it would not fit) on first use."""
-        identity = models.slot(model["identity"], model.get("accelerate"))
+        identity = models.slot(model["identity"], model.get("accelerate"))  # held apart when accelerated
         if identity in self.pipelines:
             self.pipelines.move_to_end(identity)
         else:
-            ref = models.ModelRef(model["name"], "", model["pipeline"], model["source"], identity,
+            ref = models.ModelRef(model["name"], "", model["pipeline"], model["source"], model["identity"],
                                   defaults={"dtype": model["dtype"]} if model["dtype"] else {})
             need = models.footprint(ref)
             while self.pipelines and not self._fits(need):
                 self.unload(next(iter(self.pipelines)))
             self.pipelines[identity] = models.load_pipeline(ref, self.device)
             if model.get("accelerate"):
-                from .accelerate import accelerate
+                from .accelerate import DEFAULT_CACHE_THRESHOLD, accelerate
 
                 accelerate(self.pipelines[identity], model["accelerate"],
-                           cache_threshold=model.get("cache_threshold", 0.05))
+                           cache_threshold=model.get("cache_threshold", DEFAULT_CACHE_THRESHOLD))
             self.footprints[identity] = need
             self.calls["load"] += 1
         pipe = self.pipelines[identity]
