@@ -173,9 +173,8 @@ def probe(name: str, features=None, *, cache_threshold: float | None = None, dev
     report = accelerate(pipe, features, cache_threshold=threshold)
     side = 4 * models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 16)  # a 4x4-token latent: cheap
     params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": 2, "guidance": 5.0, "width": side,
-              "height": side, "seed": 0, "frames": 1, "model": {"pipeline": ref.pipeline, "options": {
-                  k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype", "accelerate",
-                                                                    "cache_threshold")}}}
+              "height": side, "seed": 0, "frames": 1, "fps": 8,
+              "model": {"pipeline": ref.pipeline, "options": ref.options()}}
     from PIL import Image
 
     if ref.role == "keyframes":

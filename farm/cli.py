@@ -18,7 +18,7 @@ from .errors import FarmError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="farm: render storyboards (TOML job specs) into videos with diffusers models.")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout at the end (for scripts).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts): one object per output.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Queue database to use instead of $FARM_HOME/queue.db.")]
 RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=20,
@@ -51,19 +51,69 @@ def render(
     """Render a storyboard into a video; print the video's path (or a JSON summary).
 
     Draws in this process, or, when `farm work` workers are running, enqueues the job and
-    waits for them."""
-    from .render import render as run
+    waits for them. A spec with a [sweep] renders one video per variant: one line (or JSON
+    object) each."""
+    from .render import render_all
 
     quiet_libraries()
-    result = run(spec, db=db, progress=not quiet, retries=retries)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
+
+    def report(result):  # as each output is written, so a long sweep shows its progress
+        if json_out:
+            typer.echo(json.dumps(result))
+            return
         t = result["tasks"]
         if not quiet:
-            typer.echo(f"{result['frames']} frames, {t['run']} tasks run, {t['cached']} from cache, "
+            typer.echo(f"{result['name']}: {result['frames']} frames, {t['run']} tasks run, {t['cached']} from cache, "
                        f"{result['seconds']:.1f}s", err=True)
         typer.echo(result["output"])
+
+    render_all(spec, db=db, progress=not quiet, on_result=report, retries=retries)
+
+
+models_app = typer.Typer(no_args_is_help=False, help="List, show and fetch model presets (presets/*.toml).")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
+        "--json", help="Print the presets as one JSON list of objects (for scripts).")] = False):
+    """List the presets: role, pipeline, source, and whether the weights are here."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import models
+
+    rows = models.catalog()
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    w = max(len(r["name"]) for r in rows)
+    typer.echo(f"{'NAME':<{w}}  {'ROLE':<9}  {'LOCAL':<5}  {'PIPELINE':<29}  SOURCE")
+    for r in rows:
+        typer.echo(f"{r['name']:<{w}}  {r['role']:<9}  {'yes' if r['local'] else 'no':<5}  {r['pipeline']:<29}  "
+                   f"{r['source']}")
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `farm models`).")],
+                json_out: JsonOpt = False):
+    """Print one preset: source, role, defaults, memory options, twin, and where its weights are."""
+    from . import models
+
+    info = models.describe(name)
+    if json_out:
+        typer.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        if value not in (None, {}, ""):
+            typer.echo(f"{key:<12} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="A preset name or a hub id (org/name[@revision]).")]):
+    """Download a model's weights into the Hugging Face cache (needs a network); print the folder."""
+    from . import models
+
+    typer.echo(str(models.pull(name)))
 
 
 @app.command()
@@ -160,26 +210,27 @@ def retry(job: JobArg, db: DbOpt = None):
     typer.echo(f"job {job}: {n} task(s) queued again")
 
 
+OptJobArg = Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")]
+
+
+def _pause(job: int | None, paused: bool, db):
+    queue = _queue(db)
+    if job is not None:
+        _job_or_fail(queue, job)
+    queue.pause(job, paused)
+    typer.echo(f"{f'job {job}' if job is not None else 'farm'} {'paused' if paused else 'resumed'}")
+
+
 @app.command()
-def pause(job: Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")] = None,
-          db: DbOpt = None):
+def pause(job: OptJobArg = None, db: DbOpt = None):
     """Stop workers claiming tasks (of one job, or all); tasks in flight finish."""
-    queue = _queue(db)
-    if job is not None:
-        _job_or_fail(queue, job)
-    queue.pause(job, True)
-    typer.echo(f"job {job} paused" if job is not None else "farm paused")
+    _pause(job, True, db)
 
 
 @app.command()
-def resume(job: Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")] = None,
-           db: DbOpt = None):
+def resume(job: OptJobArg = None, db: DbOpt = None):
     """Let workers claim again (one job's tasks, or all)."""
-    queue = _queue(db)
-    if job is not None:
-        _job_or_fail(queue, job)
-    queue.pause(job, False)
-    typer.echo(f"job {job} resumed" if job is not None else "farm resumed")
+    _pause(job, False, db)
 
 
 @app.command()

@@ -2,9 +2,14 @@
 
 A spec names a model as a preset (`presets/*.toml`), a local diffusers folder, a hub id
 (`org/name`, optionally `@revision`, taken from the local Hugging Face cache), or one of
-the ffmpeg-only motion modes `hold` / `crossfade`. Every `ModelRef` carries an `identity`
+the ffmpeg-only motion modes `hold` / `crossfade`. A preset may also point at a single-file
+checkpoint (`.safetensors` plus a `config` folder). Every `ModelRef` carries an `identity`
 (source plus revision or content digest) that goes into task keys, so swapping a model
 re-renders exactly the tasks that use it.
+
+`catalog()` lists the presets for `farm models`, `pull()` fetches a preset's weights into
+the Hugging Face cache (the one place farm touches the network), and `use_loras()` switches
+a loaded pipeline's LoRA adapters for one call.
 """
 
 from __future__ import annotations
@@ -27,15 +32,31 @@ from .errors import FarmError
 FFMPEG_MOTION = ("hold", "crossfade")
 
 # Pipeline classes farm knows how to call, by role. `frames` is the frame-count rule of
-# the family (Wan generates 4k+1 frames); `last_frame` says whether it takes an end frame;
-# `multiple_of` is the side length granularity (VAE scale times patch size).
+# the family (Wan and CogVideoX generate 4k+1 frames, LTX 8k+1: their VAEs compress time
+# 4x and 8x with a causal first frame); `last_frame` says whether it takes an end frame;
+# `multiple_of` is the side length granularity (VAE scale times patch size: SD's UNet 8,
+# SD3/Flux 8x2, Wan/CogVideoX 1.5 8x2, LTX's 32x VAE with patch 1). How each is called
+# lives in farm/pipeline.py.
 PIPELINES = {
     "StableDiffusionPipeline": {"role": "keyframes", "multiple_of": 8},
     "StableDiffusionXLPipeline": {"role": "keyframes", "multiple_of": 8},
     "StableDiffusion3Pipeline": {"role": "keyframes", "multiple_of": 16},
     "FluxPipeline": {"role": "keyframes", "multiple_of": 16},
     "WanImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": True},
+    "LTXConditionPipeline": {"role": "motion", "multiple_of": 32, "frames": (8, 1), "last_frame": True},
+    "CogVideoXImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": False},
 }
+ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "upscale"}
+
+# Preset keys, and the [defaults] keys that are not pipeline-call options (every other
+# [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
+PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
+               "trust_remote_code",
+               "defaults", "options", "memory", "accelerate", "cache_threshold")
+# `accelerate` and `cache_threshold` (farm/accelerate.py) are kept in a ModelRef's defaults but
+# are not call options either: plan._model puts them in task keys on their own.
+NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold")
+MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
 
 
 def presets_dir() -> Path:
@@ -58,10 +79,18 @@ class ModelRef:
     identity: str  # what task keys hash: source plus revision or content digest
     revision: str | None = None
     defaults: dict = field(default_factory=dict, hash=False, compare=False)
+    memory: dict = field(default_factory=dict, hash=False, compare=False)  # offload, VAE tiling: no pixel change
+    config: str | None = None  # a single-file checkpoint's config folder
+    component: str | None = None  # set when the file holds only this component (e.g. "transformer")
+    trust_remote_code: bool = False  # only a preset that says `trust_remote_code = true` runs a repo's own code
 
     @property
     def is_ffmpeg(self) -> bool:
         return self.pipeline == "ffmpeg"
+
+    def options(self) -> dict:
+        """Extra keyword arguments for every call of the pipeline (part of the task key)."""
+        return {k: v for k, v in self.defaults.items() if k not in NOT_CALL_OPTIONS}
 
 
 def preset_names() -> list[str]:
@@ -78,6 +107,18 @@ def load_preset(name: str) -> dict:
     for key in ("role", "pipeline", "source"):
         if key not in data:
             raise FarmError(f"The preset file {path} lacks the key `{key}`.", code=2)
+    unknown = [k for k in data if k not in PRESET_KEYS]
+    if unknown:
+        raise FarmError(f"The preset file {path} has unknown keys: {', '.join(unknown)} "
+                        f"(allowed: {', '.join(PRESET_KEYS)}).", code=2)
+    if data["role"] not in ROLES:
+        raise FarmError(f"The preset file {path}: role {data['role']!r} is not one of {', '.join(ROLES)}.", code=2)
+    if data["role"] == "upscale" or PIPELINES.get(data["pipeline"], {}).get("role") != data["role"]:
+        raise FarmError(f"The preset file {path}: farm cannot drive a {data['pipeline']} as a {data['role']} "
+                        f"model (it drives: {_drivable()}).", code=2)
+    if not isinstance(data.get("trust_remote_code", False), bool):
+        raise FarmError(f"The preset file {path}: trust_remote_code must be true or false.", code=2)
+    data["defaults"] = {**data.get("defaults", {}), **data.get("options", {})}
     return data
 
 
@@ -93,10 +134,8 @@ def preset_defaults(name: str, preset: dict) -> dict:
     return defaults
 
 
-def slot(identity: str, accelerate=None) -> str:
-    """What a worker holds a loaded pipeline under: the model, and how it was accelerated (an
-    accelerated pipeline is rewired and compiled, so it is not the plain one)."""
-    return f"{identity}+{','.join(accelerate)}" if accelerate else identity
+def _drivable() -> str:
+    return ", ".join(f"{p} ({v['role']})" for p, v in sorted(PIPELINES.items()))
 
 
 def resolve(name: str, base: Path | None = None) -> ModelRef:
@@ -104,26 +143,17 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
     if name in FFMPEG_MOTION:
         return ModelRef(name, "motion", "ffmpeg", name, f"ffmpeg:{name}")
     if name in preset_names():
-        preset = load_preset(name)
-        source = preset["source"]
-        if source.startswith("builtin:"):
-            recipe = source.split(":", 1)[1]
-            if recipe not in tiny.BUILDERS:
-                raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
-            identity = f"{source}@recipe{tiny.RECIPE}"
-            ref = ModelRef(name, preset["role"], preset["pipeline"], source, identity, None,
-                           preset_defaults(name, preset))
-        else:
-            inner = resolve(source, presets_dir())
-            ref = ModelRef(name, preset["role"], preset["pipeline"], inner.source, inner.identity,
-                           inner.revision, preset_defaults(name, preset))
-        return ref
+        return _resolve_preset(name, load_preset(name))
+    if name.endswith((".safetensors", ".ckpt")):
+        raise FarmError(f"model {name!r}: a single-file checkpoint is named through a preset (`source` = the file, "
+                        f"`pipeline`, `config`; see the README), as its pipeline class and configs cannot be read "
+                        f"from the file offline.", code=2)
     path = Path(name).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
     if path.exists():
         return _resolve_folder(name, path)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name):
+    if is_hub_id(name):
         return _resolve_hub(name)
     hint = difflib.get_close_matches(name, preset_names() + list(FFMPEG_MOTION), n=1)
     msg = f"unknown model {name!r}: not a preset ({', '.join(preset_names())}), not `hold` or `crossfade`, "
@@ -131,6 +161,84 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
     if hint:
         msg += f" (did you mean {hint[0]!r}?)"
     raise FarmError(msg, code=2)
+
+
+def _resolve_preset(name: str, preset: dict) -> ModelRef:
+    source, defaults = preset["source"], preset_defaults(name, preset)
+    memory = preset.get("memory", {})
+    bad = [k for k in memory if k not in MEMORY_KEYS]
+    if bad:
+        raise FarmError(f"Preset {name!r}: unknown [memory] keys {', '.join(bad)} (allowed: {', '.join(MEMORY_KEYS)}).",
+                        code=2)
+    extra = {"defaults": defaults, "memory": memory, "trust_remote_code": preset.get("trust_remote_code", False)}
+    if source.startswith("builtin:"):
+        recipe = source.split(":", 1)[1]
+        if recipe not in tiny.BUILDERS:
+            raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
+        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.RECIPE}", None, **extra)
+    if source.endswith(".safetensors"):
+        return _resolve_single_file(name, preset, extra)
+    hub = f"{source}@{preset['revision']}" if preset.get("revision") and "@" not in source else source
+    # The preset's class wins over the one the weights' model_index.json names: LTX-Video's
+    # repos name LTXPipeline, whose components LTXConditionPipeline loads as they are.
+    folder = Path(source).expanduser()
+    folder = folder if folder.is_absolute() else presets_dir() / folder
+    if folder.exists() or not is_hub_id(hub):
+        try:
+            inner = _resolve_folder(source, folder, preset["pipeline"])
+        except FarmError as e:
+            raise FarmError(f"Preset {name!r}: {e.message}", code=2) from None
+    else:
+        inner = _resolve_hub(hub, preset["pipeline"], preset=(name, preset))
+    return ModelRef(name, preset["role"], preset["pipeline"], inner.source, inner.identity, inner.revision, **extra)
+
+
+def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:
+    """A single-file checkpoint with the preset's `config` (a diffusers folder, preset or
+    cached hub id holding the pipeline's configs; offline it must be local). The file is a
+    whole pipeline (SD/SDXL checkpoints), or with `component = "transformer"` (or "unet")
+    only the denoiser, as Flux, Wan and LTX fine-tunes are shared; the rest of the pipeline
+    then comes from `config`, so its identity is part of the model's."""
+    path = Path(preset["source"]).expanduser()
+    if not path.is_absolute():
+        path = presets_dir() / path
+    if not path.is_file():
+        raise FarmError(f"Preset {name!r}: the checkpoint {path} does not exist.", code=2)
+    if not preset.get("config"):
+        raise FarmError(f"Preset {name!r}: a single-file checkpoint needs `config`, a diffusers folder (or preset, "
+                        f"or cached hub id) with the pipeline's configs; farm does not fetch them.", code=2)
+    config = resolve(preset["config"], presets_dir())
+    folder = local_path(config)
+    component = preset.get("component")
+    if component is not None:
+        index = json.loads((folder / "model_index.json").read_text())
+        if component not in index or not isinstance(index[component], list):
+            parts = ", ".join(k for k, v in index.items() if isinstance(v, list) and v[0])
+            raise FarmError(f"Preset {name!r}: component {component!r} is not part of {config.name} ({parts}).", code=2)
+    digest = file_digest(path)
+    return ModelRef(name, preset["role"], preset["pipeline"], str(path.resolve()),
+                    f"file:{digest}+{component or 'pipeline'}+config:{config.identity}", digest[:12],
+                    config=str(folder), component=component, **extra)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (a checkpoint or LoRA is hashed once per process, by size and mtime)."""
+    st = Path(path).stat()
+    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[memo] = h.hexdigest()
+    return _DIGESTS[memo]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def is_hub_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name) is not None
 
 
 def _pipeline_class(model_index: Path) -> str:
@@ -147,33 +255,46 @@ def _role_of(name: str, pipeline: str) -> str:
     return PIPELINES[pipeline]["role"]
 
 
-def _resolve_folder(name: str, path: Path) -> ModelRef:
+def _resolve_folder(name: str, path: Path, pipeline: str | None = None) -> ModelRef:
     index = path / "model_index.json"
     if not path.is_dir() or not index.is_file():
         raise FarmError(f"model {name!r}: {path} is not a diffusers model folder (no model_index.json).", code=2)
-    pipeline = _pipeline_class(index)
+    pipeline = pipeline or _pipeline_class(index)
     digest = folder_digest(path)
     return ModelRef(name, _role_of(name, pipeline), pipeline, str(path.resolve()), f"folder:{digest}", digest[:12])
 
 
-def _resolve_hub(name: str) -> ModelRef:
+def _resolve_hub(name: str, pipeline: str | None = None, preset: tuple[str, dict] | None = None) -> ModelRef:
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, revision = name.partition("@")
-    found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None)
+    found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None, cache_dir=hub_cache())
+    if not isinstance(found, str) and preset is not None:
+        label, data = preset
+        twin = f" To smoke-test the family without weights, use its tiny twin {data['twin']!r}." \
+            if data.get("twin") else ""
+        raise FarmError(f"model {label!r} ({name}) has no weights on this machine: farm looked in the Hugging Face "
+                        f"cache at {hub_cache()} and never downloads while rendering. Fetch them with "
+                        f"`farm models pull {label}` where a network is available.{twin}", code=2)
     if not isinstance(found, str):
-        from huggingface_hub.constants import HF_HUB_CACHE
-
         raise FarmError(
-            f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}), and farm never downloads "
+            f"model {name!r} is not in the local Hugging Face cache ({hub_cache()}), and farm never downloads "
             f"while rendering. Fetch it first with `hf download {repo}"
             + (f" --revision {revision}" if revision else "") + "`, or point the spec at a local folder.",
             code=2,
         )
     snapshot = Path(found).parent
     commit = snapshot.name
-    pipeline = _pipeline_class(Path(found))
+    pipeline = pipeline or _pipeline_class(Path(found))
     return ModelRef(name, _role_of(name, pipeline), pipeline, str(snapshot), f"hub:{repo}@{commit}", commit)
+
+
+def hub_cache() -> str:
+    """The Hugging Face cache folder, read now (huggingface_hub reads its variables once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_CACHE") or (os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"))
+    return env or constants.HF_HUB_CACHE
 
 
 def folder_digest(path: Path) -> str:
@@ -221,17 +342,51 @@ def device() -> str:
 
 
 def load_pipeline(ref: ModelRef, dev: str | None = None):
-    """Load a pipeline through diffusers' `from_pretrained`, as for any real model."""
+    """Load a pipeline through diffusers' `from_pretrained` (or `from_single_file` for a
+    checkpoint file), as for any real model; never from the network, and with a repo's own
+    code only when its preset says `trust_remote_code = true`."""
+    import diffusers
     import torch
-    from diffusers import DiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
-    except (OSError, ValueError) as e:
+        if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder
+            index = json.loads((Path(ref.config) / "model_index.json").read_text())
+            part_cls = getattr(diffusers, index[ref.component][1])
+            part = part_cls.from_single_file(str(path), config=ref.config, subfolder=ref.component,
+                                             torch_dtype=dtype, local_files_only=True)
+            pipe = diffusers.DiffusionPipeline.from_pretrained(ref.config, dtype=dtype, local_files_only=True,
+                                                               trust_remote_code=ref.trust_remote_code,
+                                                               **{ref.component: part})
+        elif ref.config:
+            cls = getattr(diffusers, ref.pipeline)
+            pipe = cls.from_single_file(str(path), config=ref.config, torch_dtype=dtype, local_files_only=True)
+        else:
+            cls = getattr(diffusers, ref.pipeline, None) or diffusers.DiffusionPipeline  # the preset's class
+            pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                       trust_remote_code=ref.trust_remote_code)
+    except (OSError, ValueError, SingleFileComponentError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
+    if ref.defaults.get("scheduler"):
+        name = ref.defaults["scheduler"]
+        cls = getattr(diffusers, name, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise FarmError(f"model {ref.name!r}: unknown scheduler {name!r} (a diffusers scheduler class).", code=2)
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    memory = ref.memory
+    vae = getattr(pipe, "vae", None)
+    # Tiling and slicing trade speed for memory (a 1024² SDXL decode needs ~10 GB untiled,
+    # ~3 GB tiled); tiles are blended, so pixels can differ slightly at tile seams.
+    if memory.get("vae_tiling") and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+    if memory.get("vae_slicing") and hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+    if memory.get("cpu_offload") and dev != "cpu":
+        pipe.enable_model_cpu_offload()  # moves each component to the GPU only while it runs
+        return pipe
     return pipe.to(dev)
 
 
@@ -268,3 +423,124 @@ def release_memory(dev: str):
         import torch
 
         torch.cuda.empty_cache()
+
+def ref_from_params(model: dict) -> ModelRef:
+    """The ModelRef a worker loads, rebuilt from a task's params (see plan._where)."""
+    defaults = {k: model[k] for k in ("dtype", "scheduler") if model.get(k)}
+    return ModelRef(model["name"], "", model["pipeline"], model["source"], model["identity"],
+                    defaults=defaults, memory=model.get("memory") or {}, config=model.get("config"),
+                    component=model.get("component"), trust_remote_code=model.get("trust_remote_code", False))
+
+
+def use_loras(pipe, loras: list[dict]):
+    """Make exactly these LoRA adapters active, at their scales, for the next call.
+
+    Each file is loaded once per pipeline under the name of its content digest, so one
+    loaded base model serves every LoRA combination of a render and a no-LoRA call."""
+    loaded = getattr(pipe, "_farm_loras", set())
+    if not loras:
+        if loaded:
+            pipe.disable_lora()
+        return
+    for lora in loras:
+        name = "lora_" + lora["sha256"][:16]
+        if name not in loaded:
+            path = Path(lora["path"])
+            try:
+                if path.is_dir():
+                    pipe.load_lora_weights(str(path), adapter_name=name)
+                else:
+                    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+            except (OSError, ValueError, KeyError) as e:
+                raise FarmError(f"Could not load the LoRA {path} into {type(pipe).__name__}: {e}", code=2) from None
+            loaded.add(name)
+    pipe._farm_loras = loaded
+    pipe.enable_lora()
+    pipe.set_adapters(["lora_" + lo["sha256"][:16] for lo in loras], [lo["scale"] for lo in loras])
+
+
+# --- the preset library: `farm models` ------------------------------------------------------
+
+
+def describe(name: str) -> dict:
+    """One preset as `farm models show --json` prints it; `local` says whether it can load here."""
+    preset = load_preset(_known_preset(name))
+    source = preset["source"] + (f"@{preset['revision']}" if preset.get("revision") else "")
+    local, where, error = True, None, None
+    try:
+        ref = resolve(name)
+        where = ref.source if not ref.source.startswith("builtin:") else "built in code"
+    except FarmError as e:
+        local, error = False, e.message
+    info = {"name": name, "role": preset["role"], "pipeline": preset["pipeline"], "source": source,
+            "local": local, "twin": preset.get("twin"), "description": preset.get("description", ""),
+            "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
+            "trust_remote_code": preset.get("trust_remote_code", False),
+            "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
+            "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
+    for key in ("accelerate", "cache_threshold"):  # farm/accelerate.py; only when the preset sets them
+        if key in preset:
+            info[key] = preset[key]
+    if where:
+        info["path"] = where
+    if error:
+        info["missing"] = error
+    return info
+
+
+def catalog() -> list[dict]:
+    return [describe(n) for n in preset_names()]
+
+
+def _known_preset(name: str) -> str:
+    if name not in preset_names():
+        hint = difflib.get_close_matches(name, preset_names(), n=1)
+        raise FarmError(f"unknown preset {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + f"; presets: {', '.join(preset_names())}.", code=2)
+    return name
+
+
+def pull(name: str, timeout: float = 10.0) -> Path:
+    """Download a preset's (or hub id's) weights into the Hugging Face cache; return the snapshot.
+
+    Checks that the hub answers first and gives every HTTP request `timeout` seconds, so an
+    offline machine gets a FarmError in seconds rather than a hang."""
+    if name in preset_names():
+        preset = load_preset(name)
+        source = preset["source"]
+        if source.startswith("builtin:"):
+            return local_path(resolve(name))  # built in code: "pulling" builds it
+        if not is_hub_id(source):
+            raise FarmError(f"Preset {name!r} points at {source}, a local path: nothing to download.", code=2)
+        repo, revision = source.partition("@")[0], source.partition("@")[2] or preset.get("revision")
+    elif is_hub_id(name):
+        repo, _, revision = name.partition("@")
+    else:
+        _known_preset(name)
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
+    from huggingface_hub import constants, snapshot_download
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    _reachable(endpoint, timeout, name)
+    try:
+        path = snapshot_download(repo, revision=revision or None, etag_timeout=timeout, cache_dir=hub_cache(),
+                                 endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - hub errors come from requests/httpx and huggingface_hub alike
+        raise FarmError(f"Could not download {name!r} ({repo}{'@' + revision if revision else ''}) from {endpoint}: "
+                        f"{type(e).__name__}: {e}", code=1) from None
+    return Path(path)
+
+
+def _reachable(endpoint: str, timeout: float, name: str):
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=min(timeout, 5.0)).close()
+    except OSError as e:
+        raise FarmError(f"Cannot download {name!r}: the model hub {endpoint} is unreachable ({e.strerror or e}). "
+                        f"Run `farm models pull {name}` on a machine with a network (the Hugging Face cache "
+                        f"can be copied), or set HF_ENDPOINT to a mirror.", code=1) from None

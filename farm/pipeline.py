@@ -3,6 +3,10 @@
 Each call takes the task's params and returns PIL images. Noise comes from a CPU generator
 seeded by the task alone, so a task draws the same pixels whatever ran before it and on
 whichever device it runs.
+
+Text-to-image pipelines (SD, SDXL, SD3, Flux) share one call signature. Image-to-video
+families differ in how they take their keyframes: `CONDITIONING` holds one small adapter
+per pipeline class that turns (first, last) into that family's keyword arguments.
 """
 
 from __future__ import annotations
@@ -45,6 +49,34 @@ def frame_count(pipeline: str, wanted: int) -> int:
     return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
 
 
+def _first_last(params, first, last, generated):
+    """Wan 2.1 FLF2V / Wan 2.2: `image` and `last_image`."""
+    return {"image": first, "last_image": last if last is not None else first}
+
+
+def _ltx_conditions(params, first, last, generated):
+    """LTX-Video: keyframes as conditions at frame indices; 8k+1 frames put the last one on
+    a latent frame boundary (index 8k), which the condition pipeline requires."""
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    end = last if last is not None else first
+    return {"conditions": [LTXVideoCondition(image=first, frame_index=0),
+                           LTXVideoCondition(image=end, frame_index=generated - 1)],
+            "frame_rate": max(1, round(params["fps"]))}  # LTX conditions its motion on the frame rate
+
+
+def _first_only(params, first, last, generated):
+    """CogVideoX: the first frame only; the segment moves away from it, then cuts."""
+    return {"image": first}
+
+
+CONDITIONING = {
+    "WanImageToVideoPipeline": _first_last,
+    "LTXConditionPipeline": _ltx_conditions,
+    "CogVideoXImageToVideoPipeline": _first_only,
+}
+
+
 def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None) -> list[Image.Image]:
     """Fill a segment: generate from the first keyframe towards the next one (when the
     family takes an end frame), then pick the segment's frames evenly from what came out.
@@ -54,11 +86,10 @@ def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None) ->
     has no next keyframe: a first/last-frame model then returns to its own keyframe (a
     loop), as such models are conditioned on both ends."""
     n = params["frames"]
-    ends = models.PIPELINES[params["model"]["pipeline"]].get("last_frame", False)
-    generated = frame_count(params["model"]["pipeline"], n + 1 if ends else n)
-    kwargs = {"last_image": last if last is not None else first} if ends else {}
+    family = params["model"]["pipeline"]
+    ends = models.PIPELINES[family].get("last_frame", False)
+    generated = frame_count(family, n + 1 if ends else n)
     frames = pipe(
-        image=first,
         prompt=params["prompt"],
         negative_prompt=params["negative_prompt"] or None,
         num_frames=generated,
@@ -68,7 +99,7 @@ def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None) ->
         height=params["height"],
         generator=generator(params["seed"]),
         output_type="pil",
-        **kwargs,
+        **CONDITIONING[family](params, first, last, generated),
         **params["model"]["options"],
     ).frames[0]
     span = n if ends else max(n - 1, 1)

@@ -52,15 +52,17 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-ACCELERATION_KEYS = ("accelerate", "cache_threshold")
-
-
-def _model(ref) -> dict:
-    """What of a model determines pixels: its identity, class, dtype, call options and, when
-    asked for, its acceleration (fused kernels round differently, compiled graphs reorder
-    sums, the cache skips blocks): a model without `accelerate` keeps the keys it had."""
-    extras = {k: v for k, v in ref.defaults.items() if k not in ("steps", "guidance", "dtype", *ACCELERATION_KEYS)}
-    out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"), "options": extras}
+def _model(ref, loras=()) -> dict:
+    """What of a model determines pixels: its identity, class, dtype and call options, and
+    (only when set, so keys made before they existed stay valid) its scheduler, LoRAs (each
+    by content digest and scale, not by path) and acceleration (fused kernels round
+    differently, compiled graphs reorder sums, the cache skips blocks)."""
+    out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"),
+           "options": ref.options()}
+    if ref.defaults.get("scheduler"):
+        out["scheduler"] = ref.defaults["scheduler"]
+    if loras:
+        out["loras"] = [{"sha256": lo.sha256, "scale": lo.scale} for lo in loras]
     features = ref.defaults.get("accelerate")
     if features:
         out["accelerate"] = list(features)
@@ -71,16 +73,16 @@ def _model(ref) -> dict:
     return out
 
 
-def _slot(ref) -> str:
-    from .models import slot
-
-    return slot(ref.identity, ref.defaults.get("accelerate"))
-
-
-def _where(ref) -> dict:
-    """Where to load a model from: in the task's params, not its key (moving a folder or
-    renaming a preset does not change what the model draws)."""
-    return {"model": {**_model(ref), "name": ref.name, "source": ref.source}}
+def _where(ref, loras=()) -> dict:
+    """Where and how to load a model: in the task's params, not its key (moving a folder,
+    renaming a preset or offloading to the CPU does not change what the model draws)."""
+    model = {**_model(ref, loras), "name": ref.name, "source": ref.source, "memory": ref.memory,
+             "config": ref.config, "component": ref.component}
+    if loras:
+        model["loras"] = [{"path": str(lo.path), "sha256": lo.sha256, "scale": lo.scale} for lo in loras]
+    if ref.trust_remote_code:
+        model["trust_remote_code"] = True
+    return {"model": model}
 
 
 def build(spec: Spec) -> Plan:
@@ -94,10 +96,10 @@ def build(spec: Spec) -> Plan:
             params = {"frame": fr.index, "image": str(k.image), **inputs}
             model = None
         else:
-            inputs = {"model": _model(k.model), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
+            inputs = {"model": _model(k.model, k.loras), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
                       "seed": k.seed, "steps": k.steps, "guidance": k.guidance, **size}
-            params = {"frame": fr.index, **inputs, **_where(k.model)}
-            model = _slot(k.model)
+            params = {"frame": fr.index, **inputs, **_where(k.model, k.loras)}
+            model = k.model.identity
         task = Task(f"keyframe[{fr.index}]", "keyframe", task_key("keyframe", inputs), params, (), model)
         keyframes.append(task)
         tasks.append(task)
@@ -114,10 +116,10 @@ def build(spec: Spec) -> Plan:
             inputs["mode"] = m.model.name
             model = None
         else:
-            inputs.update({"model": _model(m.model), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
+            inputs.update({"model": _model(m.model, m.loras), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
                            "seed": m.seed, "steps": m.steps, "guidance": m.guidance})
-            model = _slot(m.model)
-        params = {"frame": i, **inputs, **(_where(m.model) if not m.model.is_ffmpeg else {})}
+            model = m.model.identity
+        params = {"frame": i, **inputs, **(_where(m.model, m.loras) if not m.model.is_ffmpeg else {})}
         deps = (first.name,) + ((last.name,) if last else ())
         task = Task(f"segment[{i}]", "segment", task_key("segment", inputs), params, deps, model)
         segments.append(task)

@@ -279,7 +279,8 @@ class Queue:
               models: set | frozenset = frozenset()):
         """Claim the next task by the scheduling rule (module docstring); None if nothing is runnable."""
         with self.transaction():
-            return self._claim(worker, lease, job, device, models)
+            row = self._claim(worker, lease, job, device, models)
+        return _task(row) if row else None  # parse outside the lock: other writers proceed meanwhile
 
     def complete_and_claim(self, task: dict, worker: str, *, cached: bool, seconds: float, lease: float = 60.0,
                            job: int | None = None, device: str | None = None, models: set | frozenset = frozenset()):
@@ -287,7 +288,8 @@ class Queue:
         once per task instead of twice. Returns (completed, next task or None)."""
         with self.transaction():
             done = self._complete(task, worker, cached, seconds)
-            return done, self._claim(worker, lease, job, device, models)
+            row = self._claim(worker, lease, job, device, models)
+        return done, _task(row) if row else None
 
     def _claim(self, worker, lease, job, device, models):
         now = time.time()
@@ -311,7 +313,7 @@ class Queue:
             self.conn.execute("UPDATE jobs SET state = 'running', started_at = coalesce(started_at, ?) "
                               "WHERE id = ? AND state = 'queued'", (now, row["job_id"]))
         self._event(row["job_id"], row["id"], "task.started", worker, {"attempt": row["attempts"], "device": device})
-        return _task(row)
+        return row
 
     def _expire(self, now: float):
         """Requeue running tasks whose lease ran out (their worker died or hung)."""
@@ -450,6 +452,11 @@ class Queue:
         return out
 
     # --- reading ----------------------------------------------------------------------
+
+    def record(self, job: int | None, task: int | None, event: str, worker: str | None, data: dict | None = None):
+        """Add an event row of the caller's own (in its own transaction)."""
+        with self.transaction():
+            self._event(job, task, event, worker, data)
 
     def _event(self, job, task, event, worker, data):
         self.conn.execute("INSERT INTO events (ts, job_id, task_id, event, worker, data) VALUES (?, ?, ?, ?, ?, ?)",

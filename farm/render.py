@@ -1,17 +1,19 @@
 """Render specs end to end: validate, plan, enqueue, then drain in this process or, when
 `farm work` workers are running, wait for them; report what was made.
 
-`render()` is what `farm render` calls and `submit()` what `farm submit` calls; Python code
-can call them directly.
+`render_all()` is what `farm render` calls (one summary per output: a spec with a [sweep]
+has one per variant), `render()` renders a spec without a sweep, and `submit()` is what
+`farm submit` calls. Python code can call them all.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
-from . import encode, home, manifest, plan as planner, spec as specs
+from . import home, manifest, plan as planner, spec as specs
 from .cache import Cache
 from .errors import FarmError
 from .queue import TERMINAL, Queue
@@ -22,12 +24,12 @@ DEFAULT_RETRIES = 2  # a failed task runs at most 3 times
 
 def submit(paths: list[str | Path], *, db: str | Path | None = None, priority: int = 50,
            retries: int | None = None) -> list[dict]:
-    """Validate every spec first (nothing is enqueued if any is invalid), then enqueue each
-    as a job; return one {"job", "name", "output", "tasks"} per spec."""
+    """Validate every spec (and every variant of a sweep) first: nothing is enqueued if any
+    is invalid. Then enqueue each as a job; return one {"job", "name", "output", "tasks"} each."""
     loaded, problems = [], []
     for path in paths:
         try:
-            loaded.append(specs.load(path))
+            loaded.extend(specs.load_all(path))
         except FarmError as e:
             problems.append(e)
     if problems:
@@ -45,18 +47,49 @@ def _attempts(spec, retries: int | None) -> int:
     return 1 + (retries if retries is not None else spec.retries if spec.retries is not None else DEFAULT_RETRIES)
 
 
-def render(path: str | Path, *, db: str | Path | None = None, progress: bool = False,
-           worker: Worker | None = None, retries: int | None = None, priority: int = 50) -> dict:
-    """Render the job spec at `path`; return the summary that `farm render --json` prints.
+def render(path: str | Path, **kwargs) -> dict:
+    """Render the job spec at `path` (one without a [sweep]); return the summary that
+    `farm render --json` prints. Keyword arguments as for `render_spec`."""
+    return render_spec(specs.load(path), **kwargs)
+
+
+def render_all(path: str | Path, *, db: str | Path | None = None, progress: bool = False,
+               worker: Worker | None = None, on_result=None, **kwargs) -> list[dict]:
+    """Render every variant of the spec at `path` (one, without a [sweep]), in order.
+
+    All variants are validated before any renders. One worker drains them one job after
+    another, so a task shared by several variants (same key) runs in the first and is a
+    cache hit in the rest, and a model loaded for one stays warm for the next. When `farm
+    work` workers are running, every variant is left to them instead.
+    `on_result` is called with each summary as soon as its output is written."""
+    variants = specs.load_all(path)
+    queue = worker.queue if worker else Queue(db or home.db_path())
+    if worker is None and not _farm_workers(queue):
+        worker = Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}", steps_progress=progress)
+    results = []
+    for spec in variants:
+        results.append(render_spec(spec, db=queue.path, progress=progress, worker=worker, **kwargs))
+        if on_result:
+            on_result(results[-1])
+    return results
+
+
+def _farm_workers(queue: Queue) -> list[dict]:
+    return [w for w in queue.workers() if w["state"] != "stopping"]
+
+
+def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: bool = False,
+                worker: Worker | None = None, retries: int | None = None, priority: int = 50) -> dict:
+    """Render one validated spec; return its summary.
 
     Tasks whose key is already in the cache are answered from it without loading a model.
-    Pass a `worker` to reuse loaded pipelines across renders (and to read its call counts).
-    """
+    Without a `worker`, the job is drawn in this process, or left to `farm work` workers
+    when some are running. Pass a `worker` to reuse loaded pipelines across renders (and to
+    read its call counts)."""
     started = time.perf_counter()
-    spec = specs.load(path)
     plan = planner.build(spec)
     queue = worker.queue if worker else Queue(db or home.db_path())
-    farm_workers = [w for w in queue.workers() if w["state"] != "stopping"]
+    farm_workers = _farm_workers(queue)
     job = queue.submit(plan, priority=priority, max_attempts=_attempts(spec, retries))
 
     bar = None
@@ -95,20 +128,22 @@ def render(path: str | Path, *, db: str | Path | None = None, progress: bool = F
         name = failed[0]["name"] if failed else "the job"
         raise FarmError(f"Job {job} ({spec.name}) {record['state']} at {name}: {why}", code=1)
 
+    # The worker that finished the assembly wrote the contact sheet and manifest beside the
+    # video (they need every task's finish time, so they are not a task's cached output); the
+    # manifest also holds what ffmpeg decoded from the video.
     out = spec.out
-    info = encode.probe(out) if spec.codec != "png" else {
-        "frames": len(list(out.glob("*.png"))), "fps": spec.fps, "width": spec.width, "height": spec.height}
-    tasks = queue.tasks(job)
-    # The contact sheet and manifest are written here, once the job is done, not by the
-    # assemble task: the manifest records every task's finish time, the assembly's included,
-    # and no task (so no task count) is added. They are per-run files next to the video,
-    # outside the cache, so the cached video stays byte-identical across renders.
+    sidecars = {"contact_sheet": str(manifest.sidecar(out, ".contact.png")), "manifest": str(manifest.path_for(out))}
     try:
-        cache = worker.cache if worker is not None else Cache(home.cache_dir())
-        sidecars = manifest.publish(queue, job, cache, video={"codec": spec.codec, **info})
-    except OSError as e:
+        written = manifest.load(sidecars["manifest"])
+    except FarmError:
+        written = None
+    if not written or written["job"]["id"] != job or not Path(sidecars["contact_sheet"]).is_file():
+        failed = [e for e in queue.events(job) if e["event"] == "job.sidecars_failed"]
+        why = json.loads(failed[-1]["data"])["error"] if failed else "they are missing"
         raise FarmError(f"Job {job} ({spec.name}) rendered {out}, but its contact sheet and manifest could not "
-                        f"be written beside it: {e.strerror or e} ({e.filename or out.parent}).", code=1) from None
+                        f"be written beside it: {why}.", code=1)
+    info = written["video"]
+    tasks = queue.tasks(job)
     return {
         "job": job,
         "name": spec.name,
@@ -134,5 +169,16 @@ def _wait(queue: Queue, job: int, bar, poll: float = 0.25):
             bar.update(done - seen)
             seen = done
         if record["state"] in TERMINAL:
+            break
+        time.sleep(poll)
+    # The worker writes the contact sheet and manifest just after the job is done.
+    deadline = time.time() + 60
+    while record["state"] == "done" and time.time() < deadline:
+        try:
+            if manifest.load(manifest.path_for(record["output"]))["job"]["id"] == job:
+                return
+        except FarmError:
+            pass
+        if any(e["event"] == "job.sidecars_failed" for e in queue.events(job)):
             return
         time.sleep(poll)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli
 
-from . import models
+from . import models, sweep
 from .errors import FarmError, SpecError
 
 CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
@@ -33,6 +33,16 @@ MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
+class Lora:
+    """A LoRA adapter applied to a stage's model: a file (or a folder holding
+    pytorch_lora_weights.safetensors), its content digest (what task keys hash) and scale."""
+
+    path: Path
+    sha256: str
+    scale: float
+
+
+@dataclass(frozen=True)
 class Keyframe:
     """How one keyframe is made: drawn by a text-to-image model, or read from an image."""
 
@@ -43,6 +53,7 @@ class Keyframe:
     seed: int
     steps: int
     guidance: float
+    loras: tuple[Lora, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class Motion:
     seed: int
     steps: int
     guidance: float
+    loras: tuple[Lora, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,26 +219,74 @@ def _kind(v) -> str:
 # --- validation ---------------------------------------------------------------------------
 
 SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries")
-STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "accelerate", "cache_threshold")
+ACCELERATION_KEYS = ("accelerate", "cache_threshold")  # a stage's; not per frame
+STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras") + ACCELERATION_KEYS
 MOTION_KEYS = STAGE_KEYS + ("prompt",)
-FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "motion")
-FRAME_MOTION_KEYS = tuple(k for k in MOTION_KEYS if k not in ("accelerate", "cache_threshold")) + ("seed",)
+FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "loras",
+              "motion")
+LORA_KEYS = ("path", "scale")
+FRAME_MOTION_KEYS = tuple(k for k in MOTION_KEYS if k not in ACCELERATION_KEYS) + ("seed",)
 
 
 def load(path: str | Path) -> Spec:
-    """Parse and validate a job spec; raise SpecError with every problem, or FarmError."""
+    """Parse and validate a job spec; raise SpecError with every problem, or FarmError.
+    A spec with a [sweep] is many specs: use `load_all`."""
+    specs = load_all(path)
+    if len(specs) != 1:
+        raise FarmError(f"{path} declares a sweep of {len(specs)} variants; load it with spec.load_all().", code=2)
+    return specs[0]
+
+
+def load_all(path: str | Path) -> list[Spec]:
+    """Parse and validate a job spec and every variant of its [sweep], if any.
+
+    Each variant is validated in full; problems common to all variants are listed once,
+    the others under the sweep values that cause them. Raise SpecError with all of them."""
     path = Path(path)
     data, text, raw = read(path)
-    path = path.resolve()
+    if "sweep" not in data:
+        return [_validate(path.resolve(), data, text, raw)]
+    c = _Checker(path.resolve(), text)
+    variants = sweep.expand(data.pop("sweep"), data, c)
+    if c.problems:
+        raise SpecError(path.resolve(), c.problems)
+    specs, problems = [], {}
+    for v in variants:
+        try:
+            spec = _validate(path.resolve(), v.data, text, raw)
+        except SpecError as e:
+            for problem in e.problems:
+                problems.setdefault(problem, []).append(v)
+            continue
+        specs.append(replace(spec, name=f"{spec.name}-{v.label}", out=_suffixed(spec.out, v.label)))
+    if problems:
+        raise SpecError(path.resolve(), [p if len(where) == len(variants) else f"{_culprit(where, len(variants))}: {p}"
+                                         for p, where in problems.items()])
+    return specs
+
+
+def _culprit(failing: list, total: int) -> str:
+    """The swept values that all failing variants share: what to fix."""
+    shared = [(k, v) for k, v in failing[0].values if all((k, v) in f.values for f in failing)]
+    which = ", ".join(f"{k}={v!r}" for k, v in shared) or "; ".join(f.describe() for f in failing)
+    return f"sweep {which} ({len(failing)} of {total} variants)"
+
+
+def _suffixed(out: Path, label: str) -> Path:
+    """renders/lighthouse.mp4 -> renders/lighthouse-seed1-tiny.mp4 (a png folder: no suffix)."""
+    return out.with_name(f"{out.stem}-{label}{out.suffix}")
+
+
+def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     base = path.parent
     c = _Checker(path, text)
-    c.keys(data, ("shot", "keyframes", "motion", "frames"), "")
+    c.keys(data, ("shot", "keyframes", "motion", "frames", "sweep"), "")
 
     shot = c.table(data, "shot")
     c.keys(shot, SHOT_KEYS, "shot.")
     name = c.string(shot, "name", "shot.", default=path.stem)
     fps = c.number(shot, "fps", "shot.", 0, 240, default=24, lo_open=True)
-    width = height = 512
+    width = height = None
     if "size" in shot:
         size = shot["size"]
         if (not isinstance(size, list) or len(size) != 2
@@ -280,6 +340,9 @@ def load(path: str | Path) -> Spec:
     mo_model = _accelerated(model("motion.model", mo.get("model", "hold"), "motion"), mo_accel)
     if mo_accel and mo_model is not None and mo_model.is_ffmpeg:
         c.fail("motion.accelerate", f"{mo_model.name!r} runs ffmpeg, not a model: there is nothing to accelerate")
+    if width is None:  # no [shot] size: the keyframe model's preset size, else the motion model's, else 512
+        sizes = [r.defaults["size"] for r in (kf_model, mo_model) if r is not None and r.defaults.get("size")]
+        width, height = sizes[0] if sizes else (512, 512)
 
     def stage(table, prefix, ref, fallback: dict) -> dict:
         defaults = ref.defaults if ref else {}
@@ -290,7 +353,35 @@ def load(path: str | Path) -> Spec:
                                        default=fallback.get("guidance", defaults.get("guidance", 5.0)))),
             "negative_prompt": c.string(table, "negative_prompt", prefix, nonempty=False,
                                         default=fallback.get("negative_prompt", "")),
+            "loras": loras(table, prefix, fallback.get("loras", ())),
         }
+
+    checked_loras: dict[tuple, Lora | None] = {}
+
+    def loras(table, prefix, fallback) -> tuple[Lora, ...]:
+        if "loras" not in table:
+            return fallback
+        value = table["loras"]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            c.fail(prefix + "loras", f"expected a list of tables like {{ path = \"style.safetensors\", scale = 0.8 }}, "
+                                     f"got {_kind(value)}")
+            return ()
+        out = []
+        for i, lo in enumerate(value):
+            key = f"{prefix}loras[{i}]"
+            c.keys(lo, LORA_KEYS, key + ".")
+            rel = c.string(lo, "path", key + ".")
+            if "path" not in lo:
+                c.fail(key + ".path", "missing: the LoRA's .safetensors file (or a folder holding one)")
+            scale = float(c.number(lo, "scale", key + ".", -10, 10, default=1.0))
+            if rel is None:
+                continue
+            path = (base / Path(rel).expanduser()).resolve()
+            if (path, scale) not in checked_loras:
+                checked_loras[(path, scale)] = _check_lora(c, key + ".path", path, scale)
+            if checked_loras[(path, scale)] is not None:
+                out.append(checked_loras[(path, scale)])
+        return tuple(out)
 
     kf_defaults = stage(kf, "keyframes.", kf_model, {})
     mo_defaults = stage(mo, "motion.", mo_model, {})
@@ -310,6 +401,7 @@ def load(path: str | Path) -> Spec:
         c.fail("frames", f"at most {MAX_FRAMES} keyframes, got {len(raw_frames)}")
         raw_frames = []
 
+    lora_misuse: set[str] = set()
     for i, fr in enumerate(raw_frames):
         p = f"frames[{i}]."
         c.keys(fr, FRAME_KEYS, p)
@@ -329,13 +421,19 @@ def load(path: str | Path) -> Spec:
         fseed = c.number(fr, "seed", p, 0, MAX_SEED, integer=True, default=seed)
         fmodel = _accelerated(model(p + "model", fr["model"], "keyframes"), kf_accel) if "model" in fr else kf_model
         if "model" in fr and fmodel is not None:
-            fkf = stage(fr, p, fmodel, {k: kf[k] for k in ("steps", "guidance", "negative_prompt") if k in kf})
+            fkf = stage(fr, p, fmodel, {k: kf_defaults[k] for k in ("steps", "guidance", "negative_prompt", "loras")
+                                        if k in kf})
         else:
             fkf = stage(fr, p, fmodel, kf_defaults)
         fm = c.table(fr, "motion", p)
         c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
         mmodel = _accelerated(model(p + "motion.model", fm["model"], "motion"), mo_accel) if "model" in fm else mo_model
         fmo = stage(fm, p + "motion.", mmodel, mo_defaults)
+        if mmodel is not None and mmodel.is_ffmpeg and fmo["loras"]:
+            where = p + "motion.loras" if "loras" in fm else "motion.loras"
+            if where not in lora_misuse:
+                lora_misuse.add(where)
+                c.fail(where, f"LoRAs apply to diffusers models; {mmodel.name!r} is an ffmpeg animatic")
         frames.append(Frame(
             index=i,
             seconds=float(seconds),
@@ -378,6 +476,22 @@ def _accelerated(ref: models.ModelRef | None, settings: dict) -> models.ModelRef
     import dataclasses
 
     return dataclasses.replace(ref, defaults={**ref.defaults, **settings})
+
+
+def _check_lora(c: _Checker, key: str, path: Path, scale: float) -> Lora | None:
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            c.fail(key, f"{path} is a folder with {len(files)} .safetensors files; name the LoRA file itself")
+            return None
+        path = files[0]
+    if not path.is_file():
+        c.fail(key, f"no such LoRA file: {path}")
+        return None
+    if path.suffix != ".safetensors":
+        c.fail(key, f"{path.name}: farm loads LoRAs from .safetensors files only (pickled .bin/.pt files can run code)")
+        return None
+    return Lora(path, models.file_digest(path), scale)
 
 
 def _check_image(c: _Checker, key: str, path: Path) -> Path | None:

@@ -11,6 +11,7 @@ task goes back to the queue.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -30,16 +31,23 @@ FRAME = "{:06d}.png"
 class Worker:
     def __init__(self, queue: Queue, cache: Cache, *, name: str | None = None, lease: float = 60.0,
                  steps_progress: bool = False, memory_budget: int | None = None, device: str | None = None,
-                 label: str | None = None):
+                 label: str | None = None, max_warm: int | None = None):
         self.queue = queue
         self.cache = cache
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
         self.device = device or models.device()  # where pipelines run
         self.label = label or self.device  # what status shows: the physical GPU ("cuda:3")
-        self.pipelines: OrderedDict[str, object] = OrderedDict()  # model identity -> pipeline, LRU first
+        # [identity, dtype, scheduler, accelerate, cache_threshold] -> loaded pipeline, least recently used first
+        self.pipelines: OrderedDict[str, object] = OrderedDict()
         self.footprints: dict[str, int] = {}
         self.memory_budget = memory_budget  # bytes for loaded models; None: what the device has free
+        # How many pipelines stay loaded, whatever the memory says. On a GPU, 2: a keyframe and a
+        # motion model, which a sweep over keyframe models still reuses job after job; SDXL (7 GB
+        # in fp16) next to Wan 14B (28 GB in bf16) already fills a 40 GB card, so a third would not
+        # fit. On the CPU, 8: the twins are a few MB each. `FARM_MAX_WARM` overrides both.
+        env = os.environ.get("FARM_MAX_WARM")
+        self.max_warm = max_warm or (int(env) if env else (8 if self.device == "cpu" else 2))
         self.steps_progress = steps_progress
         self.calls = {"load": 0, "unload": 0, "keyframe": 0, "segment": 0, "assemble": 0}
         self.stopping = False  # set on SIGINT/SIGTERM: finish the task in flight, claim no more
@@ -67,7 +75,7 @@ class Worker:
         queue = Queue(self.queue.path)
         try:
             while not self._beat_stop.wait(max(self.lease / 3, 0.05)):
-                queue.heartbeat(self.name, models=list(self.pipelines), task=self.current, lease=self.lease,
+                queue.heartbeat(self.name, models=sorted(self.held()), task=self.current, lease=self.lease,
                                 state="stopping" if self.stopping else None)
         finally:
             queue.close()
@@ -84,7 +92,7 @@ class Worker:
             if task is None:
                 if self.stopping:
                     return stats
-                task = self.queue.claim(self.name, models=frozenset(self.pipelines), **claim)
+                task = self.queue.claim(self.name, models=self.held(), **claim)
             if task is None:
                 if job is not None:
                     wake = self.queue.next_wakeup(job)
@@ -105,7 +113,9 @@ class Worker:
             elif done:  # report and take the next task in one transaction
                 _, following = self.queue.complete_and_claim(
                     task, self.name, cached=cached, seconds=time.perf_counter() - started,
-                    models=frozenset(self.pipelines), **claim)
+                    models=self.held(), **claim)
+            if done and task["kind"] == "assemble":
+                self.sidecars(task)
             if on_task:
                 on_task(task, cached)
             task = following
@@ -116,7 +126,28 @@ class Worker:
         cached = self.execute(task)
         if cached is not None:
             self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
+            if task["kind"] == "assemble":
+                self.sidecars(task)
         return cached
+
+    def sidecars(self, task: dict) -> dict | None:
+        """Once a job's assembly is done (so every task's timings are known), write its
+        contact sheet and manifest beside the video. A failure here does not undo the
+        video: it is recorded as an event, and `farm render` reports it."""
+        from . import manifest
+
+        job = self.queue.job(task["job_id"])
+        if job is None or job["state"] != "done":
+            return None
+        p = task["params"]
+        out = Path(job["output"])
+        try:
+            video = encode.probe(out) if p["codec"] != "png" else {
+                "frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"], "height": p["height"]}
+            return manifest.publish(self.queue, task["job_id"], self.cache, video={"codec": p["codec"], **video})
+        except (OSError, FarmError) as e:
+            self.queue.record(task["job_id"], task["id"], "job.sidecars_failed", self.name, {"error": str(e)})
+            return None
 
     def execute(self, task: dict) -> bool | None:
         """Answer one claimed task without reporting success (failures are reported here):
@@ -165,26 +196,31 @@ class Worker:
     # --- models -------------------------------------------------------------------------
 
     def pipe(self, model: dict):
-        """The loaded pipeline for a task's model, loading it (and unloading the least
-        recently used ones while it would not fit) on first use."""
-        identity = models.slot(model["identity"], model.get("accelerate"))  # held apart when accelerated
-        if identity in self.pipelines:
-            self.pipelines.move_to_end(identity)
-        else:
-            ref = models.ModelRef(model["name"], "", model["pipeline"], model["source"], model["identity"],
-                                  defaults={"dtype": model["dtype"]} if model["dtype"] else {})
+        """The loaded pipeline for a task's model, loading it on first use (and unloading the
+        least recently used ones while it would not fit in memory or in `max_warm`), with
+        exactly the task's LoRAs active (one loaded base model serves every LoRA combination).
+        An accelerated pipeline is rewired and compiled, so it is held apart from the plain one
+        (its features and cache threshold are part of the warm key, not of the identity that
+        claims compare)."""
+        warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler"), model.get("accelerate"),
+                           model.get("cache_threshold")])
+        if warm not in self.pipelines:
+            ref = models.ref_from_params(model)
             need = models.footprint(ref)
-            while self.pipelines and not self._fits(need):
+            while self.pipelines and (len(self.pipelines) >= self.max_warm or not self._fits(need)):
                 self.unload(next(iter(self.pipelines)))
-            self.pipelines[identity] = models.load_pipeline(ref, self.device)
+            pipe = models.load_pipeline(ref, self.device)
             if model.get("accelerate"):
                 from .accelerate import DEFAULT_CACHE_THRESHOLD, accelerate
 
-                accelerate(self.pipelines[identity], model["accelerate"],
+                accelerate(pipe, model["accelerate"],
                            cache_threshold=model.get("cache_threshold", DEFAULT_CACHE_THRESHOLD))
-            self.footprints[identity] = need
+            self.pipelines[warm] = pipe
+            self.footprints[warm] = need
             self.calls["load"] += 1
-        pipe = self.pipelines[identity]
+        pipe = self.pipelines.pop(warm)
+        self.pipelines[warm] = pipe  # most recently used last
+        models.use_loras(pipe, model.get("loras", []))
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
 
@@ -193,15 +229,20 @@ class Worker:
             return sum(self.footprints.values()) + need <= self.memory_budget
         return need <= models.free_memory(self.device)
 
-    def unload(self, identity: str):
-        del self.pipelines[identity]
-        self.footprints.pop(identity, None)
+    def unload(self, warm: str):
+        """Unload a pipeline and give its memory back."""
+        del self.pipelines[warm]
+        self.footprints.pop(warm, None)
         self.calls["unload"] += 1
         models.release_memory(self.device)
 
     def unload_all(self):
-        for identity in list(self.pipelines):
-            self.unload(identity)
+        for warm in list(self.pipelines):
+            self.unload(warm)
+
+    def held(self) -> frozenset:
+        """Identities of the models loaded here: what claims prefer."""
+        return frozenset(json.loads(w)[0] for w in self.pipelines)
 
     # --- outputs ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from farm.plan import Plan, Task
 from farm.queue import Queue
 from farm.worker import HANDLERS, Worker
 
-SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2', '[motion]\nmodel = "tiny-video"\nsteps = 150')
+SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2', '[motion]\nmodel = "tiny-video"\nsteps = 100')
 
 
 class FakeSpec:
@@ -193,7 +193,7 @@ def test_model_cache_is_bounded_by_memory(home_with_models, write_spec, farm_hom
     with Worker(q, Cache(farm_home / "cache"), memory_budget=need + 1000) as w:  # room for one model only
         w.drain(job)
         assert w.calls["load"] == 2 and w.calls["unload"] == 1
-        assert list(w.pipelines) == [models.resolve("tiny-video").identity]
+        assert w.held() == {models.resolve("tiny-video").identity}
     assert q.job(job)["state"] == "done"
 
 
@@ -201,10 +201,27 @@ def sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def work_proc(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or os.environ.copy(),
-                            start_new_session=True)
+@pytest.fixture
+def work_proc():
+    """Start `farm work --cpu ...` in its own session; whatever a test leaves running is
+    killed (the whole process group) when it ends, pass or fail."""
+    started = []
+
+    def start(*args, env=None):
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env or os.environ.copy(), start_new_session=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
 
 
 def wait_for(predicate, timeout=120, proc=None):
@@ -231,7 +248,7 @@ def in_flight(db, kind="segment"):
 
 
 def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models, write_spec, cli, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, work_proc):
     import shutil
 
     path = write_spec(SLOW_SEGMENTS)
@@ -262,9 +279,11 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     assert done == []  # no task counted twice
     assert not list((farm_home / "cache").rglob(".tmp-*"))  # the killed worker's partial output is not in the cache
     assert sha(path.parent / "out" / "small.mp4") == clean
+    written = json.loads((path.parent / "out" / "small.manifest.json").read_text())  # the worker wrote it
+    assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
 
 
-def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home):
+def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home, work_proc):
     proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet")
     db = farm_home / "queue.db"
     wait_for(lambda: in_flight_worker(db), proc=proc)
@@ -276,7 +295,8 @@ def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, w
     assert runners and not any(w.startswith("render:") for w in runners)  # the farm drew it, not the CLI
 
     # status --json while a worker runs a long task
-    code, out, _ = cli("submit", write_spec(SLOW_SEGMENTS, "slow.toml"), "--json")
+    very_slow = SLOW_SEGMENTS.replace("steps = 100", "steps = 1000")  # stopped long before it ends
+    code, out, _ = cli("submit", write_spec(very_slow, "slow.toml"), "--json")
     slow = json.loads(out)["job"]
     wait_for(lambda: in_flight(db))
     code, out, _ = cli("status", "--json")

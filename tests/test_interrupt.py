@@ -13,7 +13,7 @@ from conftest import SMALL
 
 def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, write_spec, farm_home):
     path = write_spec(SMALL.replace("[motion]\nmodel = \"tiny-video\"\nsteps = 2",
-                                    "[motion]\nmodel = \"tiny-video\"\nsteps = 400"))
+                                    "[motion]\nmodel = \"tiny-video\"\nsteps = 200"))
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(path), "--json", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     db_path = farm_home / "queue.db"

@@ -141,7 +141,11 @@ def test_the_readme_spec_is_valid(write_spec):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## The job spec", 1)[1]
     block = section.split("```toml", 1)[1].split("```", 1)[0]
+    lora = write_spec("").parent / "loras" / "ink.safetensors"  # the LoRA it names
+    lora.parent.mkdir()
+    lora.write_bytes(b"weights")
     s = spec.load(write_spec(block))
     assert s.frames[1].keyframe.steps == 12 and s.frames[1].motion.steps == 4
+    assert [(lo.path, lo.scale) for lo in s.frames[1].keyframe.loras] == [(lora, 0.8)]
     assert s.frames[1].motion.prompt == "the beam turns" and s.frames[0].motion.prompt == "slow dolly in"
     assert s.quality == 18 and s.codec == "h264"

@@ -53,7 +53,9 @@ def test_spec_accelerate_changes_exactly_the_model_tasks_keys(write_spec):
     assert kf_plain.key != kf_fast.key
     assert kf_fast.params["model"]["accelerate"] == ["kernels", "compile"]
     assert "accelerate" not in kf_plain.params["model"] and "accelerate" not in kf_fast.params["model"]["options"]
-    assert kf_fast.model.endswith("+kernels,compile")  # a worker holds the accelerated pipeline apart
+    # Claims prefer workers holding the model's identity, accelerated or not; the worker holds the
+    # accelerated pipeline apart from the plain one (see test_worker_holds_accelerated_apart).
+    assert kf_fast.model == kf_plain.model == kf_plain.params["model"]["identity"]
     # The threshold is in the key only when the cache is on.
     a = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["cache"]\ncache_threshold = 0.1'), "c.toml")))
     b = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["cache"]\ncache_threshold = 0.2'), "d.toml")))
@@ -87,3 +89,22 @@ def test_render_with_acceleration(home_with_models, write_spec, cli):
     code, out, err = cli("render", path, "--json", "--quiet")
     assert code == 0, err
     assert json.loads(out)["tasks"]["run"] == 3
+
+
+def test_worker_holds_accelerated_apart(home_with_models, write_spec, tmp_path):
+    """One model, plain and accelerated: two loaded pipelines under one identity, which is
+    what the worker offers claims; asking again loads neither twice."""
+    from farm.cache import Cache
+    from farm.queue import Queue
+    from farm.worker import Worker
+
+    plain = plan.build(spec.load(write_spec(SHOT.format(accel=""))))
+    fast = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["attention"]'), "b.toml")))
+    m_plain = plain.by_name()["keyframe[0]"].params["model"]
+    m_fast = fast.by_name()["keyframe[0]"].params["model"]
+    with Worker(Queue(tmp_path / "q.db"), Cache(tmp_path / "cache"), max_warm=2) as w:
+        a, b = w.pipe(m_plain), w.pipe(m_fast)
+        assert a is not b and len(w.pipelines) == 2 and w.calls["load"] == 2
+        assert getattr(a, "_farm_acceleration", None) is None and b._farm_acceleration.model
+        assert w.held() == {m_plain["identity"]}
+        assert w.pipe(m_plain) is a and w.pipe(m_fast) is b and w.calls["load"] == 2

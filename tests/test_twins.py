@@ -1,0 +1,115 @@
+"""Every preset family has a tiny twin, and each twin renders through farm end to end on the CPU.
+
+The twin keeps its family's pipeline class and call path (conditioning, frame rule, size
+granularity), so a twin that renders here proves the real preset's path short of its weights."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from farm import encode, models, pipeline, tiny
+from farm.cache import Cache
+from farm.queue import Queue
+from farm.render import render
+from farm.worker import Worker
+
+REAL = [n for n in models.preset_names() if not models.load_preset(n)["source"].startswith("builtin:")]
+TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()})
+TIMINGS = {}
+
+
+def test_every_real_preset_has_a_built_in_twin_of_its_family():
+    assert {"sd15", "sdxl", "sdxl-turbo", "sd35-medium", "flux-schnell", "flux-dev", "wan21-flf2v", "wan22-i2v",
+            "ltx-video", "cogvideox-i2v"} <= set(REAL)
+    for name in REAL:
+        preset, twin = models.load_preset(name), models.load_preset(models.load_preset(name)["twin"])
+        assert twin["source"].startswith("builtin:"), name
+        assert (twin["pipeline"], twin["role"]) == (preset["pipeline"], preset["role"]), name
+        assert preset["pipeline"] in models.PIPELINES and preset.get("revision"), name
+        assert models.is_hub_id(preset["source"]), name
+    assert set(TWINS) >= {"tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-wan", "tiny-wan22", "tiny-ltx",
+                          "tiny-cogvideox"}
+
+
+def test_models_lists_every_preset_with_role_source_and_presence(cli):
+    code, out, err = cli("models", "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert set(rows) == set(models.preset_names())
+    assert rows["sdxl"]["role"] == "keyframes" and rows["sdxl"]["pipeline"] == "StableDiffusionXLPipeline"
+    assert rows["sdxl"]["source"] == "stabilityai/stable-diffusion-xl-base-1.0@main"
+    assert rows["sdxl"]["local"] is False and "farm models pull sdxl" in rows["sdxl"]["missing"]
+    assert rows["tiny-ltx"]["local"] is True and rows["tiny-ltx"]["role"] == "motion"
+    code, out, err = cli("models")
+    assert code == 0 and len(out.strip().splitlines()) == len(rows) + 1  # a header, then one line each
+    code, out, err = cli("models", "show", "wan22-i2v")
+    assert code == 0 and "Wan-AI/Wan2.2-I2V-A14B-Diffusers" in out and "tiny-wan22" in out
+
+
+SPEC = """
+[shot]
+name = "{name}"
+fps = 8
+size = [32, 32]
+seed = 1
+out = "out/{name}.mp4"
+
+[keyframes]
+model = "{keyframes}"
+steps = 2
+
+[motion]
+model = "{motion}"
+steps = 2
+
+[[frames]]
+prompt = "a red boat"
+seconds = 0.5
+
+[[frames]]
+prompt = "a blue boat"
+seconds = 0.5
+"""
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
+    role = models.load_preset(twin)["role"]
+    cls = models.load_preset(twin)["pipeline"]
+    kf, mo = (twin, "hold") if role == "keyframes" else ("tiny", twin)
+    generated = []
+    if role == "motion":
+        adapter = pipeline.CONDITIONING[cls]
+
+        def spy(params, first, last, n):
+            generated.append(n)
+            return adapter(params, first, last, n)
+
+        monkeypatch.setitem(pipeline.CONDITIONING, cls, spy)
+    queue = Queue(farm_home / "queue.db")
+    worker = Worker(queue, Cache(farm_home / "cache"))
+    started = time.perf_counter()
+    result = render(write_spec(SPEC.format(name=twin, keyframes=kf, motion=mo)), worker=worker)
+    TIMINGS[twin] = time.perf_counter() - started
+    info = encode.probe(Path(result["output"]))
+    assert (info["frames"], info["width"], info["height"]) == (8, 32, 32)
+    assert cls in {type(p).__name__ for p in worker.pipelines.values()}
+    if role == "keyframes":
+        assert worker.calls["keyframe"] == 2 and worker.calls["segment"] == 0
+    else:
+        assert worker.calls["segment"] == 2
+        step, offset = models.PIPELINES[cls]["frames"]
+        # 4 frames per segment: 5 with the next keyframe for end-frame families, rounded up to the rule
+        want = pipeline.frame_count(cls, 5 if models.PIPELINES[cls]["last_frame"] else 4)
+        assert generated == [want, want] and (want - offset) % step == 0
+    assert TIMINGS[twin] < 60, TIMINGS  # a few seconds on a 2-core CPU; a minute means something grew
+
+
+def test_twins_build_in_code_without_the_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for recipe in ("sdxl", "sd3", "flux", "wan22", "ltx", "cogvideox"):
+        pipe = tiny.BUILDERS[recipe]()
+        params = sum(p.numel() for c in pipe.components.values() if hasattr(c, "parameters") for p in c.parameters())
+        assert params < 3_000_000, (recipe, params)  # really tiny: under 12 MB of fp32 weights
