@@ -8,4 +8,12 @@ __version__ = "0.1.0"
 
 from .errors import FarmError, SpecError  # noqa: E402
 
-__all__ = ["FarmError", "SpecError", "__version__"]
+__all__ = ["FarmError", "SpecError", "__version__", "accelerate"]
+
+
+def __getattr__(name):
+    if name == "accelerate":  # imported on first use: it pulls in torch and diffusers
+        import importlib
+
+        return importlib.import_module(".accelerate", __name__)
+    raise AttributeError(f"module 'farm' has no attribute {name!r}")

@@ -293,6 +293,31 @@ def review(
         srv.server_close()
 
 
+@app.command("accelerate")
+def accelerate_cmd(
+    model: Annotated[str, typer.Argument(help="A preset name (see presets/), a diffusers folder or a hub id.")],
+    report: Annotated[bool, typer.Option("--report", help="Run one small denoising call and print what the "
+                                                          "pass replaced (pattern -> count).")] = False,
+    features: Annotated[Optional[str], typer.Option(
+        "--features", help="Comma-separated: kernels, compile, attention, cache (default: the preset's "
+                           "`accelerate` list, else kernels,attention).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--cache-threshold", min=0, max=10,
+                                                       help="First Block Cache threshold (default 0.05).")] = None,
+    json_out: JsonOpt = False,
+):
+    """Accelerate a model (fused Triton kernels, torch.compile, attention backend, step caching) and
+    report what was chosen and replaced."""
+    from . import accelerate as acc
+
+    if not report:
+        raise FarmError("Nothing to do: `farm accelerate --report MODEL` reports what acceleration does to a "
+                        "model; renders turn it on with `accelerate = [...]` in a spec or preset.", code=2)
+    quiet_libraries()
+    chosen = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
+    result = acc.probe(model, chosen, cache_threshold=threshold)
+    typer.echo(json.dumps(result.to_json()) if json_out else result.text())
+
+
 @app.command()
 def version():
     """Print farm's version."""

@@ -52,8 +52,10 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 # [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
-               "defaults", "options", "memory")
-NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler")
+               "defaults", "options", "memory", "accelerate", "cache_threshold")
+# `accelerate` and `cache_threshold` (farm/accelerate.py) are kept in a ModelRef's defaults but
+# are not call options either: plan._model puts them in task keys on their own.
+NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
 
 
@@ -120,6 +122,18 @@ def load_preset(name: str) -> dict:
     return data
 
 
+def preset_defaults(name: str, preset: dict) -> dict:
+    """A preset's [defaults], plus its `accelerate = [...]` and `cache_threshold` (validated)."""
+    from .accelerate import check_features, check_threshold
+
+    defaults = dict(preset.get("defaults", {}))
+    if "accelerate" in preset:
+        defaults["accelerate"] = check_features(preset["accelerate"], f"preset {name!r}: accelerate")
+    if "cache_threshold" in preset:
+        defaults["cache_threshold"] = check_threshold(preset["cache_threshold"], f"preset {name!r}: cache_threshold")
+    return defaults
+
+
 def _drivable() -> str:
     return ", ".join(f"{p} ({v['role']})" for p, v in sorted(PIPELINES.items()))
 
@@ -150,7 +164,7 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
 
 
 def _resolve_preset(name: str, preset: dict) -> ModelRef:
-    source, defaults = preset["source"], preset.get("defaults", {})
+    source, defaults = preset["source"], preset_defaults(name, preset)
     memory = preset.get("memory", {})
     bad = [k for k in memory if k not in MEMORY_KEYS]
     if bad:
@@ -464,6 +478,9 @@ def describe(name: str) -> dict:
             "trust_remote_code": preset.get("trust_remote_code", False),
             "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
             "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
+    for key in ("accelerate", "cache_threshold"):  # farm/accelerate.py; only when the preset sets them
+        if key in preset:
+            info[key] = preset[key]
     if where:
         info["path"] = where
     if error:

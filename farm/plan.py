@@ -54,14 +54,22 @@ def file_digest(path: Path) -> str:
 
 def _model(ref, loras=()) -> dict:
     """What of a model determines pixels: its identity, class, dtype and call options, and
-    (only when set, so keys made before they existed stay valid) its scheduler and LoRAs:
-    each LoRA by content digest and scale, not by path."""
+    (only when set, so keys made before they existed stay valid) its scheduler, LoRAs (each
+    by content digest and scale, not by path) and acceleration (fused kernels round
+    differently, compiled graphs reorder sums, the cache skips blocks)."""
     out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"),
            "options": ref.options()}
     if ref.defaults.get("scheduler"):
         out["scheduler"] = ref.defaults["scheduler"]
     if loras:
         out["loras"] = [{"sha256": lo.sha256, "scale": lo.scale} for lo in loras]
+    features = ref.defaults.get("accelerate")
+    if features:
+        out["accelerate"] = list(features)
+        if "cache" in features:
+            from .accelerate import DEFAULT_CACHE_THRESHOLD
+
+            out["cache_threshold"] = ref.defaults.get("cache_threshold", DEFAULT_CACHE_THRESHOLD)
     return out
 
 

@@ -219,12 +219,13 @@ def _kind(v) -> str:
 # --- validation ---------------------------------------------------------------------------
 
 SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries")
-STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras")
+ACCELERATION_KEYS = ("accelerate", "cache_threshold")  # a stage's; not per frame
+STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras") + ACCELERATION_KEYS
 MOTION_KEYS = STAGE_KEYS + ("prompt",)
 FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "loras",
               "motion")
 LORA_KEYS = ("path", "scale")
-FRAME_MOTION_KEYS = MOTION_KEYS + ("seed",)
+FRAME_MOTION_KEYS = tuple(k for k in MOTION_KEYS if k not in ACCELERATION_KEYS) + ("seed",)
 
 
 def load(path: str | Path) -> Spec:
@@ -333,8 +334,12 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     c.keys(kf, STAGE_KEYS, "keyframes.")
     mo = c.table(data, "motion")
     c.keys(mo, MOTION_KEYS, "motion.")
-    kf_model = model("keyframes.model", kf.get("model", "tiny"), "keyframes")
-    mo_model = model("motion.model", mo.get("model", "hold"), "motion")
+    kf_accel = _acceleration(c, kf, "keyframes.")
+    mo_accel = _acceleration(c, mo, "motion.")
+    kf_model = _accelerated(model("keyframes.model", kf.get("model", "tiny"), "keyframes"), kf_accel)
+    mo_model = _accelerated(model("motion.model", mo.get("model", "hold"), "motion"), mo_accel)
+    if mo_accel and mo_model is not None and mo_model.is_ffmpeg:
+        c.fail("motion.accelerate", f"{mo_model.name!r} runs ffmpeg, not a model: there is nothing to accelerate")
     if width is None:  # no [shot] size: the keyframe model's preset size, else the motion model's, else 512
         sizes = [r.defaults["size"] for r in (kf_model, mo_model) if r is not None and r.defaults.get("size")]
         width, height = sizes[0] if sizes else (512, 512)
@@ -414,7 +419,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
             c.fail(p + "seconds", "missing: how long this keyframe lasts, in seconds (> 0)")
         seconds = c.number(fr, "seconds", p, 0, MAX_FRAME_SECONDS, default=1.0, lo_open=True)
         fseed = c.number(fr, "seed", p, 0, MAX_SEED, integer=True, default=seed)
-        fmodel = model(p + "model", fr["model"], "keyframes") if "model" in fr else kf_model
+        fmodel = _accelerated(model(p + "model", fr["model"], "keyframes"), kf_accel) if "model" in fr else kf_model
         if "model" in fr and fmodel is not None:
             fkf = stage(fr, p, fmodel, {k: kf_defaults[k] for k in ("steps", "guidance", "negative_prompt", "loras")
                                         if k in kf})
@@ -422,7 +427,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
             fkf = stage(fr, p, fmodel, kf_defaults)
         fm = c.table(fr, "motion", p)
         c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
-        mmodel = model(p + "motion.model", fm["model"], "motion") if "model" in fm else mo_model
+        mmodel = _accelerated(model(p + "motion.model", fm["model"], "motion"), mo_accel) if "model" in fm else mo_model
         fmo = stage(fm, p + "motion.", mmodel, mo_defaults)
         if mmodel is not None and mmodel.is_ffmpeg and fmo["loras"]:
             where = p + "motion.loras" if "loras" in fm else "motion.loras"
@@ -449,6 +454,28 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     if c.problems:
         raise SpecError(path, c.problems)
     return spec
+
+
+def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
+    """A stage's `accelerate = [...]` and `cache_threshold`, which override its model preset's."""
+    from .accelerate import check_features, check_threshold
+
+    out = {}
+    for key, check in (("accelerate", check_features), ("cache_threshold", check_threshold)):
+        if key in table:
+            try:
+                out[key] = check(table[key], prefix + key)
+            except FarmError as e:
+                c.fail(prefix + key, e.message.split(": ", 1)[1])
+    return out
+
+
+def _accelerated(ref: models.ModelRef | None, settings: dict) -> models.ModelRef | None:
+    if ref is None or ref.is_ffmpeg or not settings:
+        return ref
+    import dataclasses
+
+    return dataclasses.replace(ref, defaults={**ref.defaults, **settings})
 
 
 def _check_lora(c: _Checker, key: str, path: Path, scale: float) -> Lora | None:

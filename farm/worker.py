@@ -38,7 +38,7 @@ class Worker:
         self.lease = lease
         self.device = device or models.device()  # where pipelines run
         self.label = label or self.device  # what status shows: the physical GPU ("cuda:3")
-        # [identity, dtype, scheduler] -> loaded pipeline, least recently used first
+        # [identity, dtype, scheduler, accelerate, cache_threshold] -> loaded pipeline, least recently used first
         self.pipelines: OrderedDict[str, object] = OrderedDict()
         self.footprints: dict[str, int] = {}
         self.memory_budget = memory_budget  # bytes for loaded models; None: what the device has free
@@ -198,14 +198,24 @@ class Worker:
     def pipe(self, model: dict):
         """The loaded pipeline for a task's model, loading it on first use (and unloading the
         least recently used ones while it would not fit in memory or in `max_warm`), with
-        exactly the task's LoRAs active (one loaded base model serves every LoRA combination)."""
-        warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler")])
+        exactly the task's LoRAs active (one loaded base model serves every LoRA combination).
+        An accelerated pipeline is rewired and compiled, so it is held apart from the plain one
+        (its features and cache threshold are part of the warm key, not of the identity that
+        claims compare)."""
+        warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler"), model.get("accelerate"),
+                           model.get("cache_threshold")])
         if warm not in self.pipelines:
             ref = models.ref_from_params(model)
             need = models.footprint(ref)
             while self.pipelines and (len(self.pipelines) >= self.max_warm or not self._fits(need)):
                 self.unload(next(iter(self.pipelines)))
-            self.pipelines[warm] = models.load_pipeline(ref, self.device)
+            pipe = models.load_pipeline(ref, self.device)
+            if model.get("accelerate"):
+                from .accelerate import DEFAULT_CACHE_THRESHOLD, accelerate
+
+                accelerate(pipe, model["accelerate"],
+                           cache_threshold=model.get("cache_threshold", DEFAULT_CACHE_THRESHOLD))
+            self.pipelines[warm] = pipe
             self.footprints[warm] = need
             self.calls["load"] += 1
         pipe = self.pipelines.pop(warm)

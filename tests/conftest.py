@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# Kernel tests run under Triton's interpreter on the CPU, so they need no GPU. `triton.jit`
+# reads the variable when a kernel is defined, hence here, before anything imports `kernels`.
+# (Here and not in tests/kernels/conftest.py: a second module named `conftest` would shadow
+# this one for the tests that `from conftest import SMALL`.)
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "jobs" / "example.toml"
 

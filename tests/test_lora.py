@@ -149,3 +149,17 @@ def test_a_motion_lora_changes_the_segment(home_with_models, write_spec, tmp_pat
     assert seg[0] != seg[1] and len(frames[0]) == len(frames[1]) == 4
     assert frames[0][-1].read_bytes() != frames[1][-1].read_bytes()
     assert worker.calls["load"] == 2  # tiny + tiny-video, the adapter added to the warm one
+
+
+def test_lora_on_an_accelerated_model(home_with_models, write_spec, lora_file):
+    """Issues 5 and 6 together: a LoRA applies to a model with `accelerate = ["kernels"]` (the
+    adapter changes the picture), and one loaded accelerated pipeline serves both calls."""
+    shutil.copy(lora_file, write_spec("").parent / "style.safetensors")
+    worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()))
+    styled_spec = LORA_SPEC.replace("steps = 2\n", 'steps = 2\naccelerate = ["kernels"]\n', 1)
+    plain_spec = styled_spec.replace('loras = [{ path = "style.safetensors", scale = 0.8 }]\n', "")
+    plain = render(write_spec(plain_spec, "fast.toml"), worker=worker)
+    styled = render(write_spec(styled_spec, "fast-styled.toml"), worker=worker)
+    a, b = keyframe_keys(plain["job"]), keyframe_keys(styled["job"])
+    assert image(a["keyframe[0]"]) != image(b["keyframe[0]"])
+    assert worker.calls["load"] == 1

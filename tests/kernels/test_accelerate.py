@@ -1,0 +1,97 @@
+"""The tracing pass on the tiny twin of each family: it finds the patterns with no per-model
+code, and the accelerated model draws what the stock one draws."""
+
+import pytest
+import torch
+from PIL import Image
+
+from farm import accelerate as acc
+from farm import models
+
+
+def _load(name):
+    pipe = models.load_pipeline(models.resolve(name), "cpu")  # from_pretrained: eval mode, as renders
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(pipe, steps=1):
+    g = torch.Generator().manual_seed(0)
+    if hasattr(pipe, "unet"):
+        return pipe(prompt="a boat", num_inference_steps=steps, guidance_scale=4.5, width=32, height=32,
+                    generator=g, output_type="latent").images
+    im = Image.new("RGB", (32, 32), (200, 30, 30))
+    return pipe(image=im, last_image=im, prompt="a boat", num_frames=5, num_inference_steps=steps, guidance_scale=5.0,
+                width=32, height=32, generator=g, output_type="latent", max_sequence_length=64).frames
+
+
+# What each tiny twin holds (farm/tiny.py): the SD UNet has 8 resnet blocks (2 GroupNorm+SiLU
+# each) plus the output norm, and 4 transformer blocks with GEGLU feed-forwards; the Wan DiT
+# has 2 blocks, each with 2 modulated norms, 2 gated residuals, RoPE on q and k, and a
+# GELU-tanh MLP, plus the modulated output norm and the GELU-tanh text projection.
+EXPECTED = {
+    "tiny": {"group_norm_silu": 17, "glu": 4},
+    "tiny-video": {"adaln": 5, "gated_residual": 4, "rmsnorm_rope": 4, "gelu": 3},
+}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-video"])
+def test_kernels_match_stock(home_with_models, preset):
+    pipe = _load(preset)
+    stock = _latents(pipe)
+    torch._dynamo.reset()
+    report = acc.accelerate(pipe, kernels=True, compile=False, attention=True, cache=False)
+    fast = _latents(pipe)
+    replaced = {k: v for k, v in report.replaced.items() if v}
+    assert replaced == EXPECTED[preset], report.text()
+    assert report.attention == "native"  # the CPU has only PyTorch's SDPA
+    # fp32 throughout; the fused ops round once where eager rounds per op.
+    torch.testing.assert_close(fast, stock, atol=1e-4, rtol=1e-4)
+    acc.reset(pipe)
+    torch.testing.assert_close(_latents(pipe), stock, atol=0, rtol=0)
+
+
+def test_first_block_cache_skips_and_counts(home_with_models):
+    pipe = _load("tiny-video")
+    stock = _latents(pipe, steps=3)
+    # Threshold 0: every step computes every block, so the output is the stock one.
+    report = acc.accelerate(pipe, kernels=False, compile=False, attention=False, cache=True, cache_threshold=0.0)
+    torch.testing.assert_close(_latents(pipe, steps=3), stock, atol=0, rtol=0)
+    assert report.cache["supported"] and report.cache["skipped"] == 0
+    assert report.cache["decisions"] == 6  # 3 steps x (conditional + unconditional call)
+    acc.reset(pipe)
+    # A huge threshold: after each context's first step, the later blocks are always skipped.
+    report = acc.accelerate(pipe, kernels=False, compile=False, attention=False, cache=True, cache_threshold=1e9)
+    cached = _latents(pipe, steps=3)
+    assert report.cache["skipped"] == 4 and report.cache["decisions"] == 6, report.cache
+    assert torch.isfinite(cached).all() and not torch.equal(cached, stock)
+    assert "4 of 6 denoiser calls skipped" in report.text()
+
+
+def test_cache_on_a_unet_is_reported_unsupported(home_with_models):
+    pipe = _load("tiny")
+    report = acc.accelerate(pipe, ["cache"])
+    assert report.cache == {"kind": "first_block", "threshold": 0.05, "supported": False,
+                            "reason": "diffusers has no cache hooks for UNet2DConditionModel"}
+    assert not report.kernels and not report.compile
+
+
+def test_check_features():
+    assert acc.check_features(["compile", "kernels", "kernels"]) == ["kernels", "compile"]
+    with pytest.raises(acc.FarmError, match="unknown 'fast'"):
+        acc.check_features(["kernels", "fast"])
+    with pytest.raises(acc.FarmError, match="expected a list"):
+        acc.check_features("kernels")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tiny", "tiny-video"])
+def test_kernels_and_inductor_match_stock(home_with_models, preset):
+    """The full path: rewritten graphs compiled by Inductor (minutes of C++ compilation on a CPU)."""
+    pipe = _load(preset)
+    stock = _latents(pipe)
+    torch._dynamo.reset()
+    report = acc.accelerate(pipe, kernels=True, compile=True, attention=True)
+    fast = _latents(pipe)
+    assert {k: v for k, v in report.replaced.items() if v} == EXPECTED[preset]
+    torch.testing.assert_close(fast, stock, atol=1e-3, rtol=1e-3)
