@@ -324,13 +324,6 @@ class Queue:
             if t["state"] == "failed":
                 self._fail_job(t["job_id"], f"{t['name']}: failed {t['name']} after its worker died repeatedly", now)
 
-    def renew(self, task: dict, worker: str, lease: float) -> bool:
-        """Extend the lease of a task in flight; False if the worker no longer holds it."""
-        with self.transaction():
-            return bool(self.conn.execute(
-                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                (time.time() + lease, task["id"], worker)).rowcount)
-
     def complete(self, task: dict, worker: str, *, cached: bool, seconds: float) -> bool:
         """Mark a task done (if this worker still holds its lease); the job is done with its last task."""
         with self.transaction():
@@ -462,10 +455,7 @@ class Queue:
     def job(self, job: int) -> dict | None:
         return next(self.db.query("SELECT * FROM jobs WHERE id = ?", [job]), None)
 
-    def jobs(self, states: tuple[str, ...] | None = None) -> list[dict]:
-        if states:
-            marks = ", ".join("?" * len(states))
-            return list(self.db.query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", list(states)))
+    def jobs(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM jobs ORDER BY id"))
 
     def tasks(self, job: int) -> list[dict]:

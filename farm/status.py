@@ -11,7 +11,8 @@ from .queue import Queue
 STATES = ("queued", "running", "done", "failed", "canceled")
 
 
-def job(queue: Queue, job_id: int) -> dict | None:
+def job(queue: Queue, job_id: int, workers: int | None = None) -> dict | None:
+    """One job's summary; `workers` (live ones, for the ETA) is counted when not given."""
     record = queue.job(job_id)
     if record is None:
         return None
@@ -28,8 +29,9 @@ def job(queue: Queue, job_id: int) -> dict | None:
     left = counts["queued"] + counts["running"]
     eta = None
     if record["state"] in ("queued", "running") and executed[0]:
-        workers = max(1, len(queue.workers()))
-        eta = round(left * executed[1] / workers, 1)
+        if workers is None:
+            workers = len(queue.workers())
+        eta = round(left * executed[1] / max(1, workers), 1)
     return {
         "job": job_id,
         "name": record["name"],
@@ -48,15 +50,15 @@ def job(queue: Queue, job_id: int) -> dict | None:
 
 def farm(queue: Queue, recent: int = 20) -> dict:
     jobs = queue.jobs()
-    live = [j for j in jobs if j["state"] in ("queued", "running")]
+    live_jobs = [j for j in jobs if j["state"] in ("queued", "running")]
     ended = [j for j in jobs if j["state"] not in ("queued", "running")][-recent:]
-    workers = []
-    for w in queue.workers():
+    workers, live_workers = [], queue.workers()
+    for w in live_workers:
         workers.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "device": w["device"],
                         "state": w["state"], "models": w["models"], "task": w["task"], "done": w["done"],
                         "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
-    return {"paused": queue.farm_paused(), "jobs": [job(queue, j["id"]) for j in ended + live],
-            "workers": workers}
+    return {"paused": queue.farm_paused(),
+            "jobs": [job(queue, j["id"], len(live_workers)) for j in ended + live_jobs], "workers": workers}
 
 
 def text_job(s: dict) -> str:

@@ -158,7 +158,7 @@ def child(slot: Slot, opts: dict):
     with worker:
         try:
             worker.drain(on_task=show, until_empty=opts["until_empty"])
-        except KeyboardInterrupt:  # the task in flight was released by Worker.run
+        except KeyboardInterrupt:  # the task in flight was released by Worker.execute
             code = 130 if abort.is_set() or not worker.stopping else 0
     queue.close()
     sys.exit(code)

@@ -120,16 +120,6 @@ class Worker:
                 on_task(task, cached)
             task = following
 
-    def run(self, task: dict) -> bool | None:
-        """Answer one claimed task and report it; True if from the cache, False if run, None if it failed."""
-        started = time.perf_counter()
-        cached = self.execute(task)
-        if cached is not None:
-            self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
-            if task["kind"] == "assemble":
-                self.sidecars(task)
-        return cached
-
     def sidecars(self, task: dict) -> dict | None:
         """Once a job's assembly is done (so every task's timings are known), write its
         contact sheet and manifest beside the video. A failure here does not undo the
