@@ -10,7 +10,6 @@ cached video stays byte-identical from one render to the next.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__, encode
+from .models import file_digest
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
@@ -59,13 +59,7 @@ def video_of(cache: Cache, tasks: list[dict]) -> Path | None:
 
 
 def file_sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path) if path.is_file() else None
 
 
 def build(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) -> dict:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from .models import file_digest
 from .spec import Spec
 
 # Bump a kind's version when the code that makes its output changes what it makes.
@@ -42,14 +42,6 @@ class Plan:
 def task_key(kind: str, inputs: dict) -> str:
     blob = json.dumps({"kind": kind, "version": VERSIONS[kind], **inputs}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model(ref, loras=()) -> dict:
