@@ -45,6 +45,7 @@ def _hammer(db, name, ready, start, out):
         if t is None:
             break
         got.append(t["id"])
+        time.sleep(0.001)  # the task: without any, one process can hold on to the lock for all 400
         assert q.complete(t, name, cached=False, seconds=0)
     q.close()
     out.put(got)
@@ -299,8 +300,11 @@ def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, w
     code, out, _ = cli("submit", write_spec(very_slow, "slow.toml"), "--json")
     slow = json.loads(out)["job"]
     wait_for(lambda: in_flight(db))
-    code, out, _ = cli("status", "--json")
-    status = json.loads(out)
+
+    def loaded():  # a worker reports its models with its next heartbeat (every third of a lease)
+        status = json.loads(cli("status", "--json")[1])
+        return status if status["workers"] and status["workers"][0]["models"] else None
+    status = wait_for(loaded, timeout=30)
     (w,) = status["workers"]
     assert w["pid"] != os.getpid() and w["device"] == "cpu" and w["task"]["job"] == slow
     assert len(w["models"]) >= 1 and w["task"]["name"].startswith("segment")
