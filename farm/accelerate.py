@@ -7,11 +7,16 @@ the fastest attention backend the device has, and step caching.
    this machine can run (FlashAttention 3, FlashAttention 2, cuDNN SDPA, PyTorch SDPA), trying
    each in turn. SageAttention is left out of the automatic choice: it quantises Q and K to
    int8, so it changes pixels beyond rounding, and task keys do not record the device.
-2. **cache**: diffusers' First Block Cache hooks (`enable_cache(FirstBlockCacheConfig)`): when
-   the first transformer block's residual changed by less than `threshold` (relative mean
-   absolute difference) since the last computed step, the other blocks are skipped and their
-   cached residual reused. Only models diffusers registers transformer blocks for (its
-   `CacheMixin` models: Wan, Flux, SD3, LTX, ...) support it; a UNet is reported as unsupported.
+2. **step caching**, one of two, both diffusers' own hooks on its `CacheMixin` models (Wan,
+   Flux, SD3, LTX, ...; a UNet is reported as unsupported):
+   - **cache**: First Block Cache (`FirstBlockCacheConfig`): when the first transformer
+     block's residual changed by less than `threshold` (relative mean absolute difference)
+     since the last computed step, the other blocks are skipped and their cached residual
+     reused. Adaptive: how much it skips depends on the content.
+   - **taylorseer**: TaylorSeer (`TaylorSeerCacheConfig`): the blocks' attention runs in full
+     on the first TAYLORSEER_WARMUP steps and then every TAYLORSEER_INTERVAL-th step; in
+     between its output is predicted from a first-order Taylor series of the last full ones.
+     A fixed schedule: the same share of steps is skipped for any prompt.
 3. **kernels** / **compile**: the denoiser is wrapped in `torch.compile` with farm's own
    backend. Dynamo hands it an FX graph of the model's forward (across every block, whatever
    the model); `rewrite` finds the patterns below in that graph by their operations, not by
@@ -41,7 +46,14 @@ from dataclasses import dataclass, field
 
 from .errors import FarmError
 
-FEATURES = ("kernels", "compile", "attention", "cache")
+FEATURES = ("kernels", "compile", "attention", "cache", "taylorseer")
+STEP_CACHES = {"cache": "first_block", "taylorseer": "taylorseer"}  # feature -> report's kind; at most one
+TAYLORSEER_INTERVAL = 5  # diffusers' defaults, which its authors tuned on FLUX
+TAYLORSEER_WARMUP = 3
+# The attention modules of transformer blocks, by name: diffusers' default patterns end in
+# `attn`, which misses Wan's and LTX's `attn1` / `attn2`.
+TAYLORSEER_MODULES = [r"(transformer_blocks|single_transformer_blocks|temporal_transformer_blocks|blocks)"
+                      r"\.\d+\.attn\d*"]
 PATTERNS = ("group_norm_silu", "adaln", "gated_residual", "rmsnorm_rope", "glu", "gelu")
 # Exact attention backends of diffusers' dispatcher, fastest first on an H100 (FA3 is Hopper
 # only; cuDNN SDPA beats PyTorch's flash SDPA on Hopper at head_dim 128).
@@ -56,6 +68,9 @@ def check_features(features, where: str = "accelerate") -> list[str]:
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise FarmError(f"{where}: unknown {', '.join(map(repr, unknown))} (allowed: {', '.join(FEATURES)})", code=2)
+    caches = [f for f in STEP_CACHES if f in features]
+    if len(caches) > 1:
+        raise FarmError(f"{where}: {' and '.join(map(repr, caches))} are two step caches; choose one", code=2)
     return sorted(set(features), key=FEATURES.index)
 
 
@@ -101,7 +116,10 @@ class Report:
             lines.append("attention: unchanged")
         if self.cache:
             c = self.cache
-            if c.get("supported"):
+            if c.get("supported") and c["kind"] == "taylorseer":
+                lines.append(f"cache: taylorseer, full attention on the first {c['warmup']} steps then every "
+                             f"{c['interval']}: {c['skipped']} of {c['decisions']} denoiser calls predicted it")
+            elif c.get("supported"):
                 lines.append(f"cache: {c['kind']} threshold {c['threshold']}: {c['skipped']} of {c['decisions']} "
                              f"denoiser calls skipped the blocks after the first")
             else:
@@ -126,21 +144,23 @@ def denoiser(pipe):
 
 
 def accelerate(pipe, features=None, *, kernels: bool = True, compile: bool = True, attention: bool | str = True,
-               cache: bool = False, cache_threshold: float = DEFAULT_CACHE_THRESHOLD) -> Report:
+               cache: bool | str = False, cache_threshold: float = DEFAULT_CACHE_THRESHOLD) -> Report:
     """Accelerate `pipe` in place and return a Report (filled in further as the model runs).
 
     `features` (a spec's list, e.g. ["kernels", "compile"]) overrides the keyword switches.
-    `attention` may name a diffusers backend to use instead of choosing one."""
+    `attention` may name a diffusers backend to use instead of choosing one. `cache` is
+    False, True / "cache" (First Block Cache) or "taylorseer"."""
     if features is not None:
         chosen = check_features(list(features))
-        kernels, compile, cache = "kernels" in chosen, "compile" in chosen, "cache" in chosen
+        kernels, compile = "kernels" in chosen, "compile" in chosen
+        cache = next((f for f in STEP_CACHES if f in chosen), False)
         attention = "attention" in chosen
     model = denoiser(pipe)
     report = Report(model=type(model).__name__, kernels=kernels, compile=compile)
     if attention:
         _choose_attention(model, report, None if attention is True else attention)
     if cache:
-        _enable_cache(model, report, cache_threshold)
+        _enable_cache(model, report, "cache" if cache is True else cache, cache_threshold)
     if kernels or compile:
         import torch
 
@@ -245,35 +265,50 @@ def _choose_attention(model, report: Report, wanted: str | None):
 # --- step caching ---------------------------------------------------------------------------
 
 
-def _enable_cache(model, report: Report, threshold: float):
-    from diffusers.hooks import FirstBlockCacheConfig
+def _enable_cache(model, report: Report, feature: str, threshold: float):
+    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, TaylorSeerCacheConfig
     from diffusers.models.cache_utils import CacheMixin
 
-    report.cache = {"kind": "first_block", "threshold": threshold, "supported": False}
+    kind = STEP_CACHES[feature]
+    if kind == "taylorseer":
+        report.cache = {"kind": kind, "interval": TAYLORSEER_INTERVAL, "warmup": TAYLORSEER_WARMUP, "supported": False}
+        dtype = next(model.parameters()).dtype  # its Taylor factors in the model's precision
+        config, hook_name, decider = (TaylorSeerCacheConfig(cache_interval=TAYLORSEER_INTERVAL,
+                                                            disable_cache_before_step=TAYLORSEER_WARMUP,
+                                                            taylor_factors_dtype=dtype,
+                                                            cache_identifiers=TAYLORSEER_MODULES),
+                                      "taylorseer_cache", "_measure_should_compute")
+    else:
+        report.cache = {"kind": kind, "threshold": threshold, "supported": False}
+        config, hook_name, decider = (FirstBlockCacheConfig(threshold=threshold), "fbc_leader_block_hook",
+                                      "_should_compute_remaining_blocks")
     if not isinstance(model, CacheMixin):
         report.cache["reason"] = f"diffusers has no cache hooks for {type(model).__name__}"
         return
     try:
-        model.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+        model.enable_cache(config)
     except (ValueError, TypeError, AttributeError) as e:
         report.cache["reason"] = str(e)
         return
+    hooks = [registry.get_hook(hook_name) for registry in (getattr(m, "_diffusers_hook", None)
+                                                           for m in model.modules())
+             if isinstance(registry, HookRegistry) and registry.get_hook(hook_name) is not None]
+    if not hooks:
+        model.disable_cache()
+        report.cache["reason"] = f"no module of {type(model).__name__} matched the {kind} hooks' names"
+        return
     report.cache.update(supported=True, decisions=0, skipped=0)
-    from diffusers.hooks import HookRegistry
+    hook = hooks[0]  # count one hook's decisions: every hook keeps the same schedule
+    decide = getattr(hook, decider)
 
-    for module in model.modules():  # count the head block's decisions: skipped vs computed
-        registry = getattr(module, "_diffusers_hook", None)
-        hook = registry.get_hook("fbc_leader_block_hook") if isinstance(registry, HookRegistry) else None
-        if hook is not None:
-            decide = hook._should_compute_remaining_blocks
+    def counted(*args):
+        answer = decide(*args)
+        compute = answer[0] if isinstance(answer, tuple) else answer  # TaylorSeer's: (compute, state)
+        report.cache["decisions"] += 1
+        report.cache["skipped"] += 0 if compute else 1
+        return answer
 
-            def counted(residual, _decide=decide):
-                compute = _decide(residual)
-                report.cache["decisions"] += 1
-                report.cache["skipped"] += 0 if compute else 1
-                return compute
-
-            hook._should_compute_remaining_blocks = counted  # diffusers marks it compiler-disabled
+    setattr(hook, decider, counted)  # diffusers marks the decision compiler-disabled
 
 
 # --- kernels: the graph rewrite -------------------------------------------------------------

@@ -299,8 +299,9 @@ def accelerate_cmd(
     report: Annotated[bool, typer.Option("--report", help="Run one small denoising call and print what the "
                                                           "pass replaced (pattern -> count).")] = False,
     features: Annotated[Optional[str], typer.Option(
-        "--features", help="Comma-separated: kernels, compile, attention, cache (default: the preset's "
-                           "`accelerate` list, else kernels,attention).")] = None,
+        "--features", help="Comma-separated: kernels, compile, attention, and one step cache: cache "
+                           "(First Block Cache) or taylorseer (default: the preset's `accelerate` list, "
+                           "else kernels,attention).")] = None,
     threshold: Annotated[Optional[float], typer.Option("--cache-threshold", min=0, max=10,
                                                        help="First Block Cache threshold (default 0.05).")] = None,
     json_out: JsonOpt = False,

@@ -58,10 +58,12 @@ def _model(ref, loras=()) -> dict:
     features = ref.defaults.get("accelerate")
     if features:
         out["accelerate"] = list(features)
-        if "cache" in features:
-            from .accelerate import DEFAULT_CACHE_THRESHOLD
+        from . import accelerate
 
-            out["cache_threshold"] = ref.defaults.get("cache_threshold", DEFAULT_CACHE_THRESHOLD)
+        if "cache" in features:
+            out["cache_threshold"] = ref.defaults.get("cache_threshold", accelerate.DEFAULT_CACHE_THRESHOLD)
+        if "taylorseer" in features:  # its fixed schedule changes pixels too
+            out["taylorseer"] = [accelerate.TAYLORSEER_INTERVAL, accelerate.TAYLORSEER_WARMUP]
     return out
 
 

@@ -4,6 +4,7 @@
   2. compile  stock + torch.compile (Inductor), what a skilled user already has
   3. farm     farm kernels + compile + attention backend (`farm.accelerate`)
   4. cache    farm + First Block Cache
+  5. taylorseer  farm + TaylorSeer (attention predicted between full steps)
 
 For each: the median time of one denoising step (a conditional and an unconditional call, as
 the pipelines make them), and a whole denoise of --steps steps with a flow-matching Euler
@@ -42,7 +43,8 @@ CONFIGS = {  # diffusers' transformer/config.json of each Wan 2.1 text-to-video 
                  text_dim=32, freq_dim=64, ffn_dim=64, num_layers=2, cross_attn_norm=True,
                  qk_norm="rms_norm_across_heads", rope_max_seq_len=64),
 }
-MODES = ("stock", "compile", "farm", "cache")
+MODES = ("stock", "compile", "farm", "cache", "taylorseer")
+CACHES = ("cache", "taylorseer")
 
 
 def psnr(x, ref) -> float:
@@ -143,16 +145,16 @@ def main():
         report = None
         if mode == "compile":
             model.compile(fullgraph=False, dynamic=False)
-        elif mode in ("farm", "cache"):
-            report = accelerate(Pipe, kernels=True, compile=True, attention=True, cache=mode == "cache",
-                                cache_threshold=args.threshold)
+        elif mode == "farm" or mode in CACHES:
+            report = accelerate(Pipe, kernels=True, compile=True, attention=True,
+                                cache=mode if mode in CACHES else False, cache_threshold=args.threshold)
         t_mid = torch.full((1,), 500.0, device=device)
         with torch.no_grad():
             t0 = time.perf_counter()
             step(noise, t_mid)  # compiles (and warms up)
             sync()
             warm = time.perf_counter() - t0
-            if mode == "cache":
+            if mode in CACHES:
                 step_s = None  # repeating one step would hit the cache every time: only the denoise counts
                 # A first denoise compiles the graphs of the skip branch; the timed one starts
                 # afresh (no residuals from before), like every render.
@@ -170,7 +172,7 @@ def main():
         if report is not None:
             row["report"] = report.to_json()
         results[mode] = row
-        print(f"  {mode:<8} step {step_s or float('nan'):8.4f}s  denoise {denoise_s:8.2f}s  first call {warm:6.1f}s  "
+        print(f"  {mode:<10} step {step_s or float('nan'):8.4f}s  denoise {denoise_s:8.2f}s  first call {warm:6.1f}s  "
               f"PSNR {row['psnr_db']} dB", file=sys.stderr)
         model._compiled_call_impl = None
         if report is not None:

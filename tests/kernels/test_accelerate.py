@@ -7,6 +7,7 @@ from PIL import Image
 
 from farm import accelerate as acc
 from farm import models
+from farm.errors import FarmError
 
 
 def _load(name):
@@ -66,6 +67,47 @@ def test_first_block_cache_skips_and_counts(home_with_models):
     assert report.cache["skipped"] == 4 and report.cache["decisions"] == 6, report.cache
     assert torch.isfinite(cached).all() and not torch.equal(cached, stock)
     assert "4 of 6 denoiser calls skipped" in report.text()
+
+
+def test_taylorseer_predicts_attention_on_its_schedule(home_with_models):
+    pipe = _load("tiny-video")
+    stock = _latents(pipe, steps=10)
+    report = acc.accelerate(pipe, ["taylorseer"])
+    cached = _latents(pipe, steps=10)
+    # Per context (conditional, unconditional): steps 0-2 warm up, then full attention at
+    # steps 4 and 9 only: 3 + 2 computed, 5 predicted, of 10.
+    assert report.cache == {"kind": "taylorseer", "interval": 5, "warmup": 3, "supported": True,
+                            "decisions": 20, "skipped": 10}, report.cache
+    assert "10 of 20 denoiser calls predicted it" in report.text()
+    assert torch.isfinite(cached).all() and not torch.equal(cached, stock)
+    acc.reset(pipe)
+    torch.testing.assert_close(_latents(pipe, steps=10), stock, atol=0, rtol=0)  # reset: stock again
+    report = acc.accelerate(pipe, ["taylorseer"])
+    again = _latents(pipe, steps=10)
+    torch.testing.assert_close(again, cached, atol=0, rtol=0)  # its state starts afresh on each call
+    assert report.cache["decisions"] == 20
+
+
+@pytest.mark.parametrize("twin, modules", [
+    ("tiny-flux", ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]),
+    ("tiny-wan22", ["blocks.0.attn1", "blocks.0.attn2", "blocks.1.attn1", "blocks.1.attn2"]),
+    ("tiny-ltx", ["transformer_blocks.0.attn1", "transformer_blocks.0.attn2"]),
+    ("tiny-cogvideox", ["transformer_blocks.0.attn1"]),
+])
+def test_taylorseer_finds_the_attention_of_every_dit_family(home_with_models, twin, modules):
+    from diffusers.hooks import HookRegistry
+
+    pipe = _load(twin)
+    report = acc.accelerate(pipe, ["taylorseer"])
+    model = acc.denoiser(pipe)
+    hooked = [n for n, m in model.named_modules() if isinstance(getattr(m, "_diffusers_hook", None), HookRegistry)
+              and m._diffusers_hook.get_hook("taylorseer_cache") is not None]
+    assert report.cache["supported"] and hooked == modules
+
+
+def test_one_step_cache_at_a_time():
+    with pytest.raises(FarmError, match="'cache' and 'taylorseer' are two step caches; choose one"):
+        acc.check_features(["cache", "taylorseer"])
 
 
 def test_cache_on_a_unet_is_reported_unsupported(home_with_models):

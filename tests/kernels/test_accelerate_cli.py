@@ -60,6 +60,11 @@ def test_spec_accelerate_changes_exactly_the_model_tasks_keys(write_spec):
     a = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["cache"]\ncache_threshold = 0.1'), "c.toml")))
     b = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["cache"]\ncache_threshold = 0.2'), "d.toml")))
     assert a.by_name()["keyframe[0]"].key != b.by_name()["keyframe[0]"].key
+    # TaylorSeer's schedule is in the key; a threshold it does not use is not.
+    t = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["taylorseer"]\ncache_threshold = 0.1'),
+                                        "t.toml"))).by_name()["keyframe[0]"]
+    assert t.params["model"]["taylorseer"] == [5, 3] and "cache_threshold" not in t.params["model"]
+    assert t.key not in (kf_plain.key, kf_fast.key, a.by_name()["keyframe[0]"].key)
 
 
 def test_spec_rejects_unknown_features(write_spec):
@@ -71,6 +76,8 @@ def test_spec_rejects_unknown_features(write_spec):
         spec.load(write_spec(SHOT.format(accel='accelerate = ["kernels", "warp"]\ncache_threshold = -1')))
     text = str(e.value)
     assert "keyframes.accelerate: unknown 'warp'" in text and "keyframes.cache_threshold" in text
+    with pytest.raises(SpecError, match="'cache' and 'taylorseer' are two step caches; choose one"):
+        spec.load(write_spec(SHOT.format(accel='accelerate = ["cache", "taylorseer"]'), "two.toml"))
 
 
 def test_preset_accelerate(tmp_path, monkeypatch, write_spec):
