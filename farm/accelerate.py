@@ -191,18 +191,25 @@ def probe(name: str, features=None, *, cache_threshold: float | None = None, dev
     pipe = models.load_pipeline(ref, dev)
     pipe.set_progress_bar_config(disable=True)
     report = accelerate(pipe, features, cache_threshold=threshold)
-    side = 4 * models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 16)  # a 4x4-token latent: cheap
-    params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": 2, "guidance": 5.0, "width": side,
-              "height": side, "seed": 0, "frames": 1, "fps": 8,
-              "model": {"pipeline": ref.pipeline, "options": ref.options()}}
+    sample(pipe, ref)
+    return report
+
+
+def sample(pipe, ref) -> list:
+    """One small call of a loaded pipeline through farm's own call path (2 steps, a few latent
+    tokens, 8 frames for a video model); its images."""
     from PIL import Image
 
+    from . import models, pipeline
+
+    side = 2 * models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 16)
+    params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": 2, "guidance": 5.0, "width": side,
+              "height": side, "seed": 0, "frames": 1 if ref.role == "keyframes" else 8, "fps": 8,
+              "model": {"pipeline": ref.pipeline, "options": ref.options()}}
     if ref.role == "keyframes":
-        pipeline.keyframe(pipe, params)
-    else:
-        im = Image.new("RGB", (side, side), (90, 120, 200))
-        pipeline.segment(pipe, params, im, im)
-    return report
+        return [pipeline.keyframe(pipe, params)]
+    im = Image.new("RGB", (side, side), (90, 120, 200))
+    return pipeline.segment(pipe, params, im, im)
 
 
 def reset(pipe):

@@ -52,6 +52,38 @@ def test_kernels_match_stock(home_with_models, preset):
     torch.testing.assert_close(_latents(pipe), stock, atol=0, rtol=0)
 
 
+# The other families' twins (farm/tiny.py), through farm's own call path. What is not found is
+# not there in a form the pass takes (yet): LTX modulates per token (its timestep embedding has
+# a token axis), so its blocks' norms and gates are left to Inductor, only its output norm is
+# per sample; CogVideoX writes `norm(x) * (1 + scale)[:, None, :] + shift[:, None, :]`, the
+# scale indexed after adding 1, a graph shape the adaln matcher does not follow.
+EVERY_FAMILY = {
+    "tiny-sdxl": {"group_norm_silu": 17, "glu": 8},
+    "tiny-sd3": {"adaln": 6, "gated_residual": 6, "gelu": 3},
+    "tiny-flux": {"adaln": 5, "gated_residual": 5, "gelu": 3},
+    "tiny-wan22": {"adaln": 5, "gated_residual": 4, "rmsnorm_rope": 4, "gelu": 3},
+    "tiny-ltx": {"adaln": 1, "gelu": 2},
+    "tiny-cogvideox": {"adaln": 1, "gated_residual": 4, "gelu": 1},
+}
+
+
+@pytest.mark.parametrize("twin", EVERY_FAMILY)
+def test_kernels_in_every_family_draw_what_stock_draws(home_with_models, twin):
+    import numpy as np
+
+    ref = models.resolve(twin)
+    pipe = _load(twin)
+    stock = acc.sample(pipe, ref)
+    torch._dynamo.reset()
+    report = acc.accelerate(pipe, ["kernels"])
+    fast = acc.sample(pipe, ref)
+    assert {k: v for k, v in report.replaced.items() if v} == EVERY_FAMILY[twin], report.text()
+    assert len(fast) == len(stock)
+    for a, b in zip(stock, fast):  # 8-bit frames: fp32 rounding differences stay below one level
+        diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert diff.max() <= 1, (twin, int(diff.max()))
+
+
 def test_first_block_cache_skips_and_counts(home_with_models):
     pipe = _load("tiny-video")
     stock = _latents(pipe, steps=3)
