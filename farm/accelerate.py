@@ -353,7 +353,8 @@ def rewrite(gm) -> dict:
     return counts
 
 
-_PURE_METHODS = {"float", "to", "type_as", "type", "unflatten", "unbind", "chunk", "reshape", "add", "sub", "mul"}
+_PURE_METHODS = {"float", "to", "type_as", "type", "unflatten", "unbind", "chunk", "reshape", "add", "sub", "mul",
+                 "pow", "mean"}
 
 
 def _drop_dead(g):
@@ -361,7 +362,7 @@ def _drop_dead(g):
     made of. Not `graph.eliminate_dead_code()`: it counts every `call_method` as pure, so it
     would drop an unused in-place `x.add_(y)` from a Dynamo graph, and with it the mutation."""
     pure = {fn for kind in ("layer_norm", "rms_norm", "group_norm", "silu", "gelu", "add", "sub", "mul",
-                            "empty_like", "getitem") for fn in _fns()[kind]}
+                            "empty_like", "getitem") for fn in _fns()[kind]} | {_rsqrt()}
     changed = True
     while changed:
         changed = False
@@ -488,35 +489,92 @@ def _adaln(g, node) -> bool:
         if mul is None or not _only_user(prod, node):
             continue
         for normed, one_plus in (mul, mul[::-1]):
+            index = indexed = None
+            if _is(one_plus, "getitem") and _only_user(one_plus, prod):  # CogVideoX: (1 + scale)[:, None, :]
+                index, indexed, one_plus = one_plus.args[1], one_plus, one_plus.args[0]
             op = _operands(one_plus, "add")
-            if op is None:
+            if op is None or not hasattr(normed, "op"):
                 continue
             scale = op[1] if op[0] == 1 else op[0] if op[1] == 1 else None
-            norm = _strip_casts(normed) if hasattr(normed, "op") else None
-            if scale is None or norm is None:
+            norm = _strip_casts(normed)
+            if scale is None:
                 continue
-            rms = _is(norm, "rms_norm")
-            if not (rms or _is(norm, "layer_norm")):
+            if _is(norm, "rms_norm") or _is(norm, "layer_norm"):
+                rms, x_node = _is(norm, "rms_norm"), norm.args[0]
+                xv = _val(x_node)
+                if xv is None or tuple(_arg(norm, 1, "normalized_shape")) != (xv.shape[-1],):
+                    continue
+                weight = _arg(norm, 2, "weight")
+                bias = None if rms else _arg(norm, 3, "bias")
+                eps = _arg(norm, 3 if rms else 4, "eps", None if rms else 1e-5)
+            else:  # diffusers' RMSNorm module, written out (LTX)
+                chain = _rms_chain(normed)
+                if chain is None:
+                    continue
+                rms, bias, (x_node, weight, eps) = True, None, chain
+            x, out = _val(x_node), _val(node)
+            if x is None or out is None or x.ndim != 3 or out.shape != x.shape:
                 continue
-            x, out = _val(norm.args[0]), _val(node)
-            shape = _arg(norm, 1, "normalized_shape")
-            if x is None or out is None or x.ndim != 3 or tuple(shape) != (x.shape[-1],) or out.shape != x.shape:
+            sc, sh = _val(indexed if index is not None else scale), _val(shift)
+            if not (_broadcast_rows(sc, x) and _broadcast_rows(sh, x)) or (index is not None and _val(scale) is None):
                 continue
-            sc, sh = _val(scale), _val(shift)
-            if not (_broadcast_rows(sc, x) and _broadcast_rows(sh, x)):
+            if torch.promote_types(torch.promote_types(x.dtype, sc.dtype), sh.dtype) != out.dtype:
                 continue
-            promoted = torch.promote_types(torch.promote_types(x.dtype, sc.dtype), sh.dtype)
-            if promoted != out.dtype:
-                continue
-            weight = _arg(norm, 2, "weight")
-            bias = None if rms else _arg(norm, 3, "bias")
-            eps = _arg(norm, 3 if rms else 4, "eps", None if rms else 1e-5)
             if eps is None:
                 eps = torch.finfo(x.dtype).eps
-            _replace(g, node, torch.ops.farm.adaln.default,
-                     (norm.args[0], weight, bias, scale, shift, float(eps), rms), erase=(prod,))
+            if index is not None:  # the op takes scale[:, None, :] itself
+                with g.inserting_before(node):
+                    scale = g.call_function(operator.getitem, (scale, index))
+                scale.meta["example_value"] = sc
+            _replace(g, node, torch.ops.farm.adaln.default, (x_node, weight, bias, scale, shift, float(eps), rms),
+                     erase=(prod,))
             return True
     return False
+
+
+def _rms_chain(node):
+    """(x, weight or None, eps) if `node` ends an RMSNorm written out as diffusers' `RMSNorm`
+    module does it: `x * rsqrt(x.to(float32).pow(2).mean(-1, keepdim=True) + eps)`, cast back
+    to x's dtype or times a weight over the last dim; else None."""
+    def uncast(n):
+        while hasattr(n, "op") and n.op == "call_method" and n.target in ("to", "float", "type_as", "type"):
+            n = n.args[0]
+        return n
+
+    def normalized(n):  # x * rsqrt(mean(x.float() ** 2, -1, keepdim=True) + eps) -> (x, eps)
+        pair = _operands(n, "mul")
+        for x, r in (pair, pair[::-1]) if pair else ():
+            if not (hasattr(r, "op") and r.op == "call_function" and r.target is _rsqrt()):
+                continue
+            added = _operands(r.args[0], "add")
+            if added is None or not isinstance(added[1], float):
+                continue
+            mean = added[0]
+            if not (hasattr(mean, "op") and mean.op == "call_method" and mean.target == "mean"
+                    and tuple(mean.args[1:]) in ((-1,), ((-1,),)) and mean.kwargs == {"keepdim": True}):
+                continue
+            power = mean.args[0]
+            if (hasattr(power, "op") and power.op == "call_method" and power.target == "pow"
+                    and power.args[1:] == (2,) and uncast(power.args[0]) is x):
+                return x, added[1]
+        return None
+
+    n = uncast(node)
+    found = normalized(n)
+    if found is not None:
+        return found[0], None, found[1]
+    pair = _operands(n, "mul")
+    for h, w in (pair, pair[::-1]) if pair else ():
+        found, wv, hv = normalized(uncast(h)), _val(w), _val(h)
+        if found is not None and wv is not None and hv is not None and wv.shape == (hv.shape[-1],):
+            return found[0], w, found[1]
+    return None
+
+
+def _rsqrt():
+    import torch
+
+    return torch.rsqrt
 
 
 def _gated_residual(g, node) -> bool:

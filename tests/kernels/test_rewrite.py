@@ -66,3 +66,45 @@ def test_near_misses_are_left_alone():
     got = model(*args)
     assert not any(report.replaced.values()), report.text()
     torch.testing.assert_close(got, want)
+
+
+class WrittenOut(torch.nn.Module):
+    """The forms diffusers' modules write: its `RMSNorm` spelled out (LTX), with and without a
+    weight, modulated per token; and `(1 + scale)[:, None, :]` (CogVideoX, SD3's and Flux's
+    output norms)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.rand(d) + 0.5)
+
+    @staticmethod
+    def rms(x, eps=1e-6):
+        dtype = x.dtype
+        variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return (x * torch.rsqrt(variance + eps)).to(dtype)
+
+    def forward(self, x, scale, shift, s2, t2):
+        a = self.rms(x) * (1 + scale) + shift  # per token: scale is (B, L, D)
+        v = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        w = (x * torch.rsqrt(v + 1e-5)).to(self.weight.dtype) * self.weight
+        b = w * (1 + scale) + shift
+        c = F.layer_norm(x, (x.shape[-1],)) * (1 + s2)[:, None, :] + t2[:, None, :]
+        return a, b, c
+
+
+def test_patterns_as_diffusers_writes_them():
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        model = WrittenOut().to(dtype)
+        x = torch.randn(2, 5, 16, dtype=dtype)
+        args = (x, torch.randn(2, 5, 16, dtype=dtype), torch.randn(2, 5, 16, dtype=dtype),
+                torch.randn(2, 16, dtype=dtype), torch.randn(2, 16, dtype=dtype))
+        with torch.no_grad():
+            want = model(*args)
+            torch._dynamo.reset()
+            report = acc.accelerate(Pipe(model), kernels=True, compile=False, attention=False)
+            got = model(*args)
+        assert {k: v for k, v in report.replaced.items() if v} == {"adaln": 3}, report.text()
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            torch.testing.assert_close(g, w, atol=tol, rtol=tol)
+        acc.reset(Pipe(model))
