@@ -26,7 +26,7 @@ the fastest attention backend the device has, and step caching.
    | pattern | graph shape | op |
    | --- | --- | --- |
    | `group_norm_silu` | `silu(group_norm(x))` | GroupNorm + SiLU (UNet resnets) |
-   | `adaln` | `norm(x) * (1 + scale) + shift`, norm a layer/RMS norm | AdaLN modulation (DiT blocks) |
+   | `adaln` | `norm(x) * (1 + scale) + shift`, norm a layer/RMS norm (also written out as `x * rsqrt(mean(x²) + eps)`), scale per sample or per token, or `(1 + scale)[:, None]` | AdaLN modulation (DiT blocks) |
    | `gated_residual` | `x + y * gate`, gate broadcast over tokens | gated residual (DiT blocks) |
    | `rmsnorm_rope` | `rms_norm(q)` then interleaved rotary embedding | q/k norm + RoPE (Wan) |
    | `glu` | `a * act(b)` with `a, b = p.chunk(2, -1)` | GEGLU / SwiGLU |
