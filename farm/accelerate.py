@@ -165,9 +165,7 @@ def accelerate(pipe, features=None, *, kernels: bool = True, compile: bool = Tru
         import torch
 
         if kernels:
-            import kernels as farm_kernels
-
-            report.kernel_backend = farm_kernels.backend()
+            report.kernel_backend = _kernels().backend()
         model.compile(backend=_backend(report, kernels, compile), fullgraph=False, dynamic=False)
         # Each block class is traced once per input shape; CFG and cache branches add a few.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -336,9 +334,21 @@ def _backend(report: Report, kernels: bool, compile: bool):
     return backend
 
 
+def _kernels():
+    """farm's `kernels` package; a clear error if another package of that name (Hugging Face's
+    kernel hub is also called `kernels`) comes first on the path."""
+    import kernels
+
+    if not hasattr(kernels, "OPS"):
+        raise FarmError(f"`import kernels` found {getattr(kernels, '__file__', None) or 'another package'}, not "
+                        "farm's fused kernels: another package named `kernels` (Hugging Face's kernel hub?) shadows "
+                        "farm's. Uninstall one, or run without the `kernels` acceleration.", code=2)
+    return kernels
+
+
 def rewrite(gm) -> dict:
     """Replace every pattern found in a Dynamo FX graph with its fused op; return the counts."""
-    import kernels  # noqa: F401  (registers torch.ops.farm.*)
+    _kernels()  # registers torch.ops.farm.*
 
     counts = {p: 0 for p in PATTERNS}
     g = gm.graph

@@ -170,3 +170,14 @@ def test_kernels_and_inductor_match_stock(home_with_models, preset):
     fast = _latents(pipe)
     assert {k: v for k, v in report.replaced.items() if v} == EXPECTED[preset]
     torch.testing.assert_close(fast, stock, atol=1e-3, rtol=1e-3)
+
+
+def test_another_package_named_kernels_is_a_clear_error(monkeypatch):
+    import sys
+    import types
+
+    impostor = types.ModuleType("kernels")  # what Hugging Face's kernel hub package would be
+    impostor.__file__ = "/site-packages/kernels/__init__.py"
+    monkeypatch.setitem(sys.modules, "kernels", impostor)
+    with pytest.raises(FarmError, match="another package named `kernels`"):
+        acc._kernels()
