@@ -48,7 +48,7 @@ from .errors import FarmError
 
 FEATURES = ("kernels", "compile", "attention", "cache", "taylorseer")
 STEP_CACHES = {"cache": "first_block", "taylorseer": "taylorseer"}  # feature -> report's kind; at most one
-TAYLORSEER_INTERVAL = 5  # diffusers' defaults, which its authors tuned on FLUX
+TAYLORSEER_INTERVAL = 5  # diffusers' defaults (its docs show them on FLUX)
 TAYLORSEER_WARMUP = 3
 # The attention modules of transformer blocks, by name: diffusers' default patterns end in
 # `attn`, which misses Wan's and LTX's `attn1` / `attn2`.
@@ -177,7 +177,7 @@ def probe(name: str, features=None, *, cache_threshold: float | None = None, dev
     """Load a model (a preset, folder or hub id), accelerate it with `features` (default: its
     preset's `accelerate` list, else kernels and attention) and run one small denoising call,
     so the report holds what the pass replaced. What `farm accelerate --report` prints."""
-    from . import models, pipeline
+    from . import models
 
     ref = models.resolve(name)
     if ref.is_ffmpeg:

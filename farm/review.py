@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import http.server
-import json
 import os
 import re
 import shutil

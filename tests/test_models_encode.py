@@ -1,7 +1,6 @@
 """Model resolution and loading, and the ffmpeg layer."""
 
 import json
-import os
 import shutil
 import stat
 from pathlib import Path
