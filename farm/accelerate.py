@@ -295,16 +295,14 @@ def _enable_cache(model, report: Report, feature: str, threshold: float):
     except (ValueError, TypeError, AttributeError) as e:
         report.cache["reason"] = str(e)
         return
-    hooks = [registry.get_hook(hook_name) for registry in (getattr(m, "_diffusers_hook", None)
-                                                           for m in model.modules())
-             if isinstance(registry, HookRegistry) and registry.get_hook(hook_name) is not None]
-    if not hooks:
+    registries = (getattr(m, "_diffusers_hook", None) for m in model.modules())
+    hook = next((h for r in registries if isinstance(r, HookRegistry) and (h := r.get_hook(hook_name))), None)
+    if hook is None:
         model.disable_cache()
         report.cache["reason"] = f"no module of {type(model).__name__} matched the {kind} hooks' names"
         return
     report.cache.update(supported=True, decisions=0, skipped=0)
-    hook = hooks[0]  # count one hook's decisions: every hook keeps the same schedule
-    decide = getattr(hook, decider)
+    decide = getattr(hook, decider)  # count the first hook's decisions: every hook keeps the same schedule
 
     def counted(*args):
         answer = decide(*args)

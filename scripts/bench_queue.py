@@ -90,10 +90,10 @@ def fill_floor(db: Path, n: int):
     conn.close()
 
 
-def run(n: int, procs: int, target=drain) -> float:
+def run(n: int, procs: int, target=drain, prepare=fill) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "queue.db"
-        (fill if target is drain else fill_floor)(db, n)
+        prepare(db, n)
         ctx = mp.get_context("spawn")
         ready, start, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
         ps = [ctx.Process(target=target, args=(str(db), f"w{i}", ready, start, out)) for i in range(procs)]
@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--tasks", type=int, default=20000)
     args = ap.parse_args()
     rates = {procs: run(args.tasks, procs) for procs in (1, 4)}
-    floors = {procs: run(args.tasks * 5, procs, floor) for procs in (1, 4)}
+    floors = {procs: run(args.tasks * 5, procs, floor, fill_floor) for procs in (1, 4)}
     print(f"{'':>28}{'processes':>10}{'tasks':>8}{'tasks/s':>10}")
     for procs, rate in rates.items():
         print(f"{'farm queue':>28}{procs:>10}{args.tasks:>8}{rate:>10.0f}")
