@@ -331,3 +331,14 @@ def in_flight_worker(db):
         return n
     except sqlite3.OperationalError:
         return 0
+
+
+def test_a_worker_that_must_load_takes_a_model_no_one_else_is_running(tmp_path):
+    q = Queue(tmp_path / "q.db")
+    q.submit(Plan(FakeSpec(), [Task(f"a{i}", "noop", f"a{i}", {}, (), "a") for i in range(3)]
+                  + [Task(f"b{i}", "noop", f"b{i}", {}, (), "b") for i in range(3)]))
+    first = q.claim("w1", models=set())
+    second = q.claim("w2", models=set())
+    assert first["name"] == "a0" and second["name"] == "b0"  # w2 spreads to b rather than load a as well
+    assert q.claim("w3", models=set())["name"] == "a1"  # every model is running: strict order again
+    assert q.claim("w2", models={"b"})["name"] == "b1"  # and a warm model still comes first
