@@ -14,6 +14,7 @@ import typer
 
 from . import __version__
 from .errors import FarmError
+from .quiet import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="farm: render storyboards (TOML job specs) into videos with diffusers models.")
@@ -24,20 +25,6 @@ DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Queue database to u
 RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=20,
                                                    help="Times a failed task is tried again (default: the spec's, else 2).")]
 JobArg = Annotated[int, typer.Argument(help="A job id (see `farm status`).")]
-
-
-def quiet_libraries():
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()  # "Loading pipeline components" bars; step bars are ours to switch
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
 
 
 @app.command()

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import tomli
 
 from . import home, tiny
+from .quiet import silence_loaded
 from .errors import FarmError
 
 FFMPEG_MOTION = ("hold", "crossfade")
@@ -325,7 +327,9 @@ def local_path(ref: ModelRef) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
         try:
-            tiny.BUILDERS[recipe]().save_pretrained(tmp)
+            pipe = tiny.BUILDERS[recipe]()
+            silence_loaded()  # the builder imported transformers: no "Writing model shards" bars
+            pipe.save_pretrained(tmp)
             try:
                 os.rename(tmp, dest)
             except OSError:  # another process built it first: theirs is identical
@@ -336,9 +340,31 @@ def local_path(ref: ModelRef) -> Path:
 
 
 def device() -> str:
+    """"cuda" when torch can use a GPU, else "cpu". Where the answer is certain without it
+    (a CPU build of torch, a Linux machine with no GPU device node, macOS), torch is not
+    imported: a render answered from the cache needs no model (importing torch costs
+    about a second, diffusers two more)."""
+    if "torch" not in sys.modules and _no_gpu_here():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _no_gpu_here() -> bool:
+    """True when torch.cuda.is_available() is certainly False on this machine."""
+    from importlib import metadata
+
+    try:
+        if "+cpu" in metadata.version("torch"):
+            return True
+    except metadata.PackageNotFoundError:
+        return False
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):  # CUDA needs the NVIDIA driver's nodes (WSL: dxg), ROCm kfd
+        return not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
+    return False
 
 
 def load_pipeline(ref: ModelRef, dev: str | None = None):
@@ -349,6 +375,7 @@ def load_pipeline(ref: ModelRef, dev: str | None = None):
     import torch
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+    silence_loaded()  # `farm` commands ask for quiet before diffusers is imported
     dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)

@@ -128,8 +128,8 @@ def child(slot: Slot, opts: dict):
     parent = os.getppid()
     from . import home
     from .cache import Cache
-    from .cli import quiet_libraries
     from .queue import Queue
+    from .quiet import quiet_libraries
     from .worker import Worker
 
     quiet_libraries()

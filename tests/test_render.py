@@ -182,3 +182,31 @@ def test_ffmpeg_failure_is_reported_with_its_stderr(home_with_models, write_spec
     code, out, err = cli("render", write_spec(text))
     assert code == 1 and "ffmpeg failed" in err and "Unknown encoder libx999" in err
     assert not list((write_spec(text).parent / "out").glob("*.mp4"))  # nothing half-written
+
+
+CACHED_RENDER = """
+import json, sys
+from farm.cli import main
+try:
+    main(["render", sys.argv[1], "--json", "--quiet"])
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+print(json.dumps({"code": code, "imported": heavy}))
+"""
+
+
+def test_a_cached_rerender_imports_no_model_library(home_with_models, write_spec, cli):
+    """Nothing changed, nothing loaded: `farm render` answered wholly from the cache costs
+    what `farm status` does, not torch's and diffusers' imports."""
+    import subprocess
+    import sys
+
+    path = write_spec(SMALL)
+    first = render_json(cli, path)
+    run = subprocess.run([sys.executable, "-c", CACHED_RENDER, str(path)], capture_output=True, text=True)
+    lines = run.stdout.strip().splitlines()
+    again, outcome = json.loads(lines[0]), json.loads(lines[-1])
+    assert outcome == {"code": 0, "imported": []}, run.stderr
+    assert again["tasks"] == {"total": first["tasks"]["total"], "run": 0, "cached": first["tasks"]["total"]}
+    assert sha(again["output"]) == sha(first["output"])
