@@ -127,18 +127,10 @@ def _seconds(a, b):
 def _first_runs(queue: Queue, keys: list[str]) -> dict[str, dict]:
     if not keys:
         return {}
-    found = {}
-    for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-        chunk = keys[i:i + 500]
-        rows = queue.conn.execute(
-            f"SELECT key, job_id, name, worker, device, started_at, finished_at FROM tasks "
-            f"WHERE key IN ({','.join('?' * len(chunk))}) AND state = 'done' AND cached = 0 ORDER BY finished_at",
-            chunk)
-        for key, job, name, worker, device, started, finished in rows:
-            found.setdefault(key, {"job": job, "task": name, "worker": worker, "device": device,
-                                   "started_at": started, "finished_at": finished,
-                                   "seconds": _seconds(started, finished)})
-    return found
+    return {key: {"job": t["job_id"], "task": t["name"], "worker": t["worker"], "device": t["device"],
+                  "started_at": t["started_at"], "finished_at": t["finished_at"],
+                  "seconds": _seconds(t["started_at"], t["finished_at"])}
+            for key, t in queue.first_runs(keys).items()}
 
 
 def write_json(data: dict, path: Path):

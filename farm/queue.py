@@ -481,6 +481,39 @@ class Queue:
     def tasks(self, job: int) -> list[dict]:
         return [_task(r) for r in self.db.query("SELECT * FROM tasks WHERE job_id = ? ORDER BY id", [job])]
 
+    def task_name(self, task: int) -> str | None:
+        row = self.conn.execute("SELECT name FROM tasks WHERE id = ?", (task,)).fetchone()
+        return row[0] if row else None
+
+    def timings(self, job: int) -> dict:
+        """Of a job's done tasks: how many came from the cache, how many ran, and the mean
+        seconds of those that ran (None before any did): what an ETA is made of."""
+        cached, executed, mean = self.conn.execute(
+            "SELECT sum(cached), sum(cached = 0), avg(CASE WHEN cached = 0 THEN finished_at - started_at END) "
+            "FROM tasks WHERE job_id = ? AND state = 'done'", (job,)).fetchone()
+        return {"cached": cached or 0, "executed": executed or 0, "mean_seconds": mean}
+
+    def first_runs(self, keys: list[str]) -> dict[str, dict]:
+        """For each key, the task that made its output (done and not from the cache; the
+        earliest to finish if several did): {key: {job_id, name, worker, device, started_at,
+        finished_at}}. Keys no task made are left out."""
+        found = {}
+        for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            chunk = keys[i:i + 500]
+            rows = self.db.query(
+                f"SELECT key, job_id, name, worker, device, started_at, finished_at FROM tasks "
+                f"WHERE key IN ({','.join('?' * len(chunk))}) AND state = 'done' AND cached = 0 "
+                f"ORDER BY finished_at", chunk)
+            for row in rows:
+                found.setdefault(row.pop("key"), row)
+        return found
+
+    def latest_done(self, spec_path: str) -> int | None:
+        """The id of the last job of this spec (by its resolved path) that finished, or None."""
+        row = self.conn.execute("SELECT id FROM jobs WHERE spec_path = ? AND state = 'done' ORDER BY id DESC "
+                                "LIMIT 1", (spec_path,)).fetchone()
+        return row[0] if row else None
+
     def counts(self, job: int) -> dict[str, int]:
         rows = self.conn.execute("SELECT state, count(*) FROM tasks WHERE job_id = ? GROUP BY state", (job,))
         return {state: n for state, n in rows}

@@ -103,11 +103,10 @@ def _from_job(queue: Queue, job: int) -> dict:
 
 
 def _from_spec(queue: Queue, path: Path) -> dict:
-    row = queue.conn.execute("SELECT id FROM jobs WHERE spec_path = ? AND state = 'done' ORDER BY id DESC LIMIT 1",
-                             (str(path.resolve()),)).fetchone()
-    if row is None:
+    job = queue.latest_done(str(path.resolve()))
+    if job is None:
         raise FarmError(f"{path} has no finished render in {queue.path}: run `farm render {path}` first.", code=2)
-    return _from_job(queue, row[0])
+    return _from_job(queue, job)
 
 
 def _from_file(path: Path) -> dict:

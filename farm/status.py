@@ -17,21 +17,16 @@ def job(queue: Queue, job_id: int, workers: int | None = None) -> dict | None:
     if record is None:
         return None
     counts = {s: 0 for s in STATES} | queue.counts(job_id)
-    times = queue.conn.execute(
-        "SELECT count(*), sum(finished_at - started_at), sum(cached) FROM tasks WHERE job_id = ? "
-        "AND state = 'done'", (job_id,)).fetchone()
-    executed = queue.conn.execute(
-        "SELECT count(*), avg(finished_at - started_at) FROM tasks WHERE job_id = ? AND state = 'done' "
-        "AND cached = 0", (job_id,)).fetchone()
+    times = queue.timings(job_id)
     now = time.time()
     start, end = record["started_at"], record["finished_at"]
     elapsed = (end or now) - start if start else 0.0
     left = counts["queued"] + counts["running"]
     eta = None
-    if record["state"] in ("queued", "running") and executed[0]:
+    if record["state"] in ("queued", "running") and times["executed"]:
         if workers is None:
             workers = len(queue.workers())
-        eta = round(left * executed[1] / max(1, workers), 1)
+        eta = round(left * times["mean_seconds"] / max(1, workers), 1)
     return {
         "job": job_id,
         "name": record["name"],
@@ -40,7 +35,7 @@ def job(queue: Queue, job_id: int, workers: int | None = None) -> dict | None:
         "priority": record["priority"],
         "output": record["output"],
         "spec": record["spec_path"],
-        "tasks": {"total": record["tasks_total"], **counts, "cached": times[2] or 0},
+        "tasks": {"total": record["tasks_total"], **counts, "cached": times["cached"]},
         "error": record["error"],
         "created_at": record["created_at"],
         "elapsed": round(elapsed, 1),
@@ -90,8 +85,7 @@ def text_farm(s: dict) -> str:
 def event_line(queue: Queue, e: dict, names: dict) -> str:
     data = json.loads(e["data"]) if e["data"] else {}
     if e["task_id"] is not None and e["task_id"] not in names:
-        row = queue.conn.execute("SELECT name FROM tasks WHERE id = ?", (e["task_id"],)).fetchone()
-        names[e["task_id"]] = row[0] if row else None
+        names[e["task_id"]] = queue.task_name(e["task_id"])
     out = {"id": e["id"], "ts": round(e["ts"], 3), "job": e["job_id"], "event": e["event"],
            "task": names.get(e["task_id"]), "worker": e["worker"]}
     return json.dumps({**out, **data})

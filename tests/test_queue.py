@@ -1,4 +1,8 @@
-"""The SQLite queue: schema versions, the claim rule, dependencies, failure and leases."""
+"""The SQLite queue: schema versions, the claim rule, dependencies, failure and leases.
+
+A contract: every test taking `q` runs against an in-memory and a file database (as huey's
+StorageTests run one suite over each storage), so what they check is the queue's, not one
+database file's."""
 
 import sqlite3
 import time
@@ -25,14 +29,21 @@ def make_plan(n_keyframes=2):
     return Plan(FakeSpec(), tasks)
 
 
+@pytest.fixture(params=["memory", "file"])
+def q(request, tmp_path):
+    queue = Queue(":memory:" if request.param == "memory" else tmp_path / "q.db")
+    yield queue
+    queue.close()
+
+
 @pytest.fixture
-def q(tmp_path):
+def file_q(tmp_path):
     queue = Queue(tmp_path / "q.db")
     yield queue
     queue.close()
 
 
-def test_schema_is_versioned_and_wal(q, tmp_path):
+def test_schema_is_versioned_and_wal(file_q, tmp_path):
     conn = sqlite3.connect(tmp_path / "q.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == queue_mod.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -138,3 +149,22 @@ def test_claims_can_be_scoped_to_a_job(q):
     assert q.claim("w", job=b)["job_id"] == b
     assert q.claim("w", job=b) is None
     assert q.claim("w", job=a)["job_id"] == a
+
+
+def test_read_methods_for_status_manifest_and_review(q):
+    first = q.submit(make_plan(2))
+    done = []
+    while (t := q.claim("w")) is not None:
+        q.complete(t, "w", cached=t["name"] == "keyframe[1]", seconds=0)
+        done.append(t)
+    again = q.submit(make_plan(2))  # the same keys, answered from the cache
+    while (t := q.claim("w2")) is not None:
+        q.complete(t, "w2", cached=True, seconds=0)
+    assert q.task_name(done[0]["id"]) == done[0]["name"] and q.task_name(10 ** 6) is None
+    timings = q.timings(first)
+    assert timings["cached"] == 1 and timings["executed"] == 2 and timings["mean_seconds"] >= 0
+    assert q.timings(again) == {"cached": 3, "executed": 0, "mean_seconds": None}
+    made = q.first_runs(["k0", "k1", "a", "nowhere"])
+    assert set(made) == {"k0", "a"}  # k1 came from the cache: no task of these made it
+    assert made["k0"]["job_id"] == first and made["k0"]["worker"] == "w" and made["k0"]["name"] == "keyframe[0]"
+    assert q.latest_done(str(FakeSpec.path)) == again and q.latest_done("/elsewhere.toml") is None
