@@ -44,24 +44,10 @@ def build_tokenizer(max_length: int):
 def build_text_to_image():
     """A Stable Diffusion 1.x-style pipeline: CLIP text encoder, UNet, 8x VAE."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = build_tokenizer(max_length=32)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=32,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=3,  # not 2: CLIP treats eos id 2 as the legacy argmax pooling
-        )
-    )
+    text_encoder = _clip_text(tokenizer, 32)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -75,18 +61,7 @@ def build_text_to_image():
         cross_attention_dim=32,
         attention_head_dim=8,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,  # three downsamples: 8x, as real SD
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        latent_channels=4,
-        sample_size=128,
-    )
+    vae = _vae_8x(4, sample_size=128)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
@@ -107,24 +82,10 @@ def build_image_to_video():
     """A Wan 2.1 first/last-frame-to-video pipeline: UMT5, CLIP vision, Wan DiT, Wan VAE."""
     import torch
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     tokenizer = build_tokenizer(max_length=64)
-    torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=3,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder = _t5(tokenizer, 32, umt5=True)
     torch.manual_seed(0)
     vae = AutoencoderKLWan(
         base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
@@ -209,7 +170,7 @@ def _t5(tokenizer, d_model: int, umt5: bool = False):
     ))
 
 
-def _vae_8x(latent_channels: int, **kw):
+def _vae_8x(latent_channels: int, sample_size: int = 64, **kw):
     """An AutoencoderKL with three downsamples (8x), like SD, SDXL, SD3 and Flux."""
     import torch
 
@@ -219,7 +180,7 @@ def _vae_8x(latent_channels: int, **kw):
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-        norm_num_groups=4, latent_channels=latent_channels, sample_size=64, **kw,
+        norm_num_groups=4, latent_channels=latent_channels, sample_size=sample_size, **kw,
     )
 
 
