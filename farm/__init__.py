@@ -12,8 +12,8 @@ __all__ = ["FarmError", "SpecError", "__version__", "accelerate"]
 
 
 def __getattr__(name):
-    if name == "accelerate":  # imported on first use: it pulls in torch and diffusers
-        import importlib
+    if name == "accelerate":  # `farm.accelerate(pipe, ...)`: the function, imported on first use
+        from .acceleration import accelerate
 
-        return importlib.import_module(".accelerate", __name__)
+        return accelerate
     raise AttributeError(f"module 'farm' has no attribute {name!r}")

@@ -295,14 +295,14 @@ def accelerate_cmd(
 ):
     """Accelerate a model (fused Triton kernels, torch.compile, attention backend, step caching) and
     report what was chosen and replaced."""
-    from . import accelerate as acc
+    from .probe import probe
 
     if not report:
         raise FarmError("Nothing to do: `farm accelerate --report MODEL` reports what acceleration does to a "
                         "model; renders turn it on with `accelerate = [...]` in a spec or preset.", code=2)
     quiet_libraries()
     chosen = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
-    result = acc.probe(model, chosen, cache_threshold=threshold)
+    result = probe(model, chosen, cache_threshold=threshold)
     typer.echo(json.dumps(result.to_json()) if json_out else result.text())
 
 

@@ -17,8 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__, encode
-from .models import file_digest
 from .cache import Cache
+from .digest import file_digest
 from .errors import FarmError
 from .queue import Queue
 

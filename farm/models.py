@@ -15,7 +15,6 @@ a loaded pipeline's LoRA adapters for one call.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,8 @@ from pathlib import Path
 import tomli
 
 from . import home, tiny
+from .acceleration.settings import check_features, check_threshold
+from .digest import file_digest, folder_digest
 from .quiet import silence_loaded
 from .errors import FarmError
 
@@ -55,7 +56,7 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
                "defaults", "options", "memory", "accelerate", "cache_threshold")
-# `accelerate` and `cache_threshold` (farm/accelerate.py) are kept in a ModelRef's defaults but
+# `accelerate` and `cache_threshold` (farm/acceleration/settings.py) are kept in a ModelRef's defaults but
 # are not call options either: plan._model puts them in task keys on their own.
 NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
@@ -126,7 +127,6 @@ def load_preset(name: str) -> dict:
 
 def preset_defaults(name: str, preset: dict) -> dict:
     """A preset's [defaults], plus its `accelerate = [...]` and `cache_threshold` (validated)."""
-    from .accelerate import check_features, check_threshold
 
     defaults = dict(preset.get("defaults", {}))
     if "accelerate" in preset:
@@ -223,20 +223,6 @@ def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:
                     config=str(folder), component=component, **extra)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (a checkpoint or LoRA is hashed once per process, by size and mtime)."""
-    st = Path(path).stat()
-    memo = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[memo] = h.hexdigest()
-    return _DIGESTS[memo]
-
-
-_DIGESTS: dict[tuple, str] = {}
 
 
 def is_hub_id(name: str) -> bool:
@@ -297,24 +283,6 @@ def hub_cache() -> str:
 
     env = os.environ.get("HF_HUB_CACHE") or (os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"))
     return env or constants.HF_HUB_CACHE
-
-
-def folder_digest(path: Path) -> str:
-    """Digest of a model folder: every file's name and size, small files' bytes, and the
-    first and last MiB of large ones (weights run to many GB; hashing them all at every
-    render would cost minutes)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if size <= 2 << 20:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), os.SEEK_END)
-                h.update(fh.read())
-    return h.hexdigest()
 
 
 def local_path(ref: ModelRef) -> Path:

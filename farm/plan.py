@@ -13,7 +13,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from .models import file_digest
+from .acceleration import settings
+from .digest import file_digest
 from .spec import Spec
 
 # Bump a kind's version when the code that makes its output changes what it makes.
@@ -58,12 +59,10 @@ def _model(ref, loras=()) -> dict:
     features = ref.defaults.get("accelerate")
     if features:
         out["accelerate"] = list(features)
-        from . import accelerate
-
         if "cache" in features:
-            out["cache_threshold"] = ref.defaults.get("cache_threshold", accelerate.DEFAULT_CACHE_THRESHOLD)
+            out["cache_threshold"] = ref.defaults.get("cache_threshold", settings.DEFAULT_CACHE_THRESHOLD)
         if "taylorseer" in features:  # its fixed schedule changes pixels too
-            out["taylorseer"] = [accelerate.TAYLORSEER_INTERVAL, accelerate.TAYLORSEER_WARMUP]
+            out["taylorseer"] = [settings.TAYLORSEER_INTERVAL, settings.TAYLORSEER_WARMUP]
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomli
 
-from . import models, sweep
+from . import digest, models, sweep
 from .errors import FarmError, SpecError
 
 CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
@@ -458,7 +458,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
 
 def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
     """A stage's `accelerate = [...]` and `cache_threshold`, which override its model preset's."""
-    from .accelerate import check_features, check_threshold
+    from .acceleration.settings import check_features, check_threshold
 
     out = {}
     for key, check in (("accelerate", check_features), ("cache_threshold", check_threshold)):
@@ -491,7 +491,7 @@ def _check_lora(c: _Checker, key: str, path: Path, scale: float) -> Lora | None:
     if path.suffix != ".safetensors":
         c.fail(key, f"{path.name}: farm loads LoRAs from .safetensors files only (pickled .bin/.pt files can run code)")
         return None
-    return Lora(path, models.file_digest(path), scale)
+    return Lora(path, digest.file_digest(path), scale)
 
 
 def _check_image(c: _Checker, key: str, path: Path) -> Path | None:

@@ -201,7 +201,7 @@ class Worker:
                 self.unload(next(iter(self.pipelines)))
             pipe = models.load_pipeline(ref, self.device)
             if model.get("accelerate"):
-                from .accelerate import DEFAULT_CACHE_THRESHOLD, accelerate
+                from .acceleration import DEFAULT_CACHE_THRESHOLD, accelerate
 
                 accelerate(pipe, model["accelerate"],
                            cache_threshold=model.get("cache_threshold", DEFAULT_CACHE_THRESHOLD))

@@ -3,8 +3,13 @@
 `torch.compile(fullgraph=True)` graphs without a graph break.
 
 Each file holds the `@triton.jit` kernel, its launcher, the PyTorch reference the tests and
-benchmarks compare against, and the registration. Without Triton (or without CUDA and
-without `TRITON_INTERPRET=1`) every op runs its reference.
+benchmarks compare against, the registration, and `match(graph, node)`: the pattern of a
+Dynamo FX graph that the op replaces (`farm.acceleration.rewrite` runs the matchers; their
+shared helpers are in `_fx.py`). Without Triton (or without CUDA and without
+`TRITON_INTERPRET=1`) every op runs its reference.
+
+`OPS` is the one list of ops: the order in which the rewrite tries their patterns (glu
+before gelu: GEGLU's GELU is part of its pattern) and in which reports list them.
 
 Registered with `torch.library.custom_op` + `register_fake`, not `triton_op`: `triton_op`
 lets Inductor see into the kernel, but AOTAutograd then runs the kernel on functional
@@ -17,7 +22,6 @@ an opaque kernel between the ones it generates.
 from . import adaln, gated_residual, gelu, glu, group_norm_silu, rmsnorm_rope
 from ._runtime import HAVE_TRITON, backend
 
-MODULES = (group_norm_silu, adaln, gated_residual, rmsnorm_rope, gelu, glu)
-OPS = {m.NAME: getattr(m, m.NAME) for m in MODULES}
+OPS = (group_norm_silu, adaln, gated_residual, rmsnorm_rope, glu, gelu)
 
-__all__ = ["HAVE_TRITON", "MODULES", "OPS", "backend"]
+__all__ = ["HAVE_TRITON", "OPS", "backend"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ._fx import broadcast_rows, only_user, operands, replace, val
 from ._runtime import HAVE_TRITON, next_pow2, use_triton
 
 NAME = "gated_residual"
@@ -68,3 +69,30 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
 @gated_residual.register_fake
 def _(x, y, gate):
     return x.new_empty(torch.broadcast_shapes(x.shape, y.shape, gate.shape), dtype=_out_dtype(x, y, gate))
+
+
+# --- the pattern this op replaces in a Dynamo graph (farm.acceleration.rewrite runs it) ---
+
+
+def match(g, node) -> bool:
+    pair = operands(node, "add")
+    if pair is None:
+        return False
+    for x, prod in (pair, pair[::-1]):
+        mul = operands(prod, "mul")
+        if mul is None or not only_user(prod, node):
+            continue
+        for y, gate in (mul, mul[::-1]):
+            xv, yv, gv, out = val(x), val(y), val(gate), val(node)
+            if xv is None or yv is None or out is None or xv.ndim != 3 or yv.shape != xv.shape:
+                continue
+            # A gate per sample, broadcast over tokens. A per-token gate (Wan 2.2 TI2V) has y's
+            # shape and cannot be told from any a + b * c; the op takes it, the pass leaves it.
+            if gv is None or not broadcast_rows(gv, xv) or gv.shape[1] != 1 or xv.shape[1] == 1:
+                continue
+            dtype = torch.promote_types(torch.promote_types(xv.dtype, yv.dtype), gv.dtype)
+            if out.shape != xv.shape or out.dtype != dtype:
+                continue
+            replace(g, node, torch.ops.farm.gated_residual.default, (x, y, gate), erase=(prod,))
+            return True
+    return False

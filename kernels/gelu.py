@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ._fx import arg, is_op, replace, val
 from ._runtime import HAVE_TRITON, use_triton
 
 NAME = "gelu"
@@ -60,3 +61,13 @@ def gelu(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
 @gelu.register_fake
 def _(x, approximate="tanh"):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# --- the pattern this op replaces in a Dynamo graph (farm.acceleration.rewrite runs it) ---
+
+
+def match(g, node) -> bool:
+    if not is_op(node, "gelu") or arg(node, 1, "approximate", "none") != "tanh" or val(node) is None:
+        return False
+    replace(g, node, torch.ops.farm.gelu.default, (node.args[0], "tanh"))
+    return True

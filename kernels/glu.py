@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ._fx import arg, is_op, only_user, operands, replace, val
 from ._runtime import HAVE_TRITON, next_pow2, use_triton
 
 NAME = "glu"
@@ -72,3 +73,38 @@ def glu(x: torch.Tensor, activation: str = "gelu") -> torch.Tensor:
 @glu.register_fake
 def _(x, activation="gelu"):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+# --- the pattern this op replaces in a Dynamo graph (farm.acceleration.rewrite runs it) ---
+
+
+def match(g, node) -> bool:
+    pair = operands(node, "mul")
+    if pair is None:
+        return False
+    for a, act in (pair, pair[::-1]):
+        if is_op(act, "gelu"):
+            approx = arg(act, 1, "approximate", "none")
+            activation = "gelu_tanh" if approx == "tanh" else "gelu"
+        elif is_op(act, "silu") and not arg(act, 1, "inplace", False):
+            activation = "silu"
+        else:
+            continue
+        b = act.args[0]
+        if not (is_op(a, "getitem") and is_op(b, "getitem") and a.args[0] is b.args[0] and a.args[1] == 0
+                and b.args[1] == 1 and only_user(act, node)):
+            continue
+        chunk = a.args[0]
+        if not (chunk.op == "call_method" and chunk.target == "chunk" and arg(chunk, 1, "chunks") == 2):
+            continue
+        src = chunk.args[0]
+        sv = val(src)
+        if sv is None or arg(chunk, 2, "dim", 0) not in (-1, sv.ndim - 1) or sv.shape[-1] % 2:
+            continue
+        if len(chunk.users) != 2:
+            continue
+        replace(g, node, torch.ops.farm.glu.default, (src, activation), erase=(act, a, b))
+        if not chunk.users:
+            g.erase_node(chunk)
+        return True
+    return False

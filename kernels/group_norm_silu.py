@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from ._fx import arg, is_op, only_user, replace, val
 from ._runtime import HAVE_TRITON, next_pow2, use_triton
 
 NAME = "group_norm_silu"
@@ -118,3 +119,19 @@ def group_norm_silu(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
 @group_norm_silu.register_fake
 def _(x, weight, bias, groups, eps, silu=True):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# --- the pattern this op replaces in a Dynamo graph (farm.acceleration.rewrite runs it) ---
+
+
+def match(g, node) -> bool:
+    if not is_op(node, "silu") or arg(node, 1, "inplace", False):
+        return False
+    gn = node.args[0]
+    if not is_op(gn, "group_norm") or not only_user(gn, node) or val(gn) is None:
+        return False
+    x = gn.args[0]
+    args = (x, arg(gn, 1, "num_groups"), arg(gn, 2, "weight"), arg(gn, 3, "bias"), arg(gn, 4, "eps", 1e-5))
+    replace(g, node, torch.ops.farm.group_norm_silu.default, (args[0], args[2], args[3], args[1], float(args[4]), True),
+             erase=(gn,))
+    return True

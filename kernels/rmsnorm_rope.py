@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ._fx import arg, is_op, operands, val
 from ._runtime import HAVE_TRITON, next_pow2, use_triton
 
 NAME = "rmsnorm_rope"
@@ -104,3 +105,106 @@ def rmsnorm_rope(x: torch.Tensor, weight: Optional[torch.Tensor], cos: torch.Ten
 @rmsnorm_rope.register_fake
 def _(x, weight, cos, sin, heads, eps, per_head=False):
     return x.new_empty((x.shape[0], x.shape[1], heads, x.shape[2] // heads))
+
+
+# --- the pattern this op replaces in a Dynamo graph (farm.acceleration.rewrite runs it) ---
+
+
+def match(g, node) -> bool:
+    """Wan's rotary embedding after its q/k RMSNorm, as Dynamo records it:
+
+        t = unflatten(rms_norm(q, (H*Dh,), w, eps), 2, (H, -1))      # or rms_norm per head
+        x1, x2 = unbind(unflatten(t, -1, (-1, 2)), -1)
+        out = empty_like(t)
+        out[..., 0::2] = x1 * cos - x2 * sin
+        out[..., 1::2] = x1 * sin + x2 * cos
+    """
+    if not is_op(node, "empty_like"):
+        return False
+    t = node.args[0]
+    tv = val(t)
+    if tv is None or tv.ndim != 4:
+        return False
+    B, L, H, Dh = tv.shape
+    sets = [u for u in node.users if is_op(u, "setitem")]
+    if len(sets) != 2:
+        return False
+    halves = {}
+    for s in sets:
+        idx = s.args[1]
+        if not (isinstance(idx, tuple) and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice)
+                and idx[1].step == 2 and idx[1].stop is None and idx[1].start in (0, 1)):
+            return False
+        halves[idx[1].start] = s
+    if set(halves) != {0, 1}:
+        return False
+    # out[0::2] = x1*cos - x2*sin ; out[1::2] = x1*sin + x2*cos
+    first, second = halves[0].args[2], halves[1].args[2]
+    sub, add = operands(first, "sub"), operands(second, "add")
+    if sub is None or add is None:
+        return False
+
+    def factors(n):
+        p = operands(n, "mul")
+        return None if p is None else p
+
+    f = [factors(sub[0]), factors(sub[1]), factors(add[0]), factors(add[1])]
+    if any(x is None for x in f):
+        return False
+    x1 = x2 = cos = sin = None
+    for a, b in (f[0], f[0][::-1]):
+        if is_op(a, "getitem") and a.args[1] == 0:
+            x1, cos = a, b
+    for a, b in (f[1], f[1][::-1]):
+        if is_op(a, "getitem") and a.args[1] == 1:
+            x2, sin = a, b
+    if x1 is None or x2 is None or x1.args[0] is not x2.args[0]:
+        return False
+    if {id(v) for v in f[2]} != {id(x1), id(sin)} or {id(v) for v in f[3]} != {id(x2), id(cos)}:
+        return False
+    unbind = x1.args[0]
+    if not (unbind.op == "call_method" and unbind.target == "unbind" and arg(unbind, 1, "dim", 0) in (-1, 4)):
+        return False
+    pairs = unbind.args[0]
+    if not (pairs.op == "call_method" and pairs.target == "unflatten" and pairs.args[0] is t
+            and pairs.args[1] in (-1, 3) and tuple(pairs.args[2]) == (-1, 2)):
+        return False
+    cv, sv = val(cos), val(sin)
+    if cv is None or sv is None or cv.numel() != L * Dh // 2 or sv.numel() != L * Dh // 2 or cv.ndim != 4:
+        return False
+    if tuple(cv.shape) != (1, L, 1, Dh // 2) or tuple(sv.shape) != (1, L, 1, Dh // 2):
+        return False
+    # Where the norm is: across heads before the unflatten, or per head after it.
+    if t.op == "call_method" and t.target == "unflatten" and is_op(t.args[0], "rms_norm"):
+        norm, per_head = t.args[0], False
+        if tuple(arg(norm, 1, "normalized_shape")) != (H * Dh,):
+            return False
+        q = norm.args[0]
+    elif is_op(t, "rms_norm") and t.args[0].op == "call_method" and t.args[0].target == "unflatten":
+        norm, per_head = t, True
+        if tuple(arg(norm, 1, "normalized_shape")) != (Dh,):
+            return False
+        q = t.args[0].args[0]
+    else:
+        return False
+    qv = val(q)
+    if qv is None or tuple(qv.shape) != (B, L, H * Dh) or qv.dtype != tv.dtype:
+        return False
+    eps = arg(norm, 3, "eps", None)
+    eps = torch.finfo(qv.dtype).eps if eps is None else float(eps)
+    others = [u for u in node.users if u not in sets]
+    with g.inserting_before(halves[0]):
+        c2 = g.call_method("reshape", (cos, L, Dh // 2))
+        s2 = g.call_method("reshape", (sin, L, Dh // 2))
+        new = g.call_function(torch.ops.farm.rmsnorm_rope.default,
+                              (q, arg(norm, 2, "weight"), c2, s2, H, eps, per_head))
+    new.meta = dict(node.meta)
+    for u in others:
+        u.replace_input_with(node, new)
+    for s in sets:
+        g.erase_node(s)
+    for dead in (first, second, *sub, *add):
+        if not dead.users:
+            g.erase_node(dead)
+    g.erase_node(node)
+    return True

@@ -87,7 +87,7 @@ def main():
 
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from farm.accelerate import accelerate, reset
+    from farm.acceleration import accelerate, reset
 
     device = "cuda" if gpu else "cpu"
     dtype = torch.bfloat16 if gpu else torch.float32

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from farm import models, plan, spec
+from farm import digest, models, plan, spec
 from farm.errors import FarmError
 
 
@@ -109,7 +109,7 @@ def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatc
     ckpt.write_bytes(b"not really weights")
     presets("mine", f'role = "keyframes"\npipeline = "StableDiffusionPipeline"\nsource = "{ckpt}"\nconfig = "tiny"\n')
     ref = models.resolve("mine")
-    assert ref.identity == f"file:{models.file_digest(ckpt)}+pipeline+config:builtin:text-to-image@recipe1"
+    assert ref.identity == f"file:{digest.file_digest(ckpt)}+pipeline+config:builtin:text-to-image@recipe1"
     assert ref.config.endswith("text-to-image-recipe1")
     seen = {}
 
@@ -121,7 +121,7 @@ def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatc
     assert type(models.load_pipeline(ref)).__name__ == "StableDiffusionPipeline"
     assert seen["path"] == str(ckpt) and seen["config"] == ref.config and seen["local_files_only"] is True
     ckpt.write_bytes(b"other weights")
-    models._DIGESTS.clear()
+    digest._DIGESTS.clear()
     assert models.resolve("mine").identity != ref.identity
     presets("noconf", f'role = "keyframes"\npipeline = "StableDiffusionPipeline"\nsource = "{ckpt}"\n')
     with pytest.raises(FarmError, match="needs `config`"):

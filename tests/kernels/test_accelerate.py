@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from farm import accelerate as acc
-from farm import models
+from farm import acceleration as acc
+from farm.acceleration import rewrite
+from farm import models, probe
 from farm.errors import FarmError
 
 
@@ -74,10 +75,10 @@ def test_kernels_in_every_family_draw_what_stock_draws(home_with_models, twin):
 
     ref = models.resolve(twin)
     pipe = _load(twin)
-    stock = acc.sample(pipe, ref)
+    stock = probe.sample(pipe, ref)
     torch._dynamo.reset()
     report = acc.accelerate(pipe, ["kernels"])
-    fast = acc.sample(pipe, ref)
+    fast = probe.sample(pipe, ref)
     assert {k: v for k, v in report.replaced.items() if v} == EVERY_FAMILY[twin], report.text()
     assert len(fast) == len(stock)
     for a, b in zip(stock, fast):  # 8-bit frames: fp32 rounding differences stay below one level
@@ -183,4 +184,4 @@ def test_another_package_named_kernels_is_a_clear_error(monkeypatch):
     impostor.__file__ = "/site-packages/kernels/__init__.py"
     monkeypatch.setitem(sys.modules, "kernels", impostor)
     with pytest.raises(FarmError, match="another package named `kernels`"):
-        acc._kernels()
+        rewrite.load_kernels()

@@ -4,7 +4,7 @@ recognised by their operations, and everything else in the graph is left as it w
 import torch
 import torch.nn.functional as F
 
-from farm import accelerate as acc
+from farm import acceleration as acc
 
 
 class Block(torch.nn.Module):

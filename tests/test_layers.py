@@ -1,0 +1,67 @@
+"""The shape of the house: farm's modules import in one direction (no cycle, counting the
+imports inside functions too), and the stages before the render path load no model library."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+FARM = Path(__file__).resolve().parent.parent / "farm"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """farm module -> the farm modules it imports anywhere in its file (lazy imports included)."""
+    files = {}
+    for p in sorted(FARM.rglob("*.py")):
+        parts = p.relative_to(FARM.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {}
+    for name, p in files.items():
+        package = name if p.name == "__init__.py" else name.rsplit(".", 1)[0]
+        graph[name] = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {n for n in names if n in files and n != name and n != "farm"}
+    return graph
+
+
+def test_no_import_cycle():
+    graph, cycles, state = import_graph(), [], {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for nxt in sorted(graph[module]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_no_stage_reaches_back_to_the_commands():
+    graph = import_graph()
+    assert "farm.cli" not in graph["farm.supervisor"]  # library silencing is farm.quiet
+    # Spec, plan and models see acceleration only through its torch-free settings.
+    for stage in ("farm.spec", "farm.plan", "farm.models"):
+        assert graph[stage] & {m for m in graph if m.startswith("farm.acceleration")} <= {
+            "farm.acceleration", "farm.acceleration.settings"}, stage
+    assert not graph["farm.acceleration"] & {"farm.models", "farm.pipeline", "farm.probe"}
+
+
+def test_validating_and_planning_load_no_model_library():
+    code = ("import sys, farm.spec, farm.plan, farm.models, farm.queue, farm.acceleration; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
