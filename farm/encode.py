@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,13 +21,24 @@ import ffmpeg
 
 from .errors import FarmError
 
-# codec -> (encoder, output options). CRF defaults are visually lossless for each encoder.
+
+@dataclass(frozen=True)
+class Codec:
+    containers: tuple[str, ...]  # what it may be written to ("" is a folder of PNGs); spec.py checks `out`
+    encoder: str | None = None  # ffmpeg's encoder; None: the frames are copied, not encoded
+    options: dict = field(default_factory=dict)  # output options; CRF defaults are visually lossless
+
+
+# The one table of codecs: what a spec may ask for, and how ffmpeg writes it.
 CODECS = {
-    "h264": ("libx264", {"pix_fmt": "yuv420p", "crf": 18, "preset": "medium", "movflags": "+faststart"}),
-    "h265": ("libx265", {"pix_fmt": "yuv420p", "crf": 20, "preset": "medium", "tag:v": "hvc1",
-                         "x265-params": "log-level=error", "movflags": "+faststart"}),
-    "av1": ("libsvtav1", {"pix_fmt": "yuv420p10le", "crf": 30, "preset": 8}),
-    "prores": ("prores_ks", {"pix_fmt": "yuv422p10le", "profile:v": 3}),  # profile 3: ProRes 422 HQ
+    "h264": Codec((".mp4", ".mkv", ".mov"), "libx264",
+                  {"pix_fmt": "yuv420p", "crf": 18, "preset": "medium", "movflags": "+faststart"}),
+    "h265": Codec((".mp4", ".mkv", ".mov"), "libx265",
+                  {"pix_fmt": "yuv420p", "crf": 20, "preset": "medium", "tag:v": "hvc1",
+                   "x265-params": "log-level=error", "movflags": "+faststart"}),
+    "av1": Codec((".mp4", ".mkv", ".webm"), "libsvtav1", {"pix_fmt": "yuv420p10le", "crf": 30, "preset": 8}),
+    "prores": Codec((".mov", ".mkv"), "prores_ks", {"pix_fmt": "yuv422p10le", "profile:v": 3}),  # 3: 422 HQ
+    "png": Codec(("",)),
 }
 
 
@@ -96,8 +108,7 @@ def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out:
             staged = Path(tmp) / "out"
             seq.rename(staged)
         else:
-            encoder, opts = CODECS[codec]
-            opts = dict(opts)
+            encoder, opts = CODECS[codec].encoder, dict(CODECS[codec].options)
             if quality is not None and "crf" in opts:
                 opts["crf"] = quality
             staged = Path(tmp) / f"out{out.suffix}"

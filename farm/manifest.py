@@ -20,6 +20,7 @@ from . import __version__, encode
 from .cache import Cache
 from .digest import file_digest
 from .errors import FarmError
+from .plan import assembly
 from .queue import Queue
 
 FORMAT = 1  # bump when a field changes meaning; readers check it
@@ -52,7 +53,7 @@ def versions() -> dict:
 def video_of(cache: Cache, tasks: list[dict]) -> Path | None:
     """The job's own assembled video (or PNG folder) in the cache: unlike the output path,
     a later render of an edited spec cannot overwrite it."""
-    assemble = next((t for t in tasks if t["kind"] == "assemble"), None)
+    assemble = assembly(tasks)
     if assemble is None or not cache.has(assemble["key"]):
         return None
     return next(iter(sorted(cache.path(assemble["key"]).iterdir())), None)

@@ -40,6 +40,11 @@ class Plan:
         return {t.name: t for t in self.tasks}
 
 
+def assembly(tasks) -> dict | None:
+    """The one `assemble` task among a job's tasks (queue rows or a manifest's entries), or None."""
+    return next((t for t in tasks if t["kind"] == "assemble"), None)
+
+
 def task_key(kind: str, inputs: dict) -> str:
     blob = json.dumps({"kind": kind, "version": VERSIONS[kind], **inputs}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import encode, home, manifest as manifests, sheet
 from .cache import Cache
 from .errors import FarmError
+from .plan import assembly
 from .queue import Queue
 
 
@@ -233,7 +234,7 @@ def _write(renders: list[dict], out: Path) -> Path:
             shown = _place(video, media / f"{stem}{video.suffix.lower()}")
         else:  # H.265, ProRes, a PNG folder...: a VP9 WebM that browsers play
             shown = media / f"{stem}.preview.webm"
-            fps = next(t["params"]["fps"] for t in m["tasks"] if t["kind"] == "assemble")
+            fps = assembly(m["tasks"])["params"]["fps"]
             encode.preview(video, fps, shown)
         contact = media / f"{stem}.contact.png"
         if files["sheet"] is not None:
@@ -256,7 +257,7 @@ def _write(renders: list[dict], out: Path) -> Path:
 
 
 def _codec_of(m: dict) -> str:
-    return next(t["params"]["codec"] for t in m["tasks"] if t["kind"] == "assemble")
+    return assembly(m["tasks"])["params"]["codec"]
 
 
 def _slug(name: str) -> str:

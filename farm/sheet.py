@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .cache import Cache
+from .plan import assembly
 
 THUMB_WIDTH = 240  # px: 4 tiles make a ~1 000 px sheet, readable without zooming
 COLUMNS = 4
@@ -59,7 +60,7 @@ def storyboard(manifest: dict) -> list[dict]:
     tasks = manifest["tasks"]
     keyframes = sorted((t for t in tasks if t["kind"] == "keyframe"), key=lambda t: t["params"]["frame"])
     frames = {t["params"]["frame"]: t["params"]["frames"] for t in tasks if t["kind"] == "segment"}
-    fps = next(t["params"]["fps"] for t in tasks if t["kind"] == "assemble")
+    fps = assembly(tasks)["params"]["fps"]
     board, start = [], 0
     for t in keyframes:
         p = t["params"]
@@ -103,7 +104,7 @@ def _fit(draw, text: str, font, width: int, lines: int) -> list[str]:
 
 def draw(manifest: dict, cache: Cache) -> Image.Image:
     board = storyboard(manifest)
-    assemble = next(t for t in manifest["tasks"] if t["kind"] == "assemble")["params"]
+    assemble = assembly(manifest["tasks"])["params"]
     width, height, fps = assemble["width"], assemble["height"], assemble["fps"]
     lay = layout(len(board), width, height)
     sheet = Image.new("RGB", lay.size, BACKGROUND)

@@ -16,15 +16,9 @@ from pathlib import Path
 import tomli
 
 from . import digest, models, sweep
+from .encode import CODECS
 from .errors import FarmError, SpecError
 
-CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
-    "h264": (".mp4", ".mkv", ".mov"),
-    "h265": (".mp4", ".mkv", ".mov"),
-    "av1": (".mp4", ".mkv", ".webm"),
-    "prores": (".mov", ".mkv"),
-    "png": ("",),
-}
 MAX_SIDE = 8192  # pixels; a video model at 8K is already far beyond any GPU today
 MAX_FRAME_SECONDS = 600.0
 MAX_TOTAL_FRAMES = 500_000
@@ -303,8 +297,8 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
         codec = "h264"
     default_out = f"renders/{name}" + ("" if codec == "png" else ".mp4")
     out = base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()
-    if out.suffix.lower() not in CODECS[codec]:
-        want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec])
+    if out.suffix.lower() not in CODECS[codec].containers:
+        want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec].containers)
         c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
     elif codec != "png" and out.is_dir():
         c.fail("shot.out", f"{out} is an existing folder; give a file name")

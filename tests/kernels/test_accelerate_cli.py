@@ -90,12 +90,21 @@ def test_preset_accelerate(tmp_path, monkeypatch, write_spec):
     assert p.by_name()["keyframe[0]"].params["model"]["accelerate"] == ["kernels", "attention"]
 
 
-def test_render_with_acceleration(home_with_models, write_spec, cli):
-    """A render through the worker with kernels on: the accelerated pipeline draws the frame."""
+def test_render_with_acceleration(home_with_models, write_spec, cli, monkeypatch):
+    """A render through the worker with kernels on: the accelerated pipeline draws the frame
+    (its graphs rewritten: what the worker did, not only what the spec asked)."""
+    from farm import acceleration
+
+    reports, real = [], acceleration.accelerate
+    monkeypatch.setattr(acceleration, "accelerate", lambda pipe, *a, **kw: reports.append(real(pipe, *a, **kw))
+                        or reports[-1])
     path = write_spec(SHOT.format(accel='accelerate = ["kernels", "attention"]'))
     code, out, err = cli("render", path, "--json", "--quiet")
     assert code == 0, err
     assert json.loads(out)["tasks"]["run"] == 3
+    (report,) = reports  # the keyframe model, accelerated once
+    assert report.model == "UNet2DConditionModel" and report.attention == "native"
+    assert {k: v for k, v in report.replaced.items() if v} == {"group_norm_silu": 17, "glu": 4}
 
 
 def test_worker_holds_accelerated_apart(home_with_models, write_spec, tmp_path):
