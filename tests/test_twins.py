@@ -108,8 +108,23 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
 
 
 def test_twins_build_in_code_without_the_network(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    """No builder reaches for the network: every attempt to open a connection is recorded
+    (and refused). HF_HUB_OFFLINE would not do: huggingface_hub reads it once, at import,
+    long before this test runs."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
+        raise OSError("this test forbids the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
     for recipe in ("sdxl", "sd3", "flux", "wan22", "ltx", "cogvideox"):
         pipe = tiny.BUILDERS[recipe]()
         params = sum(p.numel() for c in pipe.components.values() if hasattr(c, "parameters") for p in c.parameters())
         assert params < 3_000_000, (recipe, params)  # really tiny: under 12 MB of fp32 weights
+    assert attempts == []
