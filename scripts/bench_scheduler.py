@@ -4,16 +4,19 @@ A mixed workload goes through the real claim code (`Queue.claim` /
 `Queue.complete_and_claim`, hence `choose()`, in a temporary SQLite database) while the
 workers' time is simulated: nothing sleeps, a clock jumps from one task's end to the next.
 
-The workload: 14 models (7 text-to-image, 7 image-to-video), 4 GPU workers, 9 storyboard
-jobs submitted at once, each a keyframe model and a motion model out of the 14: one keyframe
-task per frame, one segment per keyframe that needs it and the next, one assembly (no model)
-that needs every segment, as `farm/plan.py` builds them. Every task costs 1 unit of simulated
-time, loading a model 10 units, and a worker holds at most 2 models (it unloads the least
-recently used one, as `Worker.pipe` does with `max_warm = 2` on a GPU).
+The workload (`workload()`): 14 models (7 text-to-image, 7 image-to-video), 4 GPU workers,
+19 jobs submitted at once, 451 tasks: long storyboards, two sweeps (seed x keyframe model),
+an animatic whose keyframes alternate two models, storyboards reusing the others' models.
+Each job is what `farm/plan.py` builds: one keyframe task per frame, one segment per
+keyframe that needs it and the next, one assembly (no model) that needs every segment.
+Every task costs 1 unit of simulated time, loading a model 10 units, and a worker holds at
+most 2 models (it unloads the least recently used one, as `Worker.pipe` does with
+`max_warm = 2` on a GPU).
 
-Two runs over the same workload:
-- farm: each worker tells the queue which models it holds (what `Worker.held()` sends);
-- FIFO: the same queue with affinity off (a worker tells it nothing), so it takes the head.
+Two runs over the same workload, both through the same queue and the same workers (each
+telling the queue the models it holds, as `Worker.held()` does):
+- farm: the claim rule as it is;
+- FIFO: affinity off, `AFFINITY_WINDOW = 1`: a worker always takes the head of the queue.
 
 The lower bound is the total work over the workers: every task's unit plus one load of each
 model (no schedule loads a model fewer than once), divided by 4.
@@ -21,7 +24,7 @@ model (no schedule loads a model fewer than once), divided by 4.
 Prints both runs, their ratios, the bound and how far each makespan is from it; last, one
 JSON line: {"loads_ratio": ..., "makespan_ratio": ..., "makespan_over_bound": ...}.
 
-    python scripts/bench_scheduler.py [--jobs 9] [--frames 23] [--workers 4] [--seed 0]
+    python scripts/bench_scheduler.py [--workers 4] [--seed 0]
 """
 
 from __future__ import annotations

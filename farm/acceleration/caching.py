@@ -22,6 +22,7 @@ TAYLORSEER_MODULES = [r"(transformer_blocks|single_transformer_blocks|temporal_t
 
 
 def enable(model, report, feature: str, threshold: float):
+    """Turn on the step cache `feature` ("cache" or "taylorseer"); count its decisions in `report.cache`."""
     from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, TaylorSeerCacheConfig
     from diffusers.models.cache_utils import CacheMixin
 
