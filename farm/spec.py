@@ -8,6 +8,7 @@ every problem found, each with its key (`frames[2].seconds`) and line.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import tomli
 
 from . import home, models, outputs, sweep
-from .checks import Checker as _Checker, kind as _kind
+from .checks import MAX_STEPS, Checker as _Checker, kind as _kind
 from .errors import FarmError, SpecError
 
 CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
@@ -243,7 +244,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
         c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
         codec = "h264"
     default_out = f"renders/{file_name(name)}" + ("" if codec == "png" else ".mp4")
-    out = base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()
+    out = Path(os.path.abspath(base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()))
     if out.suffix.lower() not in CODECS[codec]:
         want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec])
         c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
@@ -290,7 +291,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     def stage(table, prefix, ref, fallback: dict) -> dict:
         defaults = ref.defaults if ref else {}
         return {
-            "steps": c.number(table, "steps", prefix, 1, 1000, integer=True,
+            "steps": c.number(table, "steps", prefix, 1, MAX_STEPS, integer=True,
                               default=fallback.get("steps", defaults.get("steps", 30))),
             "guidance": float(c.number(table, "guidance", prefix, 0, 100,
                                        default=fallback.get("guidance", defaults.get("guidance", 5.0)))),
