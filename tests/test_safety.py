@@ -437,6 +437,8 @@ def test_preset_defaults_go_through_the_specs_checks(home_with_models, write_spe
 def test_a_huge_prompt_is_refused(home_with_models, write_spec, cli):
     code, _, err = cli("render", write_spec(animatic().replace("a red boat", "boat " * 2000)))
     assert code == 2 and "at most 4,096" in err
+    code, _, err = cli("render", write_spec(animatic().replace("a red boat", "boat " * 4_000_000), "huge.toml"))
+    assert code == 2 and "20 MB" in err and "at most 16 MB" in err
 
 
 def test_caption_wrapping_is_linear():
