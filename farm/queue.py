@@ -12,12 +12,13 @@ The scheduling rule (`claim`):
    Running tasks whose lease expired are first put back in the queue.
 2. Highest priority first, then oldest (lowest id).
 3. Warm models: among the first AFFINITY_WINDOW runnable tasks *of that same top
-   priority*, the worker takes the first one whose model it already holds (or that needs
-   no model); if there is none, so that it must load a model anyway, the first one whose
-   model no other worker is running, so that workers spread over models instead of all
-   loading the same one; else the first. Affinity never passes over a higher priority,
-   and it may pass over a given task at most MAX_SKIPS times; after that the task is
-   taken in strict order. So no task waits forever for a warm worker.
+   priority*, a worker that holds models takes the first one whose model it holds (or
+   that needs no model). One that holds none of theirs must load a model anyway: it takes
+   the first whose model no other worker is running (or that needs none), so that workers
+   spread over models instead of all loading the same one; else the first. (So a worker
+   holding nothing takes the head unless another worker runs the head's model.) Affinity
+   never passes over a higher priority, and it may pass over a given task at most
+   MAX_SKIPS times; after that the task is taken in strict order. So no task waits forever for a warm worker.
 
 Measured by scripts/bench_scheduler.py (451 simulated tasks, 14 models, 4 workers holding
 2 each, a load costing 10 tasks): against FIFO, 0.19x the model loads and 0.43x the
@@ -171,16 +172,18 @@ def choose(candidates, models: set, busy: set = frozenset()) -> tuple[dict | Non
         return None, None
     if head["model"] is None or head["model"] in models or head["skipped"] >= MAX_SKIPS:
         return head, None
-    cold = None  # the first task of a model no worker is running: what to load if nothing here is warm
-    if head["model"] not in busy:
-        cold = head
+    if not models and head["model"] not in busy:
+        return head, None  # nothing warm here, and no other worker runs the head's model: strict order
+    cold = None if head["model"] in busy else head  # what to take if nothing here is warm
     for c in rows:
         if c["priority"] != head["priority"]:
             break
-        if c["model"] is None or c["model"] in models:
+        if models and (c["model"] is None or c["model"] in models):
             return c, head["id"]
-        if cold is None and c["model"] not in busy:
+        if cold is None and c["model"] not in busy:  # a model no other worker runs, or none at all
             cold = c
+            if not models:
+                break
     if cold is None or cold is head:
         return head, None
     return cold, head["id"]
