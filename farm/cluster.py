@@ -102,6 +102,8 @@ class Actor:
         out = {}
         try:
             out["files"] = self.worker.produce(_on_this_node(task), inputs)
+        except ModelMissing as e:  # said once by the driver, which gives the task to another actor
+            out["error"], out["missing"] = e.message, task["params"]["model"]["identity"]
         except Exception as e:  # noqa: BLE001 - reported to the driver, which records it in the queue
             out["error"], out["retry"] = self.worker.failure(task, e)
         return {**out, "seconds": time.perf_counter() - started, "models": sorted(self.worker.held()),
@@ -146,16 +148,19 @@ class Slot:
     flight: dict = field(default_factory=dict)  # object ref -> (task, started)
     probe: object = None  # info() while the actor starts or restarts
     retry_at: float | None = None  # when to ask a restarting actor again
+    lacks: dict = field(default_factory=dict)  # model identity -> why: models its node does not have
+    idle: bool = False  # gave back a task of a model it lacks: claims again once another actor reports
     alive: bool = False
     deaths: list = field(default_factory=list)
 
 
 class Driver:
     """Claims for, feeds and collects from `actors` Ray actors until stopped (or, with
-    until_empty, until the queue is drained); see the module docstring."""
+    until_empty, until the queue is drained); see the module docstring. `env` is set in each
+    actor's environment (a list: one per actor, as nodes have their own `HF_HOME`)."""
 
     def __init__(self, queue: Queue, cache: Cache, *, actors: int, gpu: bool, lease: float = 60.0,
-                 memory: int | None = None, env: dict | None = None, threads: int | None = None,
+                 memory: int | None = None, env: dict | list[dict] | None = None, threads: int | None = None,
                  until_empty: bool = True, grace: float = 30.0, progress: bool = False, poll: float = 0.2):
         import ray
 
@@ -174,7 +179,7 @@ class Driver:
         self.slots = []
         for i in range(actors):
             name = f"{tag}:{i}"
-            actor = remote.remote(name, env or {}, threads, memory)
+            actor = remote.remote(name, (env[i] if isinstance(env, list) else env) or {}, threads, memory)
             self.slots.append(Slot(i, name, actor, probe=actor.info.remote()))
         self._beat_stop = threading.Event()
         self._beat = None
@@ -250,10 +255,10 @@ class Driver:
         queue = Queue(self.queue.path)
         try:
             while not self._beat_stop.wait(max(self.lease / 3, 0.05)):
-                with self.lock:
+                with self.lock:  # an assembly on the head is renewed even while its claiming actor restarts
                     beats = [(s.name, sorted(s.models), [t for t, _ in s.flight.values()]
                               + [t for (owner, t) in self.head.values() if owner is s])
-                             for s in self.slots if s.alive]
+                             for s in self.slots if s.alive or any(owner is s for owner, _ in self.head.values())]
                 state = "stopping" if self.stopping else None
                 for name, held, tasks in beats:
                     queue.heartbeat(name, models=held, state=state)
@@ -267,13 +272,19 @@ class Driver:
     def _fill(self):
         """Claim for each live actor until it has DEPTH tasks in flight: first one each, so an
         idle actor is fed before a busy one gets its second."""
+        if not self.head and not any(s.flight for s in self.slots):  # no result will come to wake them
+            for slot in self.slots:
+                slot.idle = False
         for depth in range(1, DEPTH + 1):
             for slot in self.slots:
-                while slot.alive and len(slot.flight) < depth:
+                while slot.alive and not slot.idle and len(slot.flight) < depth:
                     coming = {t["model"] for t, _ in slot.flight.values() if t["model"]}  # warm by the time it runs
                     task = self.queue.claim(slot.name, lease=self.lease, device=slot.device,
                                             models=slot.models | coming)
                     if task is None:
+                        break
+                    if task["model"] in slot.lacks:
+                        self._missing(slot, task, task["model"], slot.lacks[task["model"]])
                         break
                     self._dispatch(slot, task)
 
@@ -301,7 +312,8 @@ class Driver:
         if task["kind"] == "keyframe":
             return {"image": {"image": Path(p["image"]).read_bytes()}} if "image" in p else {}
         keys = [p["first"]] + ([p["last"]] if p.get("last") else [])
-        return {k: {f.name: f.read_bytes() for f in self.cache.path(k).iterdir()} for k in keys}
+        return {k: {f.name: f.read_bytes() for f in self.cache.path(k).iterdir() if not f.name.startswith(".")}
+                for k in keys}  # the files, not the cache's own records
 
     def _failure(self, task, e) -> tuple[str, bool]:
         return Worker(self.queue, self.cache, name="head", device="cpu").failure(task, e)
@@ -353,9 +365,12 @@ class Driver:
             self._show(slot, task, None)
             return
         slot.models, slot.calls = frozenset(out["models"]), out["calls"]
+        for other in self.slots:  # something changed: an actor that gave a task back may claim again
+            other.idle = other.idle and other is slot
+        if "missing" in out:
+            self._missing(slot, task, out["missing"], out["error"])
+            return
         if "error" in out:
-            if out["retry"] and out["error"].startswith("model "):
-                self._say_once(slot, out["error"])
             self.queue.fail(task, slot.name, out["error"], retry=out["retry"])
             self._show(slot, task, None)
             return
@@ -372,6 +387,18 @@ class Driver:
         self.queue.complete(task, slot.name, cached=cached, seconds=seconds)
         self._show(slot, task, cached)
 
+    def _missing(self, slot: Slot, task: dict, model: str, error: str):
+        """The actor's node lacks the task's model: say so once and give the task back (not a
+        failure) for an actor that has it; when every live actor lacks it, fail it with the reason."""
+        self._say_once(slot, error)
+        slot.lacks[model] = error
+        if all(model in s.lacks for s in self.slots if s.alive):
+            self.queue.fail(task, slot.name, f"{error} (and no other node of the cluster has it)", retry=False)
+            self._show(slot, task, None)
+        else:
+            self.queue.release(task, slot.name)
+            slot.idle = True
+
     def _started(self, slot: Slot):
         """An actor answered its first call (started, or restarted after dying): it is a worker."""
         ray = self.ray
@@ -384,8 +411,12 @@ class Driver:
         except ray.exceptions.RayError as e:
             self._say_once(slot, f"Ray actor {slot.name} could not start: {e}")
             return
+        if info["node"] != slot.node:  # restarted elsewhere: what it lacked there says nothing here
+            slot.lacks = {}
         slot.pid, slot.host, slot.node, slot.device = info["pid"], info["host"], info["node"], info["device"]
         slot.models, slot.alive = frozenset(info["models"]), True
+        for other in self.slots:
+            other.idle = False
         self.queue.register(slot.name, device=slot.device, lease=self.lease, pid=slot.pid, host=slot.host,
                             node=slot.node)
 

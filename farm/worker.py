@@ -201,7 +201,7 @@ class Worker:
             self._produce(task)
             written.append(task["key"])
             out = self.output(task["key"])
-            return {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+            return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if not f.name.startswith(".")}
         finally:
             self.current = None
             for entry in written:

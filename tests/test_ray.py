@@ -113,8 +113,8 @@ def driver_for(home, **kwargs):
     from farm.cluster import Driver
     from farm.queue import Queue
 
-    return Driver(Queue(home / "queue.db"), Cache(home / "cache"), actors=2, gpu=False, threads=2,
-                  env={"FARM_HOME": str(home)}, **kwargs)
+    kwargs.setdefault("env", {"FARM_HOME": str(home)})
+    return Driver(Queue(home / "queue.db"), Cache(home / "cache"), actors=2, gpu=False, threads=2, **kwargs)
 
 
 @needs_ray
@@ -204,3 +204,67 @@ def test_two_models_on_two_actors_each_keeps_its_own(ray_local, built_models, wr
     assert sorted(c["keyframe"] for c in calls.values()) == [2, 2]
     for spec in specs:  # and the videos are there
         assert (spec.parent / "out" / f"{spec.stem}.mp4").stat().st_size > 0
+
+
+def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing(tmp_path, monkeypatch):
+    from farm.cluster import ModelMissing, _on_this_node
+    from farm.errors import FarmError
+    from farm.worker import Worker
+
+    model = {"name": "sdxl", "identity": "hub:org/big@abc123", "source": "/head/hf/models--org--big/snapshots/abc123"}
+    task = {"name": "keyframe[0]", "kind": "keyframe", "params": {"model": model, "prompt": "x"}}
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelMissing) as e:
+        _on_this_node(task)
+    assert "farm models pull sdxl" in e.value.message
+    assert isinstance(e.value, FarmError) and Worker(None, None, device="cpu").failure(task, e.value) == (
+        e.value.message, True)  # retried: another node may have it
+    here = tmp_path / "hub" / "models--org--big" / "snapshots" / "abc123"
+    here.mkdir(parents=True)
+    moved = _on_this_node(task)
+    assert moved["params"]["model"]["source"] == str(here) and moved["params"]["prompt"] == "x"
+    assert task["params"]["model"]["source"].startswith("/head/")  # the claimed task itself is untouched
+    builtin = {"params": {"model": {"name": "tiny", "identity": "x", "source": "builtin:text-to-image"}}}
+    assert _on_this_node(builtin) is builtin
+
+
+@needs_ray
+def test_a_node_without_the_model_gives_its_task_to_one_that_has_it(ray_local, built_models, write_spec, cli,
+                                                                   tmp_path, monkeypatch, capsys):
+    import shutil
+
+    (home,) = homes(built_models, tmp_path, "ray")
+    monkeypatch.setenv("FARM_HOME", str(home))
+    head_hub, commit = tmp_path / "head-hub", "c0ffee" * 6 + "beef"
+    for repo in ("studio--tiny", "studio--gone"):  # two "hub" models (the tiny one's files) the head plans with
+        shutil.copytree(built_models / "text-to-image-recipe1", head_hub / f"models--{repo}" / "snapshots" / commit)
+        (head_hub / f"models--{repo}" / "refs").mkdir()
+        (head_hub / f"models--{repo}" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(head_hub))
+    three = ONE_FRAME.replace('[[frames]]\nprompt = "a boat"\nseconds = 0.5\n',
+                              "".join(f'[[frames]]\nprompt = "boat {i}"\nseconds = 0.5\n' for i in range(3)))
+    code, out, err = cli("submit", write_spec(three.format(name="here", seed=1, model="studio/tiny"), "here.toml"),
+                         write_spec(ONE_FRAME.format(name="gone", seed=1, model="studio/gone"), "gone.toml"), "--json")
+    assert code == 0, err
+    here, gone = (json.loads(line)["job"] for line in out.splitlines())
+    # node 1 has studio/tiny in its own cache; node 0 has nothing; nobody has studio/gone any more
+    node1 = tmp_path / "node1-hub"
+    head_hub.rename(node1)
+    shutil.rmtree(node1 / "models--studio--gone")
+    envs = [{"FARM_HOME": str(home), "HF_HUB_CACHE": str(tmp_path / f"node{i}-hub")} for i in range(2)]
+    driver = driver_for(home, env=envs)
+    assert driver.run() == 0
+    err = capsys.readouterr().err
+    conn = sqlite3.connect(home / "queue.db")
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (here,)).fetchone() == ("done",)
+    workers = {w for (w,) in conn.execute("SELECT worker FROM tasks WHERE job_id = ? AND kind = 'keyframe'",
+                                          (here,))}
+    assert workers == {driver.slots[1].name}  # the actor whose node has it drew every keyframe
+    attempts = [a for (a,) in conn.execute("SELECT attempts FROM tasks WHERE job_id = ?", (here,))]
+    assert attempts == [1] * len(attempts)  # giving a task back spent no attempt
+    bad = [e for (e,) in conn.execute("SELECT event FROM events WHERE job_id = ? AND event IN "
+                                      "('task.retry', 'task.failed')", (here,))]
+    assert bad == []
+    assert err.count("'studio/tiny' is not on node") == 1  # said once
+    state, error = conn.execute("SELECT state, error FROM jobs WHERE id = ?", (gone,)).fetchone()
+    assert state == "failed" and "'studio/gone' is not on node" in error and "no other node" in error
