@@ -35,6 +35,7 @@ from pathlib import Path
 
 from .cache import Cache
 from .errors import FarmError
+from .publish import publish
 from .queue import Queue
 from .supervisor import MAX_RESTARTS
 from .worker import Worker
@@ -294,7 +295,7 @@ class Driver:
                 self.head[self.pool.submit(self._assemble, slot.name, task)] = (slot, task)
             return
         try:
-            if self.cache.has(task["key"]):  # as a local worker answers it: no model, no actor
+            if self._worker(slot.name).cached(task):  # as a local worker answers it: no model, no actor
                 self._done(slot, task, cached=True, seconds=0.0)
                 return
             inputs = self._inputs(task)
@@ -312,23 +313,31 @@ class Driver:
         if task["kind"] == "keyframe":
             return {"image": {"image": Path(p["image"]).read_bytes()}} if "image" in p else {}
         keys = [p["first"]] + ([p["last"]] if p.get("last") else [])
-        return {k: {f.name: f.read_bytes() for f in self.cache.path(k).iterdir() if not f.name.startswith(".")}
-                for k in keys}  # the files, not the cache's own records
+        return {k: {f.name: f.read_bytes() for f in self.cache.files(k)} for k in keys}
+
+    def _worker(self, name: str, queue: Queue | None = None) -> Worker:
+        """A local worker's code on the head, acting for the actor `name` (cache hits,
+        classifying failures, assembly)."""
+        return Worker(queue or self.queue, self.cache, name=name, device="cpu", label="head")
 
     def _failure(self, task, e) -> tuple[str, bool]:
-        return Worker(self.queue, self.cache, name="head", device="cpu").failure(task, e)
+        return self._worker("head").failure(task, e)
 
-    def _assemble(self, slot: str, task: dict):
-        """On the head, in a thread: the local worker's own execution, under the claiming actor's name."""
+    def _assemble(self, slot: str, task: dict) -> bool | None:
+        """On the head, in a thread: a local worker's own execution under the claiming actor's
+        name, then (only when the queue accepts the completion) publishing the job."""
         queue = Queue(self.queue.path)
         try:
-            worker = Worker(queue, self.cache, name=slot, device="cpu", label="head")
+            worker = self._worker(slot, queue)
             started = time.perf_counter()
-            cached = worker.execute(task)
-            if cached is not None:
-                queue.complete(task, slot, cached=cached, seconds=time.perf_counter() - started)
-                worker.sidecars(task)
-            return cached
+            outcome = worker.execute(task)
+            if outcome not in ("cached", "run"):
+                return None
+            if not queue.complete(task, slot, cached=outcome == "cached", seconds=time.perf_counter() - started):
+                return None
+            publish(queue, self.cache, task["job_id"], slot)
+            worker.after_job()
+            return outcome == "cached"
         finally:
             queue.close()
 
@@ -384,8 +393,8 @@ class Driver:
         self._done(slot, task, cached=False, seconds=out["seconds"])
 
     def _done(self, slot: Slot, task: dict, *, cached: bool, seconds: float):
-        self.queue.complete(task, slot.name, cached=cached, seconds=seconds)
-        self._show(slot, task, cached)
+        accepted = self.queue.complete(task, slot.name, cached=cached, seconds=seconds)
+        self._show(slot, task, cached if accepted else None)  # not accepted: its lease went to another attempt
 
     def _missing(self, slot: Slot, task: dict, model: str, error: str):
         """The actor's node lacks the task's model: say so once and give the task back (not a
