@@ -7,6 +7,9 @@ import difflib
 
 MAX_SIDE = 8192  # pixels; a video model at 8K is already far beyond any GPU today
 DTYPES = ("float32", "float16", "bfloat16")
+# Schedulers are trained on 1,000 timesteps; DDIM with 1,000 inference steps indexes past them
+# (IndexError mid-render), and no model needs more than a few hundred.
+MAX_STEPS = 500
 
 
 def kind(v) -> str:
@@ -103,7 +106,7 @@ def preset_defaults(c: Checker, defaults, prefix: str):
             hint = difflib.get_close_matches(k, allowed, n=1)
             c.fail(prefix + k, "unknown key" + (f" (did you mean `{hint[0]}`?)" if hint else "")
                    + "; pipeline arguments of your own go in the preset's [options] table")
-    c.number(defaults, "steps", prefix, 1, 1000, integer=True)
+    c.number(defaults, "steps", prefix, 1, MAX_STEPS, integer=True)
     c.number(defaults, "guidance", prefix, 0, 100)
     c.size(defaults, "size", prefix)
     dtype = c.string(defaults, "dtype", prefix)

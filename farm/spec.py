@@ -8,6 +8,7 @@ every problem found, each with its key (`frames[2].seconds`) and line.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import tomli
 
 from . import home, models, outputs, sweep
-from .checks import Checker as _Checker, kind as _kind
+from .checks import MAX_STEPS, Checker as _Checker, kind as _kind
 from .errors import FarmError, SpecError
 
 CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
@@ -29,6 +30,7 @@ MAX_PICTURE_SIDE = 16384  # a keyframe picture; larger ones are refused (a "deco
 # Text encoders read at most a few hundred tokens (CLIP 77, T5 and UMT5 512): 4,096 characters
 # is about twice the longest window, and keeps a 200 MB "prompt" out of the tokenizers.
 MAX_PROMPT = 4096
+MAX_SPEC_BYTES = 16 << 20
 MAX_FRAME_SECONDS = 600.0
 MAX_TOTAL_FRAMES = 500_000
 MAX_FRAMES = 10_000
@@ -119,6 +121,10 @@ def read(path: Path) -> tuple[dict, str, bytes]:
     if path.is_dir():
         raise FarmError(f"{path} is a folder, not a job spec. Give the path of a .toml file.", code=2)
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:  # parsing a 200 MB "spec" would take minutes and GBs before any check
+            raise FarmError(f"{path} is {size / 1e6:.0f} MB; a job spec may be at most {MAX_SPEC_BYTES >> 20} MB "
+                            f"(prompts are at most {MAX_PROMPT:,} characters each).", code=2)
         raw = path.read_bytes()
     except OSError as e:
         raise FarmError(f"{path}: cannot read the job spec ({e.strerror or e}).", code=2) from None
@@ -243,7 +249,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
         c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
         codec = "h264"
     default_out = f"renders/{file_name(name)}" + ("" if codec == "png" else ".mp4")
-    out = base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()
+    out = Path(os.path.abspath(base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()))
     if out.suffix.lower() not in CODECS[codec]:
         want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec])
         c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
@@ -290,7 +296,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     def stage(table, prefix, ref, fallback: dict) -> dict:
         defaults = ref.defaults if ref else {}
         return {
-            "steps": c.number(table, "steps", prefix, 1, 1000, integer=True,
+            "steps": c.number(table, "steps", prefix, 1, MAX_STEPS, integer=True,
                               default=fallback.get("steps", defaults.get("steps", 30))),
             "guidance": float(c.number(table, "guidance", prefix, 0, 100,
                                        default=fallback.get("guidance", defaults.get("guidance", 5.0)))),
