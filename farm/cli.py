@@ -151,12 +151,27 @@ def work(
                                                                 "may take to finish before it is released.")] = 30.0,
     memory: Annotated[Optional[str], typer.Option("--memory", help="Memory for loaded models per worker, e.g. "
                                                   "40G (default: what the device has free).")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster instead: one "
+                                               "actor per GPU in it. `auto` joins this machine's cluster (`ray "
+                                               "start`), `local` starts Ray here, else the head's address. Needs "
+                                               "`pip install 'farm[ray]'`.")] = None,
     quiet: QuietOpt = False,
     db: DbOpt = None,
 ):
-    """Drain the queue with one worker process per GPU (or --cpu --workers N) until stopped."""
+    """Drain the queue with one worker process per GPU (or --cpu --workers N), or one Ray actor
+    per GPU of a cluster (--ray), until stopped."""
     from . import supervisor
 
+    if ray is not None:
+        if gpus:
+            raise FarmError("--gpus does not apply with --ray: Ray gives each actor one GPU of the cluster.", code=2)
+        from . import cluster
+
+        quiet_libraries()
+        code = cluster.work(ray, cpu=cpu, workers=workers, db=str(db) if db else None, lease=lease,
+                            until_empty=until_empty, grace=grace, memory=supervisor.parse_memory(memory),
+                            progress=not quiet)
+        raise typer.Exit(code)
     chosen = supervisor.slots(gpus, cpu, workers)
     _queue(db).close()  # a database that cannot be opened is one error here, not a crash per worker
     code = supervisor.work(chosen, db=str(db) if db else None, lease=lease, until_empty=until_empty, grace=grace,

@@ -127,6 +127,10 @@ MIGRATIONS = [
     """
     ALTER TABLE workers ADD COLUMN role TEXT NOT NULL DEFAULT 'farm'
     """,
+    # The Ray node a worker (an actor of `farm work --ray`) runs on; NULL for local workers.
+    """
+    ALTER TABLE workers ADD COLUMN node TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -433,14 +437,17 @@ class Queue:
 
     # --- workers ----------------------------------------------------------------------
 
-    def register(self, worker: str, *, device: str, lease: float, role: str = "farm"):
+    def register(self, worker: str, *, device: str, lease: float, role: str = "farm", pid: int | None = None,
+                 host: str | None = None, node: str | None = None):
+        """A worker starts: this process, or (for a Ray driver's actors) the given pid, host and node."""
         now = time.time()
+        pid, host = pid or os.getpid(), host or socket.gethostname()
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO workers (name, pid, host, device, lease, started_at, heartbeat_at, role) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (worker, os.getpid(), socket.gethostname(), device, lease, now, now, role))
-            self._event(None, None, "worker.started", worker, {"device": device, "pid": os.getpid()})
+                "INSERT OR REPLACE INTO workers (name, pid, host, node, device, lease, started_at, heartbeat_at, role) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (worker, pid, host, node, device, lease, now, now, role))
+            self._event(None, None, "worker.started", worker,
+                        {"device": device, "pid": pid, **({"node": node} if node else {})})
 
     def heartbeat(self, worker: str, *, models: list[str], state: str | None = None,
                   task: dict | None = None, lease: float | None = None) -> bool:

@@ -49,7 +49,7 @@ def farm(queue: Queue, recent: int = 20) -> dict:
     ended = [j for j in jobs if j["state"] not in ("queued", "running")][-recent:]
     workers, live_workers = [], queue.workers()
     for w in live_workers:
-        workers.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "device": w["device"],
+        workers.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "node": w["node"], "device": w["device"],
                         "state": w["state"], "models": w["models"], "task": w["task"], "done": w["done"],
                         "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
     return {"paused": queue.farm_paused(),
@@ -77,7 +77,8 @@ def text_farm(s: dict) -> str:
     for w in s["workers"]:
         doing = f"job {w['task']['job']} {w['task']['name']}" if w["task"] else (
             "stopping" if w["state"] == "stopping" else "idle")
-        lines.append(f"worker {w['name']:<24} {w['device']:<8} {doing:<28} models: {len(w['models'])}, "
+        where = f"{w['device']}@{w['node'][:8]}" if w["node"] else w["device"]  # a Ray actor: its node too
+        lines.append(f"worker {w['name']:<24} {where:<8} {doing:<28} models: {len(w['models'])}, "
                      f"{w['done']} tasks done")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import sys
@@ -174,14 +175,8 @@ class Worker:
         self.current = task
         self.lost.clear()
         try:
-            problem = self.cache.check(task["key"])
-            if problem is None:
-                self.cache.touch(task["key"])
+            if self.cached(task):
                 return "cached"
-            if problem != "missing":  # damaged since it was written: never reuse it
-                self.queue.record(task["job_id"], task["id"], "cache.discarded", self.name,
-                                  {"key": task["key"], "problem": problem})
-                self.cache.discard(task["key"])
             self._produce(task)
             return "run"
         except LeaseLost:
@@ -191,20 +186,74 @@ class Worker:
         except KeyboardInterrupt:
             self.queue.release(task, self.name)
             raise
-        except FarmError as e:  # the user's input can't work: retrying would fail the same way
-            self.queue.fail(task, self.name, e.message, retry=False)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                msg = f"disk full while writing {task['name']} ({e.filename or self.cache.root}); free space and render again"
-                self.queue.fail(task, self.name, msg, retry=False)
-            else:
-                self.queue.fail(task, self.name, f"{type(e).__name__}: {e}")
-        except Exception as e:  # noqa: BLE001 - any model or library failure is retried
-            what = f"out of memory on {self.device}: {e}" if _is_oom(e) else f"{type(e).__name__}: {e}"
-            self.queue.fail(task, self.name, what)
+        except Exception as e:  # noqa: BLE001 - classified by `failure`
+            error, retry = self.failure(task, e)
+            self.queue.fail(task, self.name, error, retry=retry)
         finally:
             self.current = None
         return "failed"
+
+    def cached(self, task: dict) -> bool:
+        """Is the task's output in the cache, whole? (A hit counts as a use; an entry damaged
+        since it was written is discarded, never reused.)"""
+        problem = self.cache.check(task["key"])
+        if problem is None:
+            self.cache.touch(task["key"])
+            return True
+        if problem != "missing":
+            self.queue.record(task["job_id"], task["id"], "cache.discarded", self.name,
+                              {"key": task["key"], "problem": problem})
+            self.cache.discard(task["key"])
+        return False
+
+    def failure(self, task: dict, e: Exception) -> tuple[str, bool]:
+        """What a task's failure says, and whether it is worth retrying (a Ray actor's
+        failures are reported by its driver, through this too)."""
+        if isinstance(e, FarmError):  # the user's input can't work: retrying would fail the same way
+            return e.message, getattr(e, "retry", False)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return (f"disk full while writing {task['name']} ({e.filename or self.cache.root}); free space and "
+                    f"render again"), False
+        if _is_oom(e):  # any model or library failure is retried
+            return f"out of memory on {self.device}: {e}", True
+        return f"{type(e).__name__}: {e}", True
+
+    def produce(self, task: dict, inputs: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
+        """Run a task away from the queue and its cache (in a Ray actor): `inputs` holds the
+        outputs of the tasks it reads, by key (file name -> bytes), and a picture keyframe's
+        picture under "image"; they are written into this worker's own cache, the handler
+        runs as in `execute`, and its output comes back as file name -> bytes (then leaves
+        this cache). Failures raise; `failure` says what to report."""
+        import tempfile
+
+        written = []
+        try:
+            for key, files in inputs.items():
+                if key == "image":
+                    continue
+                if not self.cache.has(key):
+                    with self.cache.writing(key) as out:
+                        for name, data in files.items():
+                            (out / name).write_bytes(data)
+                    written.append(key)
+            if "image" in inputs:  # the head's path means nothing here: the picture's bytes came instead
+                self.cache.root.mkdir(parents=True, exist_ok=True)
+                folder = Path(tempfile.mkdtemp(prefix="image-", dir=self.cache.root))
+                picture = folder / ("picture" + Path(task["params"]["image"]).suffix)
+                picture.write_bytes(inputs["image"]["image"])
+                task = {**task, "params": {**task["params"], "image": str(picture)}}
+                written.append(folder)
+            self.current = task
+            self._produce(task)
+            written.append(task["key"])
+            return {f.name: f.read_bytes() for f in self.cache.files(task["key"])}
+        finally:
+            self.current = None
+            for entry in written:
+                if isinstance(entry, Path):
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    self.cache.discard(entry)
 
     def _produce(self, task: dict):
         """Run the task's handler into a fresh cache entry. Out of memory: free every loaded

@@ -1,0 +1,270 @@
+"""`farm work --ray`: the same jobs drawn by Ray actors on a local Ray instance (CPU actors,
+tiny models): byte-identical videos, an actor killed mid-task, affinity across actors, and
+Ray's absence. Skipped, saying why, where Ray is not installed."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL
+from test_farm import wait_for
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is an optional extra: pip install 'farm[ray]'")
+
+
+# segment[0] takes 100 steps: long enough to be caught in flight; the others stay quick
+SLOW_FIRST = SMALL.replace('seconds = 1.0\n', 'seconds = 1.0\nmotion = { steps = 100 }\n', 1)
+assert SLOW_FIRST != SMALL
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def render_here(cli, path, home, monkeypatch):
+    """The reference: `farm render` in this process, in its own FARM_HOME."""
+    monkeypatch.setenv("FARM_HOME", str(home))
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0, err
+    return sha(json.loads(out)["output"])
+
+
+def homes(built_models, tmp_path, *names):
+    import shutil
+
+    out = []
+    for name in names:
+        shutil.copytree(built_models, tmp_path / name / "models")
+        out.append(tmp_path / name)
+    return out
+
+
+def test_without_ray_the_cli_says_how_to_get_it(cli, monkeypatch, farm_home):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, installed or not
+    code, out, err = cli("work", "--ray", "local", "--cpu", "--until-empty")
+    assert code == 2 and out == ""
+    assert "pip install 'farm[ray]'" in err and "Traceback" not in err
+    code, _, err = cli("work", "--ray", "auto", "--gpus", "0")
+    assert code == 2 and "--gpus" in err
+
+
+@needs_ray
+def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cli, tmp_path, monkeypatch):
+    path = write_spec(SMALL)
+    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
+    clean = render_here(cli, path, clean_home, monkeypatch)
+    (path.parent / "out" / "small.mp4").unlink()
+
+    monkeypatch.setenv("FARM_HOME", str(ray_home))
+    job = json.loads(cli("submit", path, "--json")[1])["job"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, not this process's
+    proc = subprocess.run([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2",
+                           "--until-empty"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert sha(path.parent / "out" / "small.mp4") == clean
+    conn = sqlite3.connect(ray_home / "queue.db")
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
+    runners = {w for (w,) in conn.execute("SELECT DISTINCT worker FROM tasks WHERE job_id = ?", (job,))}
+    assert runners and all(w.startswith("ray:") for w in runners)
+    started = [json.loads(d) for (d,) in conn.execute("SELECT data FROM events WHERE event = 'worker.started'")]
+    assert len({s["pid"] for s in started}) == 2 and all(s["node"] for s in started)  # the actors' own processes
+    assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0  # unregistered on exit
+    # the driver published every output into the head's cache: a second render is all hits
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0 and json.loads(out)["tasks"]["run"] == 0
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance for the tests below (2 CPUs: two CPU actors)."""
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'farm[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def running(db, task):
+    """(pid of the actor holding `task`, task id) while it is running, else None."""
+    try:
+        conn = sqlite3.connect(db)
+        row = conn.execute("SELECT w.pid, t.id FROM workers w JOIN tasks t ON t.lease_owner = w.name "
+                           "WHERE t.name = ? AND t.state = 'running'", (task,)).fetchone()
+        conn.close()
+        return row
+    except sqlite3.OperationalError:
+        return None
+
+
+def driver_for(home, **kwargs):
+    """A driver with two CPU actors. Two torch threads each, as the in-process reference
+    render has (conftest): on the CPU, torch sums in another order with another thread
+    count, and after 100 steps the pixels differ."""
+    from farm.cache import Cache
+    from farm.cluster import Driver
+    from farm.queue import Queue
+
+    kwargs.setdefault("env", {"FARM_HOME": str(home)})
+    return Driver(Queue(home / "queue.db"), Cache(home / "cache"), actors=2, gpu=False, threads=2, **kwargs)
+
+
+@needs_ray
+def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_local, built_models, write_spec, cli,
+                                                                        tmp_path, monkeypatch):
+    path = write_spec(SLOW_FIRST)
+    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
+    clean = render_here(cli, path, clean_home, monkeypatch)
+    (path.parent / "out" / "small.mp4").unlink()
+
+    monkeypatch.setenv("FARM_HOME", str(ray_home))
+    job = json.loads(cli("submit", path, "--json")[1])["job"]
+    driver = driver_for(ray_home, lease=2)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(code=driver.run()), daemon=True)
+    thread.start()
+    db = ray_home / "queue.db"
+    pid, task_id = wait_for(lambda: running(db, "segment[0]"))
+
+    status = json.loads(cli("status", "--json")[1])  # Ray actors are workers, with their node
+    actors = {w["pid"]: w for w in status["workers"]}
+    assert len(actors) == 2 and os.getpid() not in actors
+    assert actors[pid]["node"] == ray_local.get_runtime_context().get_node_id()
+    assert actors[pid]["task"] is not None and actors[pid]["device"] == "cpu"
+
+    os.kill(pid, signal.SIGKILL)  # the actor's process dies mid-segment; Ray restarts it
+    thread.join(timeout=300)
+    assert not thread.is_alive() and result["code"] == 0
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
+    events = [e for (e,) in conn.execute("SELECT event FROM events WHERE task_id = ? ORDER BY id", (task_id,))]
+    assert events == ["task.started", "task.lease_expired", "task.started", "task.done"]
+    attempts = conn.execute("SELECT attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+    assert attempts == 2
+    done = conn.execute("SELECT task_id, count(*) FROM events WHERE event IN ('task.done', 'task.cached') "
+                        "GROUP BY task_id HAVING count(*) > 1").fetchall()
+    assert done == []  # no task counted twice
+    restarted = conn.execute("SELECT count(*) FROM events WHERE event = 'worker.started'").fetchone()[0]
+    assert restarted == 3  # two actors, and the killed one again
+    assert sha(path.parent / "out" / "small.mp4") == clean
+    written = json.loads((path.parent / "out" / "small.manifest.json").read_text())
+    assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
+
+
+ONE_FRAME = """
+[shot]
+name = "{name}"
+fps = 8
+size = [32, 32]
+seed = {seed}
+out = "out/{name}.mp4"
+
+[keyframes]
+model = "{model}"
+steps = 2
+
+[motion]
+model = "hold"
+
+[[frames]]
+prompt = "a boat"
+seconds = 0.5
+"""
+
+
+@needs_ray
+def test_two_models_on_two_actors_each_keeps_its_own(ray_local, built_models, write_spec, cli, tmp_path,
+                                                     monkeypatch):
+    (home,) = homes(built_models, tmp_path, "ray")
+    monkeypatch.setenv("FARM_HOME", str(home))
+    # shots of two keyframe models, submitted as a studio would: one of each, then again
+    specs = [write_spec(ONE_FRAME.format(name=f"{model}-{seed}", seed=seed, model=model), f"{model}-{seed}.toml")
+             for seed in (1, 2) for model in ("tiny", "tiny-sdxl")]
+    code, out, err = cli("submit", *specs, "--json")
+    assert code == 0, err
+    driver = driver_for(home)
+    assert driver.run() == 0
+    conn = sqlite3.connect(home / "queue.db")
+    assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'done'").fetchone()[0] == 4
+    by_model = {}
+    for model, worker in conn.execute("SELECT model, worker FROM tasks WHERE model IS NOT NULL"):
+        by_model.setdefault(model, set()).add(worker)
+    assert len(by_model) == 2 and all(len(w) == 1 for w in by_model.values())  # each model stayed on one actor
+    assert len(set().union(*by_model.values())) == 2  # ...a different one each
+    calls = driver.calls()
+    assert sorted(c["load"] for c in calls.values()) == [1, 1]  # each actor loaded one model, once
+    assert sorted(c["keyframe"] for c in calls.values()) == [2, 2]
+    for spec in specs:  # and the videos are there
+        assert (spec.parent / "out" / f"{spec.stem}.mp4").stat().st_size > 0
+
+
+def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing(tmp_path, monkeypatch):
+    from farm.cluster import ModelMissing, _on_this_node
+    from farm.errors import FarmError
+    from farm.worker import Worker
+
+    model = {"name": "sdxl", "identity": "hub:org/big@abc123", "source": "/head/hf/models--org--big/snapshots/abc123"}
+    task = {"name": "keyframe[0]", "kind": "keyframe", "params": {"model": model, "prompt": "x"}}
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelMissing) as e:
+        _on_this_node(task)
+    assert "farm models pull sdxl" in e.value.message
+    assert isinstance(e.value, FarmError) and Worker(None, None, device="cpu").failure(task, e.value) == (
+        e.value.message, True)  # retried: another node may have it
+    here = tmp_path / "hub" / "models--org--big" / "snapshots" / "abc123"
+    here.mkdir(parents=True)
+    moved = _on_this_node(task)
+    assert moved["params"]["model"]["source"] == str(here) and moved["params"]["prompt"] == "x"
+    assert task["params"]["model"]["source"].startswith("/head/")  # the claimed task itself is untouched
+    builtin = {"params": {"model": {"name": "tiny", "identity": "x", "source": "builtin:text-to-image"}}}
+    assert _on_this_node(builtin) is builtin
+
+
+@needs_ray
+def test_a_node_without_the_model_gives_its_task_to_one_that_has_it(ray_local, built_models, write_spec, cli,
+                                                                   tmp_path, monkeypatch, capsys):
+    import shutil
+
+    (home,) = homes(built_models, tmp_path, "ray")
+    monkeypatch.setenv("FARM_HOME", str(home))
+    head_hub, commit = tmp_path / "head-hub", "c0ffee" * 6 + "beef"
+    for repo in ("studio--tiny", "studio--gone"):  # two "hub" models (the tiny one's files) the head plans with
+        shutil.copytree(built_models / "text-to-image-recipe1", head_hub / f"models--{repo}" / "snapshots" / commit)
+        (head_hub / f"models--{repo}" / "refs").mkdir()
+        (head_hub / f"models--{repo}" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(head_hub))
+    three = ONE_FRAME.replace('[[frames]]\nprompt = "a boat"\nseconds = 0.5\n',
+                              "".join(f'[[frames]]\nprompt = "boat {i}"\nseconds = 0.5\n' for i in range(3)))
+    code, out, err = cli("submit", write_spec(three.format(name="here", seed=1, model="studio/tiny"), "here.toml"),
+                         write_spec(ONE_FRAME.format(name="gone", seed=1, model="studio/gone"), "gone.toml"), "--json")
+    assert code == 0, err
+    here, gone = (json.loads(line)["job"] for line in out.splitlines())
+    # node 1 has studio/tiny in its own cache; node 0 has nothing; nobody has studio/gone any more
+    node1 = tmp_path / "node1-hub"
+    head_hub.rename(node1)
+    shutil.rmtree(node1 / "models--studio--gone")
+    envs = [{"FARM_HOME": str(home), "HF_HUB_CACHE": str(tmp_path / f"node{i}-hub")} for i in range(2)]
+    driver = driver_for(home, env=envs)
+    assert driver.run() == 0
+    err = capsys.readouterr().err
+    conn = sqlite3.connect(home / "queue.db")
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (here,)).fetchone() == ("done",)
+    workers = {w for (w,) in conn.execute("SELECT worker FROM tasks WHERE job_id = ? AND kind = 'keyframe'",
+                                          (here,))}
+    assert workers == {driver.slots[1].name}  # the actor whose node has it drew every keyframe
+    attempts = [a for (a,) in conn.execute("SELECT attempts FROM tasks WHERE job_id = ?", (here,))]
+    assert attempts == [1] * len(attempts)  # giving a task back spent no attempt
+    bad = [e for (e,) in conn.execute("SELECT event FROM events WHERE job_id = ? AND event IN "
+                                      "('task.retry', 'task.failed')", (here,))]
+    assert bad == []
+    assert err.count("'studio/tiny' is not on node") == 1  # said once
+    state, error = conn.execute("SELECT state, error FROM jobs WHERE id = ?", (gone,)).fetchone()
+    assert state == "failed" and "'studio/gone' is not on node" in error and "no other node" in error
