@@ -52,10 +52,12 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 # [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
-               "defaults", "options", "memory", "accelerate", "cache_threshold")
+               "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames")
 # `accelerate` and `cache_threshold` (farm/accelerate.py) are kept in a ModelRef's defaults but
 # are not call options either: plan._model puts them in task keys on their own.
-NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold")
+# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/timing.py) too.
+NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold", "fps",
+                    "max_frames")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
 
 
@@ -131,7 +133,24 @@ def preset_defaults(name: str, preset: dict) -> dict:
         defaults["accelerate"] = check_features(preset["accelerate"], f"preset {name!r}: accelerate")
     if "cache_threshold" in preset:
         defaults["cache_threshold"] = check_threshold(preset["cache_threshold"], f"preset {name!r}: cache_threshold")
+    defaults.update(_preset_time(name, preset))
     return defaults
+
+
+def _preset_time(name: str, preset: dict) -> dict:
+    """A motion preset's `fps` (the rate its model was trained at) and `max_frames` (its window)."""
+    out = {}
+    for key, integer, hi in (("fps", False, 240), ("max_frames", True, 10_000)):
+        if key not in preset:
+            continue
+        v = preset[key]
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not 0 < v <= hi:
+            what = "an integer" if integer else "a number"
+            raise FarmError(f"Preset {name!r}: {key} must be {what} > 0 and <= {hi}, got {v!r}.", code=2)
+        if preset.get("role") != "motion":
+            raise FarmError(f"Preset {name!r}: {key} applies to motion models only.", code=2)
+        out[key] = v
+    return out
 
 
 def _drivable() -> str:
@@ -477,6 +496,7 @@ def describe(name: str) -> dict:
             "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
             "trust_remote_code": preset.get("trust_remote_code", False),
             "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
+            "fps": preset.get("fps"), "max_frames": preset.get("max_frames"),
             "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
     for key in ("accelerate", "cache_threshold"):  # farm/accelerate.py; only when the preset sets them
         if key in preset:
