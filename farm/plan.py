@@ -135,7 +135,7 @@ def _segment(spec: Spec, fr, i: int, first: Task, last: Task | None, frames: int
     call = {"model": _model(m.model, m.loras), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
             "steps": m.steps, "guidance": m.guidance, "model_fps": time.fps, **size}
     retime = {"clips": list(time.clips), "native": time.native, "rate": str(time.rate), "ends": time.ends,
-              "retime": m.retime}
+              "model_fps": time.fps, "retime": m.retime}
     where = _where(m.model, m.loras)
     if len(time.clips) == 1:
         inputs = {**base, **call, "seed": m.seed, **retime}

@@ -274,5 +274,6 @@ def _nearest_sizes(rule: Shape, width: int, height: int) -> list[tuple[int, int]
         return sorted({lo, hi})
 
     ws, hs = candidates(width, rule.max_width), candidates(height, rule.max_height)
-    sizes = sorted({(w, h) for w in ws for h in hs}, key=lambda s: (abs(s[0] - width) + abs(s[1] - height), s))
+    sizes = sorted({(w, h) for w in ws for h in hs},  # closest first, then closest in aspect ratio
+                   key=lambda s: (abs(s[0] - width) + abs(s[1] - height), abs(s[0] / s[1] - width / height), s))
     return sizes[:2]
