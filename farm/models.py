@@ -194,7 +194,7 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
         recipe = source.split(":", 1)[1]
         if recipe not in tiny.BUILDERS:
             raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
-        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.RECIPE}", None, **extra)
+        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.recipe_version(recipe)}", None, **extra)
     if source.endswith(".safetensors"):
         return _resolve_single_file(name, preset, extra)
     hub = f"{source}@{preset['revision']}" if preset.get("revision") and "@" not in source else source
@@ -339,7 +339,7 @@ def local_path(ref: ModelRef) -> Path:
     if not ref.source.startswith("builtin:"):
         return Path(ref.source)
     recipe = ref.source.split(":", 1)[1]
-    dest = home.models_dir() / f"{recipe}-recipe{tiny.RECIPE}"
+    dest = home.models_dir() / f"{recipe}-recipe{tiny.recipe_version(recipe)}"
     if not (dest / "model_index.json").is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))

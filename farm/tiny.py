@@ -6,13 +6,20 @@ download is ever needed. `farm.models` saves the result with `save_pretrained`
 and always loads it back with `from_pretrained`, so the loading path that a real
 model takes is the one that runs. They draw noise, not pictures.
 
-Bump RECIPE when a builder changes: it is part of every task key that uses the
-model, so old cached outputs are not mistaken for new ones.
+Bump a builder's RECIPES entry (or RECIPE, for all) when it changes: it is part of every
+task key that uses the model, so old cached outputs are not mistaken for new ones.
 """
 
 from __future__ import annotations
 
-RECIPE = 2  # 2: the CogVideoX twin's rotary grid covers 128x128 (it stopped at 32x32)
+RECIPE = 1
+# A builder's own RECIPE when it changed after others shipped, so the others' keys stay.
+# cogvideox 2: its rotary grid covers 128x128 (at 1 it stopped at 32x32, below its own default).
+RECIPES = {"cogvideox": 2}
+
+
+def recipe_version(recipe: str) -> int:
+    return RECIPES.get(recipe, RECIPE)
 
 # The denoiser settings that decide which sizes and frame counts a twin accepts (patch sizes,
 # position embedding extents), which farm/timing.py reads without building the model. The
