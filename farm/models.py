@@ -36,7 +36,8 @@ FFMPEG_MOTION = ("hold", "crossfade")
 # 4x and 8x with a causal first frame); `last_frame` says whether it takes an end frame;
 # `multiple_of` is the side length granularity (VAE scale times patch size: SD's UNet 8,
 # SD3/Flux 8x2, Wan/CogVideoX 1.5 8x2, LTX's 32x VAE with patch 1). How each is called
-# lives in farm/pipeline.py.
+# lives in farm/pipeline.py; farm/timing.py refines these rules from each model's own config
+# (CogVideoX 1.5's temporal patches make it 8k+1; position embeddings bound sizes).
 PIPELINES = {
     "StableDiffusionPipeline": {"role": "keyframes", "multiple_of": 8},
     "StableDiffusionXLPipeline": {"role": "keyframes", "multiple_of": 8},
@@ -44,7 +45,7 @@ PIPELINES = {
     "FluxPipeline": {"role": "keyframes", "multiple_of": 16},
     "WanImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": True},
     "LTXConditionPipeline": {"role": "motion", "multiple_of": 32, "frames": (8, 1), "last_frame": True},
-    "CogVideoXImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": False},
+    "CogVideoXImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (8, 1), "last_frame": False},
 }
 ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "upscale"}
 
