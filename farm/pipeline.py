@@ -24,7 +24,20 @@ def generator(seed: int):
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def keyframe(pipe, params: dict) -> Image.Image:
+def _steps(on_step) -> dict:
+    """`callback_on_step_end` calling `on_step(i)` between denoising steps: where a worker
+    whose lease was lost stops (by raising) instead of finishing another attempt's work."""
+    if on_step is None:
+        return {}
+
+    def callback(pipe, i, t, tensors):
+        on_step(i)
+        return tensors
+
+    return {"callback_on_step_end": callback}
+
+
+def keyframe(pipe, params: dict, on_step=None) -> Image.Image:
     """1. encode the prompt, 2. denoise, 3. decode: one text-to-image call."""
     return pipe(
         prompt=params["prompt"],
@@ -34,6 +47,7 @@ def keyframe(pipe, params: dict) -> Image.Image:
         width=params["width"],
         height=params["height"],
         generator=generator(params["seed"]),
+        **_steps(on_step),
         **params["model"]["options"],
     ).images[0]
 
@@ -73,7 +87,7 @@ CONDITIONING = {
 
 
 def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frames: int,
-         seed: int) -> list[Image.Image]:
+         seed: int, on_step=None) -> list[Image.Image]:
     """Generate one clip of `frames` frames at the model's rate (farm/timing.py chose the
     count: the family's rule, within its window), starting at `first` and, when given (and
     the family takes one), ending at `last`. Returns every generated frame."""
@@ -92,6 +106,7 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
             generator=generator(seed),
             output_type="pil",
             **CONDITIONING[family](params, first, last, frames),
+            **_steps(on_step),
             **params["model"]["options"],
         ).frames[0]
     if len(out) != frames:

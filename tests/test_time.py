@@ -204,11 +204,11 @@ def test_a_crash_mid_chain_resumes_at_the_clip(write_spec, home_with_models, mon
     path = write_spec(shot(seconds=6, fps=8))
     real, made = pipeline.clip, []
 
-    def flaky(pipe, params, first, last, frames, seed):
+    def flaky(pipe, params, first, last, frames, seed, on_step=None):
         if params.get("clip") == 1 and not made:
             made.append("crashed")
             raise RuntimeError("the GPU fell over")
-        return real(pipe, params, first, last, frames, seed)
+        return real(pipe, params, first, last, frames, seed, on_step)
 
     monkeypatch.setattr(pipeline, "clip", flaky)
     w = worker_for(home_with_models)
