@@ -30,6 +30,7 @@ MAX_PICTURE_SIDE = 16384  # a keyframe picture; larger ones are refused (a "deco
 # Text encoders read at most a few hundred tokens (CLIP 77, T5 and UMT5 512): 4,096 characters
 # is about twice the longest window, and keeps a 200 MB "prompt" out of the tokenizers.
 MAX_PROMPT = 4096
+MAX_SPEC_BYTES = 16 << 20
 MAX_FRAME_SECONDS = 600.0
 MAX_TOTAL_FRAMES = 500_000
 MAX_FRAMES = 10_000
@@ -121,6 +122,10 @@ def read(path: Path) -> tuple[dict, str, bytes]:
     if path.is_dir():
         raise FarmError(f"{path} is a folder, not a job spec. Give the path of a .toml file.", code=2)
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:  # parsing a 200 MB "spec" would take minutes and GBs before any check
+            raise FarmError(f"{path} is {size / 1e6:.0f} MB; a job spec may be at most {MAX_SPEC_BYTES >> 20} MB "
+                            f"(prompts are at most {MAX_PROMPT:,} characters each).", code=2)
         raw = path.read_bytes()
     except OSError as e:
         raise FarmError(f"{path}: cannot read the job spec ({e.strerror or e}).", code=2) from None

@@ -437,6 +437,8 @@ def test_preset_defaults_go_through_the_specs_checks(home_with_models, write_spe
 def test_a_huge_prompt_is_refused(home_with_models, write_spec, cli):
     code, _, err = cli("render", write_spec(animatic().replace("a red boat", "boat " * 2000)))
     assert code == 2 and "at most 4,096" in err
+    code, _, err = cli("render", write_spec(animatic().replace("a red boat", "boat " * 4_000_000), "huge.toml"))
+    assert code == 2 and "20 MB" in err and "at most 16 MB" in err
 
 
 def test_caption_wrapping_is_linear():
@@ -588,3 +590,42 @@ def test_gc_needs_a_limit_and_reads_the_config(home_with_models, farm_home, cli)
     assert code == 0 and json.loads(out)["removed"] == 0
     code, _, err = cli("gc", "--max-size", "lots")
     assert code == 2 and "200G" in err
+
+
+def test_cache_entries_are_fsynced_before_they_are_published(tmp_path, monkeypatch):
+    from farm import cache as cache_mod, files
+
+    synced, order = [], []
+    real_sync, real_rename = files.fsync_path, os.rename
+    monkeypatch.setattr(files, "fsync_path", lambda p: (synced.append(Path(p).name), real_sync(p)))
+    monkeypatch.setattr(cache_mod.os, "rename", lambda a, b: (order.append(list(synced)), real_rename(a, b)))
+    c = cache_mod.Cache(tmp_path / "cache")
+    with c.writing("ab" * 32) as out:
+        (out / "image.png").write_bytes(b"pixels")
+    before_rename = order[0]
+    assert "image.png" in before_rename and ".entry.json" in before_rename
+    assert any(name.startswith(".tmp-") for name in before_rename)  # the folder itself
+    assert synced[-1] == "ab"  # and the parent, after the rename
+    assert c.has("ab" * 32)
+
+
+def test_farm_work_prunes_the_cache_between_jobs(home_with_models, write_spec, farm_home, monkeypatch):
+    from farm import home, plan, spec
+    from farm.cache import Cache
+    from farm.queue import Queue
+    from farm.worker import Worker
+
+    monkeypatch.setenv("FARM_CACHE_MAX_SIZE", "0")
+    q = Queue(home.db_path())
+    path = write_spec(animatic())
+    first = q.submit(plan.build(spec.load(path)))
+    second = q.submit(plan.build(spec.load(write_spec(animatic("renders/b.mp4").replace("a red boat", "a blue boat"),
+                                                       "b.toml"))))
+    worker = Worker(q, Cache(home.cache_dir()), name="w1")
+    with worker:
+        worker.drain(first)
+        left = {r.parent.name for r in (farm_home / "cache").rglob(".entry.json")}
+        assert left and left <= q.live_keys()  # only what the queued second job needs is kept
+        worker.drain(second)
+    assert not list((farm_home / "cache").rglob(".entry.json"))
+    assert (path.parent / "renders" / "anim.mp4").is_file() and (path.parent / "renders" / "b.mp4").is_file()
