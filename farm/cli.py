@@ -75,6 +75,34 @@ def render(
     render_all(spec, db=db, progress=not quiet, on_result=report, retries=retries, force=force)
 
 
+@app.command("plan")
+def plan_cmd(
+    spec: Annotated[Path, typer.Argument(help="The job spec (a storyboard .toml file).")],
+    json_out: JsonOpt = False,
+    db: DbOpt = None,
+):
+    """Validate and plan a storyboard without rendering: every task, whether the cache has it,
+    each segment's clips at the model's frame rate, and the time it should take."""
+    from .forecast import forecast
+
+    for result in forecast(spec, db=db):
+        typer.echo(json.dumps(result) if json_out else _plan_text(result))
+
+
+def _plan_text(result: dict) -> str:
+    def seconds(s):
+        return "unknown" if s is None else f"{s:.1f}s" if s < 120 else f"{s / 60:.1f} min"
+
+    lines = [f"{result['name']}: {len(result['tasks'])} tasks, {result['run']} to run, {result['cached']} cached, "
+             f"estimated {seconds(result['estimate_s'])}"]
+    w = max(len(t["name"]) for t in result["tasks"])
+    for t in result["tasks"]:
+        clips = " + ".join(f"{c['frames']}@{c['fps']:g}fps" for c in t.get("clips") or [])
+        state = "cached" if t["cached"] else f"run ~{seconds(t['estimate_s'])}"
+        lines.append(f"  {t['name']:<{w}}  {t['kind']:<8}  {t['model'] or '-':<16}  {state:<16}  {clips}".rstrip())
+    return "\n".join(lines)
+
+
 models_app = typer.Typer(no_args_is_help=False, help="List, show and fetch model presets (presets/*.toml).")
 app.add_typer(models_app, name="models")
 

@@ -121,6 +121,41 @@ def crossfade(first: Path, last: Path, frames: int, fps: float, out_dir: Path):
     run(stream, f"cross-fading {first} into {last}", time_limit(2 * frames, *_size(first)))
 
 
+# retime mode -> the ffmpeg filter that makes frames between a model's (farm/timing.py).
+# minterpolate's default mode is motion-compensated (mi_mode=mci, bidirectional motion
+# estimation on 16-px blocks); framerate blends the two nearest frames by their distance.
+RETIME_FILTERS = {"interpolate": "minterpolate", "blend": "framerate"}
+
+
+def retime(frames: list[Path], rate: str, fps: str, count: int, mode: str, out_dir: Path):
+    """Retime frames that sit at `rate` (a rational like "16" or "33/2") to `count` frames at
+    `fps` (also a rational), written as out_dir/000000.png ...: frame k is the picture at
+    time k / fps.
+
+    The last frame is held (tpad) so that shot frames after the last native one, as in a
+    first-frame-only family's segment, still have a picture to come from."""
+    with tempfile.TemporaryDirectory(prefix=".farm-retime-", dir=out_dir) as tmp:
+        seq = Path(tmp)
+        for i, src in enumerate(frames):
+            try:
+                os.link(src, seq / f"{i:06d}.png")
+            except OSError:
+                shutil.copyfile(src, seq / f"{i:06d}.png")
+        target = fps
+        stream = ffmpeg.input(str(seq / "%06d.png"), framerate=rate, start_number=0)
+        stream = stream.filter("tpad", stop_mode="clone", stop=4)
+        stream = stream.filter(RETIME_FILTERS[mode], fps=target)
+        # minterpolate's motion search costs several times an encode per pixel (720p: a few
+        # frames a second on 2 cores), so its limit is 10x the encoders'.
+        limit = time_limit(len(frames) + count, *_size(frames[0])) * (10 if mode == "interpolate" else 1)
+        run(stream.output(str(out_dir / "%06d.png"), vframes=count, start_number=0, vcodec="png", pix_fmt="rgb24"),
+            f"retiming {len(frames)} frames at {rate} fps to {count} at {target} ({mode})", limit)
+    made = sorted(out_dir.glob("*.png"))
+    if len(made) != count:
+        raise FarmError(f"ffmpeg's {RETIME_FILTERS[mode]} made {len(made)} frames where {count} were asked "
+                        f"(from {len(frames)} frames at {rate} fps to {target} fps)")
+
+
 def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out: Path):
     """Encode a list of PNG frames into `out` (a video file, or a folder for codec "png").
 

@@ -39,7 +39,8 @@ FFMPEG_MOTION = ("hold", "crossfade")
 # 4x and 8x with a causal first frame); `last_frame` says whether it takes an end frame;
 # `multiple_of` is the side length granularity (VAE scale times patch size: SD's UNet 8,
 # SD3/Flux 8x2, Wan/CogVideoX 1.5 8x2, LTX's 32x VAE with patch 1). How each is called
-# lives in farm/pipeline.py.
+# lives in farm/pipeline.py; farm/timing.py refines these rules from each model's own config
+# (CogVideoX 1.5's temporal patches make it 8k+1; position embeddings bound sizes).
 PIPELINES = {
     "StableDiffusionPipeline": {"role": "keyframes", "multiple_of": 8},
     "StableDiffusionXLPipeline": {"role": "keyframes", "multiple_of": 8},
@@ -47,7 +48,7 @@ PIPELINES = {
     "FluxPipeline": {"role": "keyframes", "multiple_of": 16},
     "WanImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": True},
     "LTXConditionPipeline": {"role": "motion", "multiple_of": 32, "frames": (8, 1), "last_frame": True},
-    "CogVideoXImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": False},
+    "CogVideoXImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (8, 1), "last_frame": False},
 }
 ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "upscale"}
 
@@ -55,10 +56,12 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 # [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
-               "defaults", "options", "memory", "accelerate", "cache_threshold")
+               "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames")
 # `accelerate` and `cache_threshold` (farm/acceleration/settings.py) are kept in a ModelRef's defaults but
 # are not call options either: plan._model puts them in task keys on their own.
-NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold")
+# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/timing.py) too.
+NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold", "fps",
+                    "max_frames")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
 
 
@@ -142,7 +145,24 @@ def preset_defaults(name: str, preset: dict) -> dict:
         defaults["accelerate"] = check_features(preset["accelerate"], f"preset {name!r}: accelerate")
     if "cache_threshold" in preset:
         defaults["cache_threshold"] = check_threshold(preset["cache_threshold"], f"preset {name!r}: cache_threshold")
+    defaults.update(_preset_time(name, preset))
     return defaults
+
+
+def _preset_time(name: str, preset: dict) -> dict:
+    """A motion preset's `fps` (the rate its model was trained at) and `max_frames` (its window)."""
+    out = {}
+    for key, integer, hi in (("fps", False, 240), ("max_frames", True, 10_000)):
+        if key not in preset:
+            continue
+        v = preset[key]
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not 0 < v <= hi:
+            what = "an integer" if integer else "a number"
+            raise FarmError(f"Preset {name!r}: {key} must be {what} > 0 and <= {hi}, got {v!r}.", code=2)
+        if preset.get("role") != "motion":
+            raise FarmError(f"Preset {name!r}: {key} applies to motion models only.", code=2)
+        out[key] = v
+    return out
 
 
 def _drivable() -> str:
@@ -190,7 +210,7 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
         recipe = source.split(":", 1)[1]
         if recipe not in tiny.BUILDERS:
             raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
-        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.RECIPE}", None, **extra)
+        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.recipe_version(recipe)}", None, **extra)
     if source.endswith(".safetensors"):
         return _resolve_single_file(name, preset, extra)
     hub = f"{source}@{preset['revision']}" if preset.get("revision") and "@" not in source else source
@@ -303,7 +323,7 @@ def local_path(ref: ModelRef) -> Path:
     if not ref.source.startswith("builtin:"):
         return Path(ref.source)
     recipe = ref.source.split(":", 1)[1]
-    dest = home.models_dir() / f"{recipe}-recipe{tiny.RECIPE}"
+    dest = home.models_dir() / f"{recipe}-recipe{tiny.recipe_version(recipe)}"
     if not (dest / "model_index.json").is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -485,6 +505,7 @@ def describe(name: str) -> dict:
             "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
             "trust_remote_code": preset.get("trust_remote_code", False),
             "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
+            "fps": preset.get("fps"), "max_frames": preset.get("max_frames"),
             "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
     for key in ("accelerate", "cache_threshold"):  # farm/accelerate.py; only when the preset sets them
         if key in preset:

@@ -1,4 +1,4 @@
-"""Calling diffusers pipelines: a keyframe from text, a segment between two keyframes.
+"""Calling diffusers pipelines: a keyframe from text, a clip of video from its keyframes.
 
 Each call takes the task's params and returns PIL images. Noise comes from a CPU generator
 seeded by the task alone, so a task draws the same pixels whatever ran before it and on
@@ -11,7 +11,7 @@ per pipeline class that turns (first, last) into that family's keyword arguments
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 
 from PIL import Image, ImageOps
 
@@ -57,15 +57,9 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
 
 
-def frame_count(pipeline: str, wanted: int) -> int:
-    """The smallest frame count >= wanted that the family can generate (Wan: 4k+1)."""
-    step, offset = models.PIPELINES[pipeline].get("frames", (1, 0))
-    return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
-
-
 def _first_last(params, first, last, generated):
-    """Wan 2.1 FLF2V / Wan 2.2: `image` and `last_image`."""
-    return {"image": first, "last_image": last if last is not None else first}
+    """Wan 2.1 FLF2V / Wan 2.2: `image` and `last_image` (none for a clip that runs free)."""
+    return {"image": first, "last_image": last}
 
 
 def _ltx_conditions(params, first, last, generated):
@@ -73,10 +67,11 @@ def _ltx_conditions(params, first, last, generated):
     a latent frame boundary (index 8k), which the condition pipeline requires."""
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
-    end = last if last is not None else first
-    return {"conditions": [LTXVideoCondition(image=first, frame_index=0),
-                           LTXVideoCondition(image=end, frame_index=generated - 1)],
-            "frame_rate": max(1, round(params["fps"]))}  # LTX conditions its motion on the frame rate
+    conditions = [LTXVideoCondition(image=first, frame_index=0)]
+    if last is not None:
+        conditions.append(LTXVideoCondition(image=last, frame_index=generated - 1))
+    # LTX conditions its motion on the frame rate: the model's rate, at which farm generates.
+    return {"conditions": conditions, "frame_rate": max(1, round(params["model_fps"]))}
 
 
 def _first_only(params, first, last, generated):
@@ -91,31 +86,54 @@ CONDITIONING = {
 }
 
 
-def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None, on_step=None) -> list[Image.Image]:
-    """Fill a segment: generate from the first keyframe towards the next one (when the
-    family takes an end frame), then pick the segment's frames evenly from what came out.
-
-    With an end frame, the N frames of the segment are the first N of N + 1 evenly spaced
-    samples that end on the next keyframe, which the next segment shows. The last segment
-    has no next keyframe: a first/last-frame model then returns to its own keyframe (a
-    loop), as such models are conditioned on both ends."""
-    n = params["frames"]
+def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frames: int,
+         seed: int, on_step=None) -> list[Image.Image]:
+    """Generate one clip of `frames` frames at the model's rate (farm/timing.py chose the
+    count: the family's rule, within its window), starting at `first` and, when given (and
+    the family takes one), ending at `last`. Returns every generated frame."""
     family = params["model"]["pipeline"]
-    ends = models.PIPELINES[family].get("last_frame", False)
-    generated = frame_count(family, n + 1 if ends else n)
-    frames = pipe(
-        prompt=params["prompt"],
-        negative_prompt=params["negative_prompt"] or None,
-        num_frames=generated,
-        num_inference_steps=params["steps"],
-        guidance_scale=params["guidance"],
-        width=params["width"],
-        height=params["height"],
-        generator=generator(params["seed"]),
-        output_type="pil",
-        **CONDITIONING[family](params, first, last, generated),
-        **_steps(on_step),
-        **params["model"]["options"],
-    ).frames[0]
-    span = n if ends else max(n - 1, 1)
-    return [frames[round(i * (len(frames) - 1) / span)] for i in range(n)]
+    if not models.PIPELINES[family].get("last_frame", False):
+        last = None
+    with _one_image_twice(pipe, last is None and family == "WanImageToVideoPipeline"):
+        out = pipe(
+            prompt=params["prompt"],
+            negative_prompt=params["negative_prompt"] or None,
+            num_frames=frames,
+            num_inference_steps=params["steps"],
+            guidance_scale=params["guidance"],
+            width=params["width"],
+            height=params["height"],
+            generator=generator(seed),
+            output_type="pil",
+            **CONDITIONING[family](params, first, last, frames),
+            **_steps(on_step),
+            **params["model"]["options"],
+        ).frames[0]
+    if len(out) != frames:
+        from .errors import FarmError
+
+        raise FarmError(f"{type(pipe).__name__} returned {len(out)} frames where {frames} were asked: farm's frame "
+                        f"rule for {family} (farm/timing.py) does not match the model; please report it")
+    return list(out)
+
+
+@contextmanager
+def _one_image_twice(pipe, active: bool):
+    """Wan 2.1 FLF2V's image embedder takes the CLIP tokens of two pictures (first and last
+    frame), and diffusers refuses `image_embeds` next to `image`. A clip with no end frame
+    (the first or a middle clip of a chain) is conditioned on its first frame's pixels only,
+    and gives its CLIP tokens twice, for the first and for the (absent) last."""
+    embedder = getattr(getattr(getattr(pipe, "transformer", None), "condition_embedder", None), "image_embedder", None)
+    if not active or getattr(embedder, "pos_embed", None) is None or getattr(pipe, "image_encoder", None) is None:
+        yield
+        return
+    encode = pipe.encode_image
+
+    def twice(image, device=None):
+        return encode(image if isinstance(image, list) else [image, image], device)
+
+    pipe.encode_image = twice
+    try:
+        yield
+    finally:
+        del pipe.encode_image  # the class's method again

@@ -13,12 +13,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from . import timing
 from .acceleration import settings
 from .digest import file_digest
 from .spec import Spec
 
 # Bump a kind's version when the code that makes its output changes what it makes.
-VERSIONS = {"keyframe": 1, "segment": 1, "assemble": 1}
+# segment 2: generated at the model's frame rate and retimed to the shot's (farm/timing.py).
+VERSIONS = {"keyframe": 1, "segment": 2, "clip": 1, "assemble": 1}
 
 
 @dataclass(frozen=True)
@@ -105,26 +107,57 @@ def build(spec: Spec) -> Plan:
     starts = spec.frame_starts()
     segments: list[Task] = []
     for i, fr in enumerate(spec.frames):
-        m = fr.motion
         first = keyframes[i]
         last = keyframes[i + 1] if i + 1 < len(keyframes) else None
         frames = starts[i + 1] - starts[i]
-        inputs = {"first": first.key, "last": last.key if last else None, "frames": frames, "fps": spec.fps, **size}
-        if m.model.is_ffmpeg:
-            inputs["mode"] = m.model.name
-            model = None
-        else:
-            inputs.update({"model": _model(m.model, m.loras), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
-                           "seed": m.seed, "steps": m.steps, "guidance": m.guidance})
-            model = m.model.identity
-        params = {"frame": i, **inputs, **(_where(m.model, m.loras) if not m.model.is_ffmpeg else {})}
-        deps = (first.name,) + ((last.name,) if last else ())
-        task = Task(f"segment[{i}]", "segment", task_key("segment", inputs), params, deps, model)
-        segments.append(task)
-        tasks.append(task)
+        made = _segment(spec, fr, i, first, last, frames, size)
+        segments.append(made[-1])
+        tasks.extend(made)
 
     inputs = {"segments": [s.key for s in segments], "frames": starts[-1], "fps": spec.fps,
               "codec": spec.codec, "quality": spec.quality, "container": spec.out.suffix.lower(), **size}
     tasks.append(Task("assemble", "assemble", task_key("assemble", inputs), inputs,
                       tuple(s.name for s in segments)))
     return Plan(spec, tasks)
+
+
+def _segment(spec: Spec, fr, i: int, first: Task, last: Task | None, frames: int, size: dict) -> list[Task]:
+    """The tasks of segment i: one task, or, when its frames at the model's rate exceed the
+    model's window, a chain of clip tasks and a segment task that retimes them.
+
+    A model segment covers `frames` shot frames; its motion is generated at the model's own
+    rate (farm/timing.py) and retimed to the shot's fps. Each clip's key holds the key of the
+    clip before it (the first: the keyframe's), and only the last one holds the next
+    keyframe's, so editing that keyframe re-runs the last clip, the retiming and the assembly."""
+    m = fr.motion
+    base = {"first": first.key, "last": last.key if last else None, "frames": frames, "fps": spec.fps, **size}
+    deps = (first.name,) + ((last.name,) if last else ())
+    if m.model.is_ffmpeg:  # an animatic: drawn at the shot's rate, nothing to retime
+        inputs = {**base, "mode": m.model.name}
+        return [Task(f"segment[{i}]", "segment", task_key("segment", inputs), {"frame": i, **inputs}, deps, None)]
+    time = timing.segment(m.model, frames, spec.fps)
+    call = {"model": _model(m.model, m.loras), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
+            "steps": m.steps, "guidance": m.guidance, "model_fps": time.fps, **size}
+    retime = {"clips": list(time.clips), "native": time.native, "rate": str(time.rate), "ends": time.ends,
+              "model_fps": time.fps, "retime": m.retime}
+    where = _where(m.model, m.loras)
+    if len(time.clips) == 1:
+        inputs = {**base, **call, "seed": m.seed, **retime}
+        return [Task(f"segment[{i}]", "segment", task_key("segment", inputs), {"frame": i, **inputs, **where},
+                     deps, m.model.identity)]
+    # The last clip of a first/last-frame family ends on the next keyframe (the last segment
+    # on its own keyframe, a loop, as a one-clip segment does); the others run free.
+    end = (last or first) if time.ends else None
+    clips: list[Task] = []
+    for j, count in enumerate(time.clips):
+        final = j == len(time.clips) - 1
+        prev = clips[-1] if clips else first
+        inputs = {**call, "start": prev.key, "start_is_clip": bool(clips), "end": end.key if final and end else None,
+                  "frames": count, "clip": j, "seed": (m.seed + j) % (2**63)}
+        cdeps = (prev.name,) + ((end.name,) if final and end and end.name != prev.name else ())
+        clips.append(Task(f"segment[{i}].clip[{j}]", "clip", task_key("clip", inputs),
+                          {"frame": i, **inputs, **where}, cdeps, m.model.identity))
+    inputs = {"frames": frames, "fps": spec.fps, **size, **retime, "clip_keys": [c.key for c in clips]}
+    segment = Task(f"segment[{i}]", "segment", task_key("segment", inputs), {"frame": i, **inputs},
+                   tuple(c.name for c in clips), None)
+    return clips + [segment]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from . import acceleration, models, pipeline
+from . import acceleration, models, pipeline, timing
 from .errors import FarmError
 
 
@@ -36,8 +36,10 @@ def sample(pipe, ref) -> list:
     side = 2 * models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 16)
     params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": 2, "guidance": 5.0, "width": side,
               "height": side, "seed": 0, "frames": 1 if ref.role == "keyframes" else 8, "fps": 8,
-              "model": {"pipeline": ref.pipeline, "options": ref.options()}}
+              "model_fps": 8, "model": {"pipeline": ref.pipeline, "options": ref.options()}}
     if ref.role == "keyframes":
         return [pipeline.keyframe(pipe, params)]
     im = Image.new("RGB", (side, side), (90, 120, 200))
-    return pipeline.segment(pipe, params, im, im)
+    rule = timing.shape(ref)
+    frames = rule.offset + rule.step * -(-8 // rule.step)  # the first valid count past 8: 9 for every family
+    return pipeline.clip(pipe, params, im, im, frames, 0)

@@ -133,7 +133,7 @@ def _from_file(path: Path) -> dict:
 
 # --- what differs -----------------------------------------------------------------------------
 
-SHOWN = ("prompt", "image", "negative_prompt", "model", "mode", "seed", "steps", "guidance", "frames")
+SHOWN = ("prompt", "image", "negative_prompt", "model", "mode", "seed", "steps", "guidance", "frames", "retime")
 
 
 def settings(m: dict) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomli
 
-from . import digest, home, models, outputs, sweep
+from . import digest, home, models, outputs, sweep, timing
 from .checks import MAX_STEPS, Checker as _Checker, kind as _kind
 from .encode import CODECS
 from .errors import FarmError, SpecError
@@ -66,6 +66,7 @@ class Motion:
     steps: int
     guidance: float
     loras: tuple[Lora, ...] = ()
+    retime: str = "interpolate"  # how frames at the model's rate become the shot's (farm/timing.py)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _line_index(text: str) -> dict[str, int]:
 SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries", "overwrite")
 ACCELERATION_KEYS = ("accelerate", "cache_threshold")  # a stage's; not per frame
 STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras") + ACCELERATION_KEYS
-MOTION_KEYS = STAGE_KEYS + ("prompt",)
+MOTION_KEYS = STAGE_KEYS + ("prompt", "retime")
 FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "loras",
               "motion")
 LORA_KEYS = ("path", "scale")
@@ -329,6 +330,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     kf_defaults = stage(kf, "keyframes.", kf_model, {})
     mo_defaults = stage(mo, "motion.", mo_model, {})
     mo_prompt = _text(c, mo, "prompt", "motion.", nonempty=False)
+    mo_retime = _retime(c, mo, "motion.", timing.DEFAULT_RETIME)
 
     raw_frames = data.get("frames")
     frames: list[Frame] = []
@@ -386,7 +388,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
                                                       default=fseed),
                           prompt=_text(c, fm, "prompt", p + "motion.", nonempty=False,
                                        default=mo_prompt if mo_prompt is not None else (prompt or "")),
-                          **fmo),
+                          retime=_retime(c, fm, p + "motion.", mo_retime), **fmo),
         ))
 
     spec = Spec(path=path, digest=hashlib.sha256(raw).hexdigest(), name=name, fps=fps, width=width,
@@ -520,12 +522,29 @@ def _check_size(c: _Checker, spec: Spec):
     if spec.codec != "png" and (spec.width % 2 or spec.height % 2):
         c.fail("shot.size", f"{spec.codec} video needs even width and height (4:2:0 / 4:2:2 chroma), "
                             f"got {spec.width}x{spec.height}")
+    _check_models(c, spec)
+
+
+def _check_models(c: _Checker, spec: Spec):
+    """What each model's family can generate (farm/timing.py: side multiples, minimum and
+    maximum sides, fixed sizes, its window against its frame rule), checked once per model so
+    that nothing fails inside a pipeline; each problem names the nearest valid values."""
+    seen = set()
     for fr in spec.frames:
-        for role, ref in (("keyframes", fr.keyframe.model), ("motion", fr.motion.model)):
-            if ref is None or ref.is_ffmpeg:
+        for key, ref in ((f"frames[{fr.index}].model", fr.keyframe.model),
+                         (f"frames[{fr.index}].motion.model", fr.motion.model)):
+            if ref is None or ref.is_ffmpeg or ref.identity in seen:
                 continue
-            multiple = models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 8)
-            if spec.width % multiple or spec.height % multiple:
-                c.fail("shot.size", f"{ref.name} ({ref.pipeline}) needs width and height that are multiples "
-                                    f"of {multiple}, got {spec.width}x{spec.height}")
-                return
+            seen.add(ref.identity)
+            for problem in timing.size_problems(ref, spec.width, spec.height):
+                c.fail("shot.size", problem)
+            for problem in timing.window_problems(ref):
+                c.fail(key, problem)
+
+
+def _retime(c: _Checker, table: dict, prefix: str, default: str) -> str:
+    value = c.string(table, "retime", prefix, default=default)
+    if value not in timing.RETIME:
+        c.fail(prefix + "retime", f"expected one of {', '.join(map(repr, timing.RETIME))}, got {value!r}")
+        return default
+    return value

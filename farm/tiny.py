@@ -6,13 +6,32 @@ download is ever needed. `farm.models` saves the result with `save_pretrained`
 and always loads it back with `from_pretrained`, so the loading path that a real
 model takes is the one that runs. They draw noise, not pictures.
 
-Bump RECIPE when a builder changes: it is part of every task key that uses the
-model, so old cached outputs are not mistaken for new ones.
+Bump a builder's RECIPES entry (or RECIPE, for all) when it changes: it is part of every
+task key that uses the model, so old cached outputs are not mistaken for new ones.
 """
 
 from __future__ import annotations
 
 RECIPE = 1
+# A builder's own RECIPE when it changed after others shipped, so the others' keys stay.
+# cogvideox 2: its rotary grid covers 128x128 (at 1 it stopped at 32x32, below its own default).
+RECIPES = {"cogvideox": 2}
+
+
+def recipe_version(recipe: str) -> int:
+    return RECIPES.get(recipe, RECIPE)
+
+# The denoiser settings that decide which sizes and frame counts a twin accepts (patch sizes,
+# position embedding extents), which farm/timing.py reads without building the model. The
+# builders pass these very dicts; tests/test_time.py checks them against the built configs.
+SHAPES = {
+    "image-to-video": {"patch_size": [1, 2, 2], "rope_max_seq_len": 64},
+    "wan22": {"patch_size": [1, 2, 2], "rope_max_seq_len": 64},
+    "ltx": {"patch_size": 1, "patch_size_t": 1},
+    "cogvideox": {"patch_size": 2, "patch_size_t": 2, "sample_width": 16, "sample_height": 16,
+                  "use_learned_positional_embeddings": False},
+    "sd3": {"patch_size": 2, "pos_embed_max_size": 32},
+}
 
 # Byte-level alphabet with a few specials; no merges, so every byte is a token.
 _SPECIALS = ["<pad>", "<bos>", "<unk>", "<eos>"]
@@ -92,7 +111,7 @@ def build_image_to_video():
     )
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
+        **SHAPES["image-to-video"],
         num_attention_heads=2,
         attention_head_dim=16,
         in_channels=36,  # 16 noise + 4 mask + 16 conditioning latents
@@ -103,7 +122,6 @@ def build_image_to_video():
         num_layers=2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=64,
         image_dim=16,
         pos_embed_seq_len=2 * 17,  # first + last frame, 17 CLIP tokens each (FLF2V)
     )
@@ -222,9 +240,8 @@ def build_sd3():
     tokenizer = build_tokenizer(max_length=32)
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
-        sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        **SHAPES["sd3"], sample_size=8, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=32,
-        pos_embed_max_size=32,
     )
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -272,9 +289,9 @@ def build_wan22():
     for _ in range(2):
         torch.manual_seed(len(experts))
         experts.append(WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
+            **SHAPES["wan22"], num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
             text_dim=32, freq_dim=64, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
+            qk_norm="rms_norm_across_heads",
         ))
     return WanImageToVideoPipeline(
         tokenizer=tokenizer, text_encoder=_t5(tokenizer, 32, umt5=True), vae=vae,
@@ -293,7 +310,7 @@ def build_ltx():
     tokenizer = build_tokenizer(max_length=64)
     torch.manual_seed(0)
     transformer = LTXVideoTransformer3DModel(
-        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        **SHAPES["ltx"], in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8,
         cross_attention_dim=32, num_layers=1, caption_channels=32,
     )
     torch.manual_seed(0)
@@ -322,9 +339,9 @@ def build_cogvideox():
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4,  # noise + image latents
-        time_embed_dim=4, ofs_embed_dim=4, text_embed_dim=32, num_layers=1, sample_width=4, sample_height=4,
-        sample_frames=9, patch_size=2, patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=32,
-        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+        time_embed_dim=4, ofs_embed_dim=4, text_embed_dim=32, num_layers=1, **SHAPES["cogvideox"],
+        sample_frames=9, temporal_compression_ratio=4, max_text_seq_length=32,
+        use_rotary_positional_embeddings=True,
     )
     torch.manual_seed(0)
     vae = AutoencoderKLCogVideoX(

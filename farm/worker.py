@@ -15,14 +15,16 @@ import json
 import os
 import shutil
 import socket
+import shutil
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 
-from . import encode, models, pipeline
+from . import encode, models, pipeline, timing
 from .cache import Cache
 from .errors import FarmError
 from .publish import publish
@@ -58,7 +60,7 @@ class Worker:
         env = os.environ.get("FARM_MAX_WARM")
         self.max_warm = max_warm or (int(env) if env else (8 if self.device == "cpu" else 2))
         self.steps_progress = steps_progress
-        self.calls = {"load": 0, "unload": 0, "keyframe": 0, "segment": 0, "assemble": 0}
+        self.calls = {"load": 0, "unload": 0, "keyframe": 0, "segment": 0, "clip": 0, "assemble": 0}
         self.stopping = False  # set on SIGINT/SIGTERM: finish the task in flight, claim no more
         self.current: dict | None = None
         self.lost = threading.Event()  # set by the heartbeat: the task in flight is no longer ours
@@ -355,26 +357,64 @@ def run_keyframe(worker: Worker, params: dict, out: Path):
 
 
 def run_segment(worker: Worker, params: dict, out: Path):
-    first = worker.output(params["first"]) / "image.png"
-    last = worker.output(params["last"]) / "image.png" if params["last"] else None
+    """A segment: an animatic (hold / crossfade) at the shot's rate, or motion at the model's
+    rate (one clip made here, or the chain of clip tasks it depends on), retimed to the shot's."""
+    first = worker.output(params["first"]) / "image.png" if "first" in params else None
+    last = worker.output(params["last"]) / "image.png" if params.get("last") else None
     mode = params.get("mode")
     if mode == "hold" or (mode == "crossfade" and last is None):
         encode.hold(first, params["frames"], out)
-    elif mode == "crossfade":
+        return
+    if mode == "crossfade":
         encode.crossfade(first, last, params["frames"], params["fps"], out)
-    else:
-        from PIL import Image
+        return
+    with tempfile.TemporaryDirectory(prefix=".native-", dir=out) as tmp:
+        if "clip_keys" in params:  # a chain: each next clip starts on the last frame of the one before
+            native = [f for j, key in enumerate(params["clip_keys"]) for f in worker.frames_of(key)[(1 if j else 0):]]
+        else:  # one clip: the last segment of a first/last-frame family loops back to its keyframe
+            start = _image(first)
+            end = _image(last) if last else (start if params["ends"] else None)
+            frames = pipeline.clip(worker.pipe(params["model"]), params, start, end, params["clips"][0],
+                                   params["seed"], on_step=worker.check_lease)
+            worker.calls["segment"] += 1
+            native = []
+            for i, frame in enumerate(frames):
+                native.append(Path(tmp) / FRAME.format(i))
+                frame.save(native[-1])
+        _retime(native, params, out)
 
-        with Image.open(first) as a:
-            a.load()
-            b = None
-            if last is not None:
-                b = Image.open(last)
-                b.load()
-            frames = pipeline.segment(worker.pipe(params["model"]), params, a, b, on_step=worker.check_lease)
-        worker.calls["segment"] += 1
-        for i, frame in enumerate(frames):
-            frame.save(out / FRAME.format(i))
+
+def run_clip(worker: Worker, params: dict, out: Path):
+    """One clip of a chain: from the segment's keyframe or the previous clip's last frame,
+    towards the next keyframe when it is the last clip of a first/last-frame family."""
+    start = worker.frames_of(params["start"])[-1] if params["start_is_clip"] else \
+        worker.output(params["start"]) / "image.png"
+    end = _image(worker.output(params["end"]) / "image.png") if params["end"] else None
+    frames = pipeline.clip(worker.pipe(params["model"]), params, _image(start), end, params["frames"], params["seed"],
+                           on_step=worker.check_lease)
+    worker.calls["clip"] += 1
+    for i, frame in enumerate(frames):
+        frame.save(out / FRAME.format(i))
+
+
+def _image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def _retime(native: list[Path], params: dict, out: Path):
+    """Native frames (at params["rate"]) -> the segment's frames at the shot's fps."""
+    if len(native) != params["native"]:
+        raise FarmError(f"segment expected {params['native']} frames at the model's rate, found {len(native)}")
+    n, rate, fps = params["frames"], params["rate"], params["fps"]
+    if params["retime"] == "nearest" or timing.is_identity(len(native), rate, n, fps):
+        for k, i in enumerate(timing.nearest(len(native), rate, n, fps)):
+            shutil.copyfile(native[i], out / FRAME.format(k))
+    else:
+        encode.retime(native, timing.rational(rate), timing.rational(fps), n, params["retime"], out)
 
 
 def run_assemble(worker: Worker, params: dict, out: Path):
@@ -386,4 +426,4 @@ def run_assemble(worker: Worker, params: dict, out: Path):
     worker.calls["assemble"] += 1
 
 
-HANDLERS = {"keyframe": run_keyframe, "segment": run_segment, "assemble": run_assemble}
+HANDLERS = {"keyframe": run_keyframe, "segment": run_segment, "clip": run_clip, "assemble": run_assemble}

@@ -13,18 +13,18 @@ def test_sweep_example_renders_six_videos_and_runs_shared_tasks_once(home_with_m
     folder = tmp_path / "jobs"
     shutil.copytree(ROOT / "jobs", folder, ignore=shutil.ignore_patterns("renders"))
     calls = {"keyframe": [], "segment": []}
-    real_keyframe, real_segment = pipeline.keyframe, pipeline.segment
+    real_keyframe, real_clip = pipeline.keyframe, pipeline.clip
 
     def keyframe(pipe, params, on_step=None):
         calls["keyframe"].append((params["model"]["name"], params["seed"], params["prompt"]))
         return real_keyframe(pipe, params)
 
-    def segment(pipe, params, first, last, on_step=None):
+    def clip(pipe, params, first, last, frames, seed, on_step=None):
         calls["segment"].append(params["frame"])
-        return real_segment(pipe, params, first, last)
+        return real_clip(pipe, params, first, last, frames, seed)
 
     monkeypatch.setattr(pipeline, "keyframe", keyframe)
-    monkeypatch.setattr(pipeline, "segment", segment)
+    monkeypatch.setattr(pipeline, "clip", clip)
     code, out, err = cli("render", folder / "sweep.toml", "--json")
     assert code == 0, err
     results = [json.loads(line) for line in out.strip().splitlines()]

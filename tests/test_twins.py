@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import encode, models, pipeline, tiny
+from farm import encode, models, pipeline, timing, tiny
 from farm.cache import Cache
 from farm.queue import Queue
 from farm.render import render
@@ -100,10 +100,13 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
         assert worker.calls["keyframe"] == 2 and worker.calls["segment"] == 0
     else:
         assert worker.calls["segment"] == 2
-        step, offset = models.PIPELINES[cls]["frames"]
-        # 4 frames per segment: 5 with the next keyframe for end-frame families, rounded up to the rule
-        want = pipeline.frame_count(cls, 5 if models.PIPELINES[cls]["last_frame"] else 4)
-        assert generated == [want, want] and (want - offset) % step == 0
+        # 0.5 s per segment at the family's own rate (Wan, CogVideoX 16 fps; LTX 25), with the
+        # next keyframe for end-frame families, rounded to the family's frame rule
+        ref = models.resolve(twin)
+        rule = timing.shape(ref)
+        want = timing.segment(ref, 4, 8).clips
+        assert len(want) == 1 and generated == [want[0]] * 2 and rule.valid_frames(want[0])
+        assert want[0] == {"LTXConditionPipeline": 17, "CogVideoXImageToVideoPipeline": 9}.get(cls, 9)
     assert TIMINGS[twin] < 60, TIMINGS  # a few seconds on a 2-core CPU; a minute means something grew
 
 

@@ -1,0 +1,123 @@
+"""`farm plan`: what a render will run, before it runs.
+
+`forecast(path)` validates a spec and builds its plan, as `farm render` does, but enqueues and
+draws nothing: for every task its kind, model, whether the cache will answer it, for segments
+their clips at the model's rate, and an estimate of its time from this farm's own history
+(finished tasks of the same kind, model, size and steps in the queue database, read-only;
+without one, unknown). `run` counts exactly the tasks `farm render` will then execute: a task
+is cached when its key is in the cache, or when an earlier task of the same render (an
+earlier variant of a sweep, a twin keyframe) makes it first.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+from pathlib import Path
+
+from . import home, plan as planner, spec as specs
+from .cache import Cache
+
+
+def forecast(path: str | Path, *, db: str | Path | None = None) -> list[dict]:
+    """One forecast per variant of the spec at `path` (one without a [sweep])."""
+    variants = specs.load_all(path)
+    cache = Cache(home.cache_dir())
+    history = History(Path(db) if db else home.db_path())
+    made: set[str] = set()
+    return [forecast_spec(spec, cache, history, made) for spec in variants]
+
+
+def forecast_spec(spec: specs.Spec, cache: Cache, history: "History", made: set[str] | None = None) -> dict:
+    """The forecast of one validated spec; `made` collects the keys of tasks that will have run
+    before it (earlier variants), and gets this spec's."""
+    made = set() if made is None else made
+    plan = planner.build(spec)
+    rows, run, total, unknown = [], 0, 0.0, False
+    for task in plan.tasks:
+        cached = task.key in made or cache.has(task.key)
+        made.add(task.key)
+        estimate = 0.0 if cached else history.estimate(task)
+        row = {"name": task.name, "kind": task.kind, "model": _model_name(task.params), "cached": cached}
+        clips = _clips(task)
+        if clips is not None:
+            row["clips"] = clips
+        row.update({"estimate_s": None if estimate is None else round(estimate, 2),
+                    "memory_bytes": _memory_bytes(task)})
+        rows.append(row)
+        if not cached:
+            run += 1
+            if estimate is None:
+                unknown = True
+            else:
+                total += estimate
+    return {"name": spec.name, "tasks": rows, "run": run, "cached": len(rows) - run,
+            "estimate_s": None if unknown else round(total, 2)}
+
+
+def _model_name(params: dict) -> str | None:
+    model = params.get("model")
+    return model["name"] if isinstance(model, dict) else params.get("mode")
+
+
+def _clips(task) -> list[dict] | None:
+    """A segment's clips at the model's rate ([] for an animatic); None for other kinds."""
+    p = task.params
+    if task.kind != "segment":
+        return None
+    if "mode" in p:
+        return []
+    return [{"frames": n, "fps": p["model_fps"]} for n in p["clips"]]
+
+
+def _memory_bytes(task) -> int | None:
+    """Peak memory of a task, once farm estimates it (issue 12, "Fit the machine"); until then
+    a preset's recorded figure, when it has one."""
+    model = task.params.get("model")
+    return model.get("memory_bytes") if isinstance(model, dict) else None
+
+
+class History:
+    """Seconds that finished, executed tasks took in a queue database, by kind, model, size
+    and steps, scaled by the work each did (frames generated, frames written)."""
+
+    def __init__(self, path: Path):
+        self.rates: dict[tuple, list[float]] = {}
+        if not Path(path).is_file():
+            return
+        try:
+            conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
+            try:
+                rows = conn.execute(
+                    "SELECT kind, model, params, finished_at - started_at FROM tasks WHERE state = 'done' "
+                    "AND cached = 0 AND started_at IS NOT NULL AND finished_at > started_at").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:  # no database, or not farm's: no history
+            return
+        import json
+
+        for kind, model, params, seconds in rows:
+            try:
+                p = json.loads(params)
+            except ValueError:
+                continue
+            key, work = _signature(kind, model, p)
+            self.rates.setdefault(key, []).append(seconds / work)
+
+    def estimate(self, task) -> float | None:
+        key, work = _signature(task.kind, task.model, task.params)
+        seen = self.rates.get(key)
+        return statistics.median(seen) * work if seen else None
+
+
+def _signature(kind: str, model: str | None, p: dict) -> tuple[tuple, float]:
+    """(what makes two tasks comparable, how much work this one is)."""
+    size = (p.get("width"), p.get("height"))
+    if kind in ("clip", "segment") and model:  # a model's frames: seconds per generated frame
+        frames = p["frames"] if kind == "clip" else p.get("native", p.get("frames", 1))
+        return ("video", model, *size, p.get("steps")), max(1, frames)
+    if kind == "keyframe":
+        return ("keyframe", model, *size, p.get("steps")), 1
+    # ffmpeg's work (animatics, retiming, encoding): seconds per frame written
+    return (kind, p.get("mode") or ("retime" if "clip_keys" in p else None), *size), max(1, p.get("frames", 1))
