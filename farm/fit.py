@@ -54,30 +54,37 @@ CUDA_RESERVE = 1 << 30  # cuBLAS/cuDNN workspaces and the CUDA context's growth
 # patch; decode_frames: output frames the VAE decodes at once (0: all; Wan's causal VAE decodes
 # one latent frame, 4 frames, at a time with a feature cache, CogVideoX's 2 latent frames, LTX's
 # all of them unless tiled, then 16); tile: the default tile side, in pixels, when the VAE's
-# config does not say. token_bytes / decode_bytes / ref_params: the rule of the family's preset,
-# used for a model without a [fit] table, scaled by the square root of its denoiser's size
-# against ref_params (billions): a transformer's width grows about as the root of its size.
+# config does not say. token_bytes / decode_bytes / ref_params / ref_vae: the rule of the family's
+# preset, used for a model without a [fit] table, scaled by the square root of its denoiser's
+# (and VAE's) size against ref_params (ref_vae), in billions: a network's width grows about as
+# the root of its size (so a twin's rule is a twin's, not its family's).
 FAMILIES = {
     "StableDiffusionPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 1, 1), "decode_frames": 1, "tile": 512,
-                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 0.86},
+                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 0.86, "ref_vae": 0.084},
     "StableDiffusionXLPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 1, 1), "decode_frames": 1, "tile": 1024,
-                                  "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.57},
+                                  "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.57, "ref_vae": 0.084},
     "StableDiffusion3Pipeline": {"spatial": 8, "temporal": 1, "patch": (1, 2, 2), "decode_frames": 1, "tile": 1024,
-                                 "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.47},
+                                 "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.47, "ref_vae": 0.084},
     "FluxPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 2, 2), "decode_frames": 1, "tile": 1024,
-                     "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 11.9},
+                     "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 11.9, "ref_vae": 0.084},
     "WanImageToVideoPipeline": {"spatial": 8, "temporal": 4, "patch": (1, 2, 2), "decode_frames": 4, "tile": 256,
-                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 14.3},
+                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 14.3, "ref_vae": 0.127},
     "LTXConditionPipeline": {"spatial": 32, "temporal": 8, "patch": (1, 1, 1), "decode_frames": 0, "tiled_frames": 16,
-                             "tile": 512, "token_bytes": 100e3, "decode_bytes": 400, "ref_params": 1.9},
+                             "tile": 512, "token_bytes": 100e3, "decode_bytes": 400, "ref_params": 1.9, "ref_vae": 0.42},
     "CogVideoXImageToVideoPipeline": {"spatial": 8, "temporal": 4, "patch": (2, 2, 2), "decode_frames": 8,
-                                      "tile": 300, "token_bytes": 200e3, "decode_bytes": 4500, "ref_params": 5.6},
+                                      "tile": 300, "token_bytes": 200e3, "decode_bytes": 4500, "ref_params": 5.6, "ref_vae": 0.216},
 }
 FIT_KEYS = ("params", "token_bytes", "decode_bytes", "patch", "checks")
 
 
 def rank(placement: str) -> int:
     return PLACEMENTS.index(placement)
+
+
+def offload_level(placement: str) -> int:
+    """0 on the device (tiled or not: tiling is switched per call), 1 model offload, 2 sequential:
+    a warm pipeline is loaded again only when a task needs a higher level."""
+    return max(rank(placement) - 1, 0)
 
 
 # --- what a model needs -------------------------------------------------------------------
@@ -130,7 +137,8 @@ def needs(pipeline: str, name: str | None = None, folder: Path | None = None) ->
     else:  # scale the family's rule to this denoiser's size
         size = sum(v for k, v in params.items() if k in DENOISERS) / 1e9 / (2 if "transformer_2" in params else 1)
         scale = math.sqrt(max(size, 1e-9) / family["ref_params"])
-        token_bytes, decode_bytes = family["token_bytes"] * scale, family["decode_bytes"]
+        vae_scale = min(1.0, math.sqrt(params.get("vae", family["ref_vae"] * 1e9) / 1e9 / family["ref_vae"]))
+        token_bytes, decode_bytes = family["token_bytes"] * scale, family["decode_bytes"] * vae_scale
     return Needs(pipeline, params, token_bytes, decode_bytes, tuple(fit.get("patch", family["patch"])),
                  _tile(family, folder), source)
 
@@ -198,14 +206,18 @@ class Estimate:
                 "peaks": self.peaks, "source": self.source}
 
     def text(self) -> str:
-        parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in self.weights.items())
+        parts = ", ".join(f"{k} {human(v)}" for k, v in self.weights.items())
         head = (f"{self.width}x{self.height}" + (f", {self.frames} frames" if self.frames > 1 else "")
                 + f", {self.dtype}" + (f", {self.quantize} denoiser" if self.quantize else ""))
-        lines = [f"{head}: weights {sum(self.weights.values()) / GB:.1f} GB ({parts})",
-                 f"activations: denoiser call {self.denoise / GB:.2f} GB, VAE decode {self.decode / GB:.2f} GB "
-                 f"({self.decode_tiled / GB:.2f} GB tiled)"]
-        lines += [f"{p:<19} {v / GB:6.1f} GB peak" for p, v in self.peaks.items()]
+        lines = [f"{head}: weights {human(sum(self.weights.values()))} ({parts})",
+                 f"activations: denoiser call {human(self.denoise)}, VAE decode {human(self.decode)} "
+                 f"({human(self.decode_tiled)} tiled)"]
+        lines += [f"{p:<19} {human(v):>9} peak" for p, v in self.peaks.items()]
         return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    return f"{n / GB:.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
 def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: str = "bfloat16",
@@ -221,7 +233,7 @@ def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: st
         if part in exclude:
             continue
         each = 1 if (quantize and part in DENOISERS) else (vbytes if part == "vae" else nbytes)
-        weights[part] = int(count * each)
+        weights[part] = round(count * each)
     video = family["temporal"] > 1
     pt, ph, pw = need.patch
     latent_frames = (math.ceil((frames - 1) / family["temporal"]) + 1) if video else 1
@@ -292,9 +304,9 @@ def choose(est: Estimate, free: int, device: str, *, floor: dict | None = None, 
     best = est.peaks[ladder[-1]] if ladder else min(est.peaks.values())
     shape = f"{est.width}x{est.height}" + (f", {est.frames} frames" if est.frames > 1 else "")
     where = "RAM" if device == "cpu" else f"memory on {device}"
-    raise FarmError(f"model {est.model!r} at {shape} needs about {best * HEADROOM / GB:.1f} GB even with "
+    raise FarmError(f"model {est.model!r} at {shape} needs about {human(best * HEADROOM)} even with "
                     f"{ladder[-1].replace('_', ' ') if ladder else 'no option'} (weights "
-                    f"{sum(est.weights.values()) / GB:.1f} GB), but this worker has {free / GB:.1f} GB of free {where}. "
+                    f"{human(sum(est.weights.values()))}), but this worker has {human(free)} of free {where}. "
                     f"Render smaller or shorter segments, set quantize = \"int8\", or use a machine with more "
                     f"memory.", code=2)
 
@@ -328,6 +340,37 @@ def task_memory(task_params: dict, kind: str, device: str = "cuda") -> int | Non
         return None
     try:
         return for_model(model, task_shape(kind, task_params), device).peaks["all"]
+    except FarmError:
+        return None
+
+
+def describe(name: str, width: int | None = None, height: int | None = None, frames: int | None = None,
+             device: str = "cuda") -> Estimate | None:
+    """A preset's estimate for `farm models show`: at its default size (else 1024x1024), and for
+    a motion model its trained window (`max_frames`, else 81) unless given. None when the
+    preset runs no model or its needs are unknown."""
+    from . import models
+
+    preset = models.load_preset(name)
+    defaults = preset.get("defaults", {})
+    if width is None or height is None:
+        width, height = defaults.get("size", [1024, 1024] if preset["role"] == "keyframes" else [512, 512])
+    if frames is None:
+        frames = int(preset.get("max_frames", 81)) if preset["role"] == "motion" else 1
+    if preset["role"] == "motion" and frames > 1:
+        from . import pipeline
+
+        frames = pipeline.frame_count(preset["pipeline"], frames)
+    folder = None
+    try:
+        ref = models.resolve(name)
+        folder = Path(ref.config) if ref.config else models.local_path(ref)
+    except FarmError:  # weights not here: the preset's figures
+        pass
+    model = {"pipeline": preset["pipeline"], "name": name, "dtype": defaults.get("dtype"),
+             "quantize": preset.get("quantize")}
+    try:
+        return for_model(model, (width, height, frames), device, folder)
     except FarmError:
         return None
 

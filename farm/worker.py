@@ -200,7 +200,7 @@ class Worker:
                            model.get("cache_threshold"), model.get("quantize")])
         choice = self._choose(model, shape, warm) if shape is not None else None
         if choice is not None and warm in self.pipelines and \
-                fit.rank(choice.placement) > fit.rank(self.placements.get(warm, "all")):
+                fit.offload_level(choice.placement) > fit.offload_level(self.placements.get(warm, "all")):
             self.unload(warm)
         if warm not in self.pipelines:
             ref = models.ref_from_params(model)
