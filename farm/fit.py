@@ -321,11 +321,15 @@ def choose(est: Estimate, free: int, device: str, *, floor: dict | None = None, 
 
 
 def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
-    """(width, height, frames the model generates) of a keyframe or segment task."""
+    """(width, height, frames the model generates in one call) of a keyframe, segment or clip task."""
     from . import models, pipeline
 
+    if kind == "clip":  # one clip of a chain: its own frame count
+        return params["width"], params["height"], params["frames"]
     if kind != "segment":
         return params["width"], params["height"], 1
+    if "clips" in params:  # frames at the model's rate, per call
+        return params["width"], params["height"], max(params["clips"])
     family = params["model"]["pipeline"]
     ends = models.PIPELINES[family].get("last_frame", False)
     return params["width"], params["height"], pipeline.frame_count(family, params["frames"] + 1 if ends else params["frames"])
