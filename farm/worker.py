@@ -241,7 +241,7 @@ class Worker:
     def _fits(self, need: int) -> bool:
         if self.memory_budget is not None:
             return sum(self.footprints.values()) + need <= self.memory_budget
-        return need <= models.free_memory(self.device)
+        return fit.fits(need, models.free_memory(self.device), self.device)  # with the chooser's headroom
 
     def unload(self, warm: str):
         """Unload a pipeline and give its memory back."""
