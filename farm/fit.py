@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,9 +157,14 @@ def folder_params(folder: Path) -> dict[str, float]:
         if not (isinstance(value, list) and value[0]) or not (folder / part).is_dir():
             continue
         files = sorted((folder / part).glob("*.safetensors"))
+        plain = [f for f in files if not VARIANT.search(f.name)]
+        files = plain or files  # a hub repo may hold the weights twice: full and an fp16 variant
         if files:
             out[part] = float(sum(_safetensors_params(f) for f in files))
     return out
+
+
+VARIANT = re.compile(r"\.(fp16|bf16|fp32|fp8)[.-]")
 
 
 def _safetensors_params(path: Path) -> int:

@@ -94,6 +94,13 @@ def test_a_twin_is_measured_from_its_safetensors_headers(home_with_models):
     for part, count in counted.items():
         unique = {t.data_ptr(): t.numel() for t in getattr(pipe, part).state_dict().values()}  # tied: once
         assert count == sum(unique.values()), part
+    import shutil
+
+    hub = folder.parent / "as-on-the-hub"  # a hub repo often holds an fp16 variant beside the weights
+    shutil.copytree(folder, hub)
+    shutil.copy(hub / "transformer" / "diffusion_pytorch_model.safetensors",
+                hub / "transformer" / "diffusion_pytorch_model.fp16.safetensors")
+    assert fit.folder_params(hub) == counted
     need = fit.needs("WanImageToVideoPipeline", "tiny-video", folder)
     assert need.source.startswith("safetensors headers")
     assert need.token_bytes < 2000 and need.decode_bytes < 100  # a twin's rule, not its family's
