@@ -1,19 +1,40 @@
 """A content-addressed store of task outputs on disk, keyed by task key.
 
 An entry is a folder `<root>/<key[:2]>/<key>/`. It is written under a temporary name in the
-same parent and renamed into place only when complete, so a killed process never leaves a
-half-written entry that looks finished. A killed writer's leftover (`.tmp-<key>-<pid>-…`)
-is removed by the next writer of the same key once that pid is gone (one machine: pids are
-comparable).
+same parent, fsynced, and renamed into place only when complete, so neither a killed process
+nor a power cut leaves a half-written entry that looks finished. A killed writer's leftover
+(`.tmp-<key>-<pid>-…`) is removed by the next writer of the same key once that pid is gone
+(one machine: pids are comparable).
+
+Every entry carries a record (`.entry.json`) of the size and sha256 of each of its files,
+written when it is published. `check()` verifies both before an entry is reused, so a file
+cut short, damaged or deleted since (a full disk, a stray `rm`, bit rot) is found, the
+entry discarded and the task run again, instead of a broken frame reaching a video. The
+record's modification time is the entry's last use, which `farm gc` reads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from . import files
+
+RECORD = ".entry.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    path: Path
+    size: int  # bytes of its files
+    used: float  # last use (publish or reuse), seconds since the epoch
 
 
 class Cache:
@@ -23,8 +44,77 @@ class Cache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
-    def has(self, key: str) -> bool:
+    def exists(self, key: str) -> bool:
         return self.path(key).is_dir()
+
+    def files(self, key: str) -> list[Path]:
+        """An entry's files, sorted by name (its record left out)."""
+        return sorted(p for p in self.path(key).iterdir() if p.name != RECORD)
+
+    def check(self, key: str) -> str | None:
+        """None if the entry is there and every file has its recorded size and digest; else
+        why not ("missing" when there is no entry at all)."""
+        folder = self.path(key)
+        if not folder.is_dir():
+            return "missing"
+        try:
+            record = json.loads((folder / RECORD).read_text())
+            recorded = record["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "its record of sizes and digests is missing or unreadable"
+        present = set(_files(folder))
+        if present != set(recorded):
+            lost, extra = sorted(set(recorded) - present), sorted(present - set(recorded))
+            return "files " + ("missing: " + ", ".join(lost[:3]) if lost else "not in its record: " + ", ".join(extra[:3]))
+        for name in sorted(recorded):
+            want, path = recorded[name], folder / name
+            try:
+                size = path.stat().st_size
+                if size != want["size"]:
+                    return f"{name} is {size} bytes, {want['size']} when it was written"
+                if files.digest(path) != want["sha256"]:
+                    return f"{name} does not match the digest recorded when it was written"
+            except OSError as e:
+                return f"{name} cannot be read ({e.strerror or e})"
+        return None
+
+    def has(self, key: str) -> bool:
+        """Is there a valid entry (checked, see `check`)?"""
+        return self.check(key) is None
+
+    def touch(self, key: str):
+        """Record a use of the entry now (what `farm gc` orders by)."""
+        try:
+            os.utime(self.path(key) / RECORD)
+        except OSError:
+            pass
+
+    def discard(self, key: str):
+        """Remove an entry: renamed away first (one atomic step), then deleted."""
+        folder = self.path(key)
+        trash = folder.parent / f".trash-{key[:16]}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(folder, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def entries(self) -> list[Entry]:
+        """Every published entry, with its size and last use."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for shard in self.root.iterdir():
+            if not shard.is_dir():
+                continue
+            for folder in shard.iterdir():
+                if folder.name.startswith(".") or not folder.is_dir():
+                    continue
+                size = sum((folder / name).stat().st_size for name in _files(folder))
+                record = folder / RECORD
+                used = record.stat().st_mtime if record.exists() else folder.stat().st_mtime
+                out.append(Entry(folder.name, folder, size, used))
+        return out
 
     @contextmanager
     def writing(self, key: str):
@@ -38,13 +128,26 @@ class Cache:
         tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=final.parent))
         try:
             yield tmp
+            record = {"key": key, "files": {name: {"size": (tmp / name).stat().st_size,
+                                                   "sha256": files.digest(tmp / name)} for name in _files(tmp)}}
+            (tmp / RECORD).write_text(json.dumps(record, indent=0))
+            files.sync_tree(tmp)
+            if final.is_dir() and self.check(key) is not None:
+                self.discard(key)  # a broken entry that a reader found: replace it
             try:
                 os.rename(tmp, final)
             except OSError:
                 if not final.is_dir():  # a real failure, not a twin task that finished first
                     raise
+            files.fsync_path(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _files(folder: Path) -> list[str]:
+    """The files of an entry (an assembled PNG sequence is a folder inside it), as relative
+    paths, its record left out."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != RECORD)
 
 
 def _alive(pid: str) -> bool:

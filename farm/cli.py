@@ -24,6 +24,22 @@ DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Queue database to u
 RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=20,
                                                    help="Times a failed task is tried again (default: the spec's, else 2).")]
 JobArg = Annotated[int, typer.Argument(help="A job id (see `farm status`).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Let outputs replace files farm did not write, and skip "
+                                                        "the free-disk check (never replaces a folder farm did "
+                                                        "not write).")]
+
+
+def terminate_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) ends a render as Ctrl-C does: what is finished
+    stays cached, the job is canceled; the exit code is 143 instead of 130."""
+    import signal
+
+    from .errors import Terminated
+
+    def on_term(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def quiet_libraries():
@@ -47,6 +63,7 @@ def render(
     quiet: QuietOpt = False,
     db: DbOpt = None,
     retries: RetriesOpt = None,
+    force: ForceOpt = False,
 ):
     """Render a storyboard into a video; print the video's path (or a JSON summary).
 
@@ -55,6 +72,7 @@ def render(
     object) each."""
     from .render import render_all
 
+    terminate_as_interrupt()
     quiet_libraries()
 
     def report(result):  # as each output is written, so a long sweep shows its progress
@@ -67,7 +85,7 @@ def render(
                        f"{result['seconds']:.1f}s", err=True)
         typer.echo(result["output"])
 
-    render_all(spec, db=db, progress=not quiet, on_result=report, retries=retries)
+    render_all(spec, db=db, progress=not quiet, on_result=report, retries=retries, force=force)
 
 
 models_app = typer.Typer(no_args_is_help=False, help="List, show and fetch model presets (presets/*.toml).")
@@ -89,8 +107,9 @@ def models_list(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
     w = max(len(r["name"]) for r in rows)
     typer.echo(f"{'NAME':<{w}}  {'ROLE':<9}  {'LOCAL':<5}  {'PIPELINE':<29}  SOURCE")
     for r in rows:
+        source = f"ERROR: {r['error']}" if r.get("error") else r["source"]
         typer.echo(f"{r['name']:<{w}}  {r['role']:<9}  {'yes' if r['local'] else 'no':<5}  {r['pipeline']:<29}  "
-                   f"{r['source']}")
+                   f"{source}")
 
 
 @models_app.command("show")
@@ -144,11 +163,12 @@ def submit(
     retries: RetriesOpt = None,
     json_out: JsonOpt = False,
     db: DbOpt = None,
+    force: ForceOpt = False,
 ):
     """Plan and enqueue jobs for `farm work` workers; print their job ids."""
     from .render import submit as enqueue
 
-    for job in enqueue(specs, db=db, priority=priority, retries=retries):
+    for job in enqueue(specs, db=db, priority=priority, retries=retries, force=force):
         typer.echo(json.dumps(job) if json_out else f"job {job['job']}: {job['name']} ({job['tasks']} tasks) "
                    f"-> {job['output']}")
 
@@ -172,6 +192,7 @@ def work(
     from . import supervisor
 
     chosen = supervisor.slots(gpus, cpu, workers)
+    _queue(db).close()  # a database that cannot be opened is one error here, not a crash per worker
     code = supervisor.work(chosen, db=str(db) if db else None, lease=lease, until_empty=until_empty, grace=grace,
                            memory=supervisor.parse_memory(memory), progress=not quiet)
     raise typer.Exit(code)
@@ -341,6 +362,37 @@ def accelerate_cmd(
 
 
 @app.command()
+def gc(
+    max_size: Annotated[Optional[str], typer.Option("--max-size", help="Remove least recently used entries until "
+                                                    "the cache holds at most this much, e.g. 200G (default: "
+                                                    "cache_max_size in $FARM_HOME/config.toml).")] = None,
+    older_than: Annotated[Optional[str], typer.Option("--older-than", help="Remove entries not used for this "
+                                                      "long, e.g. 30d, 12h.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: removed, freed_bytes, "
+                                           "kept_bytes, protected, dry_run.")] = False,
+    db: DbOpt = None,
+):
+    """Shrink the task cache, least recently used first; never what a queued or running job needs."""
+    from . import gc as collector, home
+    from .cache import Cache
+    from .outputs import human
+
+    limit = collector.parse_size(max_size) if max_size is not None else collector.configured_max_size()
+    age = collector.parse_age(older_than) if older_than is not None else None
+    if limit is None and age is None:
+        raise FarmError("Nothing to do: give --max-size (e.g. 200G) or --older-than (e.g. 30d), or set "
+                        f"cache_max_size in {home.home() / 'config.toml'}.", code=2)
+    summary = collector.collect(_queue(db), Cache(home.cache_dir()), max_size=limit, older_than=age, dry_run=dry_run)
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "keys"}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {summary['removed']} cache entries ({human(summary['freed_bytes'])}); kept "
+               f"{human(summary['kept_bytes'])}, {summary['protected']} of them for live jobs")
+
+
+@app.command()
 def version():
     """Print farm's version."""
     typer.echo(__version__)
@@ -349,15 +401,19 @@ def version():
 def main(argv: list[str] | None = None):
     debug = bool(os.environ.get("FARM_DEBUG"))
     try:
-        app(args=argv, standalone_mode=False, prog_name="farm")
+        # Without standalone mode click returns a command's `typer.Exit(code)` instead of
+        # exiting: pass it on, or `farm work`'s 130 would reach the shell as 0.
+        code = app(args=argv, standalone_mode=False, prog_name="farm")
     except FarmError as e:
         if debug:
             traceback.print_exc()
         print(f"farm: {e.message}", file=sys.stderr)
         sys.exit(e.code)
-    except KeyboardInterrupt:
-        print("farm: interrupted.", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        from .errors import Terminated
+
+        print("farm: terminated." if isinstance(e, Terminated) else "farm: interrupted.", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except Exception as e:  # click's usage errors carry their own exit codes
         code = getattr(e, "exit_code", None)
         if code is not None and hasattr(e, "show"):
@@ -368,7 +424,7 @@ def main(argv: list[str] | None = None):
         print(f"farm: internal error: {type(e).__name__}: {e}\n(set FARM_DEBUG=1 to see the traceback, "
               f"and please report it)", file=sys.stderr)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ffmpeg
 
+from . import files, outputs
 from .errors import FarmError
 
 # codec -> (encoder, output options). CRF defaults are visually lossless for each encoder.
@@ -45,15 +46,33 @@ def executable() -> str:
         raise FarmError("ffmpeg was not found: install it (apt install ffmpeg) or `pip install imageio-ffmpeg`.")
 
 
-def run(stream, what: str) -> str:
-    """Run an ffmpeg-python stream; return stderr. Raise FarmError with its tail on failure."""
+# Every ffmpeg call has a time limit scaled to its work: BASE_TIMEOUT seconds, plus one second
+# per PIXELS_PER_SECOND pixels it reads or writes. 1 MP/s is 1080p at half a frame a second,
+# far slower than any of farm's encoders on one core (x264 medium does 1080p at ~30 fps on
+# 2 cores here), so a limit is only ever reached by a stuck ffmpeg (a damaged PNG once made
+# one loop at 99% CPU for ten minutes, growing to 790 MB).
+BASE_TIMEOUT = 60.0
+PIXELS_PER_SECOND = 1e6
+
+
+def time_limit(frames: int, width: int, height: int) -> float:
+    return BASE_TIMEOUT + frames * width * height / PIXELS_PER_SECOND
+
+
+def run(stream, what: str, timeout: float) -> str:
+    """Run an ffmpeg-python stream; return stderr. Raise FarmError with its tail on failure,
+    or when it runs past `timeout` seconds (it is killed)."""
     cmd = stream.global_args("-hide_banner", "-nostdin").compile(cmd=executable(), overwrite_output=True)
-    return _run(cmd, what)
+    return _run(cmd, what, timeout)
 
 
-def _run(cmd: list[str], what: str) -> str:
+def _run(cmd: list[str], what: str, timeout: float) -> str:
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FarmError(f"ffmpeg ran past its time limit of {timeout:.0f} s while {what}, and was stopped; "
+                        f"its input may be damaged.") from None
     except OSError as e:
         raise FarmError(f"ffmpeg could not be started for {what} ({cmd[0]}: {e.strerror or e}).") from None
     if proc.returncode != 0:
@@ -62,11 +81,21 @@ def _run(cmd: list[str], what: str) -> str:
     return proc.stderr
 
 
+def _size(image: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            return im.size
+    except OSError:  # unreadable: ffmpeg will say why; the base limit applies
+        return 0, 0
+
+
 def hold(image: Path, frames: int, out_dir: Path):
     """Write `frames` copies of a still as out_dir/000000.png ... (the animatic's hold)."""
     stream = ffmpeg.input(str(image), loop=1, framerate=1).output(
         str(out_dir / "%06d.png"), vframes=frames, start_number=0, vcodec="png")
-    run(stream, f"holding {image.name} for {frames} frames")
+    run(stream, f"holding {image} for {frames} frames", time_limit(frames, *_size(image)))
 
 
 def crossfade(first: Path, last: Path, frames: int, fps: float, out_dir: Path):
@@ -77,11 +106,14 @@ def crossfade(first: Path, last: Path, frames: int, fps: float, out_dir: Path):
     b = ffmpeg.input(str(last), loop=1, framerate=fps, t=seconds)
     mixed = ffmpeg.filter([a, b], "xfade", transition="fade", duration=frames / fps, offset=0)
     stream = mixed.output(str(out_dir / "%06d.png"), vframes=frames, start_number=0, vcodec="png", pix_fmt="rgb24")
-    run(stream, f"cross-fading {first.name} into {last.name}")
+    run(stream, f"cross-fading {first} into {last}", time_limit(2 * frames, *_size(first)))
 
 
 def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out: Path):
-    """Encode a list of PNG frames into `out` (a video file, or a folder for codec "png")."""
+    """Encode a list of PNG frames into `out` (a video file, or a folder for codec "png").
+
+    A PNG folder replaces an existing `out` only if farm wrote that one (it holds farm's
+    marker): checked again here, just before the swap, not only at validation."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".farm-encode-", dir=out.parent) as tmp:
         seq = Path(tmp) / "seq"
@@ -95,6 +127,7 @@ def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out:
         if codec == "png":
             staged = Path(tmp) / "out"
             seq.rename(staged)
+            (staged / outputs.MARKER).write_text("A PNG sequence written by farm; farm may replace this folder.\n")
         else:
             encoder, opts = CODECS[codec]
             opts = dict(opts)
@@ -103,18 +136,23 @@ def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out:
             staged = Path(tmp) / f"out{out.suffix}"
             stream = ffmpeg.input(str(seq / "%06d.png"), framerate=fps, start_number=0).output(
                 str(staged), vcodec=encoder, r=fps, **opts, **{"fflags": "+bitexact", "flags:v": "+bitexact"})
-            run(stream, f"encoding {out.name} with {encoder}")
+            run(stream, f"encoding {len(frames)} frames from {frames[0].parent if frames else '?'} into {out.name} "
+                        f"with {encoder}", time_limit(len(frames), *_size(frames[0])) if frames else BASE_TIMEOUT)
+        files.sync_tree(staged) if staged.is_dir() else files.fsync_path(staged)
         if out.is_dir() and codec == "png":
+            if any(out.iterdir()) and not outputs.farm_wrote(out):
+                raise FarmError(f"{out} is a folder with files farm did not write; farm replaces only PNG folders "
+                                f"it made. Move it, or give the shot another `out`.", code=2)
             old = Path(tmp) / "old"
             out.rename(old)  # swap the old sequence out, then the new one in
-        os.replace(staged, out)
+        files.replace(staged, out)
 
 
 def probe(path: Path) -> dict:
     """Frames, fps, width and height of a video, decoded with ffmpeg itself (the wheel's
     build has no ffprobe). Frames are counted by decoding, not read from a header."""
     err = _run([executable(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-f", "null", "-"],
-               f"reading {path.name}")
+               f"reading {path}", BASE_TIMEOUT + path.stat().st_size / 1e6)  # decoding: ~1 s a MB at worst
     stream = re.search(r"Stream #\S+: Video: (\w+).*?, (\d{2,5})x(\d{2,5})", err)
     fps = re.search(r"([\d.]+) fps", err)
     counted = re.findall(r"frame=\s*(\d+)", err)
@@ -147,6 +185,10 @@ def version() -> str:
 PLAYABLE = {("h264", ".mp4")}
 
 
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*.png")) if path.is_dir() else path.stat().st_size
+
+
 def playable(path: Path, codec: str) -> bool:
     return (codec, Path(path).suffix.lower()) in PLAYABLE
 
@@ -156,12 +198,7 @@ def preview(src: Path, fps: float, out: Path):
     src = Path(src)
     stream = (ffmpeg.input(str(src / "%06d.png"), framerate=fps, start_number=0) if src.is_dir()
               else ffmpeg.input(str(src)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.stem}.{os.getpid()}.part.webm"
-    try:
+    with files.atomic_path(out) as tmp:
         run(stream.output(str(tmp), vcodec="libvpx-vp9", crf=32, **{"b:v": 0}, pix_fmt="yuv420p",
-                          deadline="good", **{"cpu-used": 4, "row-mt": 1}, r=fps),
-            f"making a browser preview of {src.name}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+                          deadline="good", **{"cpu-used": 4, "row-mt": 1}, r=fps, f="webm"),
+            f"making a browser preview of {src}", BASE_TIMEOUT + 4 * _bytes(src) / 1e6)

@@ -22,3 +22,8 @@ class SpecError(FarmError):
         self.problems = problems
         head = f"{self.path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the job spec"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems), code=2)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (what is finished stays; the rest is canceled), but
+    reported with its own exit code, 143 (128 + 15)."""

@@ -11,13 +11,13 @@ cached video stays byte-identical from one render to the next.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__, encode
+from . import __version__, encode, files
 from .models import file_digest
+from .outputs import manifest_path, sidecar
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
@@ -25,14 +25,7 @@ from .queue import Queue
 FORMAT = 1  # bump when a field changes meaning; readers check it
 
 
-def sidecar(output: str | Path, suffix: str) -> Path:
-    """`renders/lighthouse.mp4` -> `renders/lighthouse<suffix>` (a PNG folder keeps its name)."""
-    output = Path(output)
-    return output.with_name(output.stem + suffix)
-
-
-def path_for(output: str | Path) -> Path:
-    return sidecar(output, ".manifest.json")
+path_for = manifest_path
 
 
 def versions() -> dict:
@@ -53,9 +46,9 @@ def video_of(cache: Cache, tasks: list[dict]) -> Path | None:
     """The job's own assembled video (or PNG folder) in the cache: unlike the output path,
     a later render of an edited spec cannot overwrite it."""
     assemble = next((t for t in tasks if t["kind"] == "assemble"), None)
-    if assemble is None or not cache.has(assemble["key"]):
+    if assemble is None or not cache.exists(assemble["key"]):
         return None
-    return next(iter(sorted(cache.path(assemble["key"]).iterdir())), None)
+    return next(iter(cache.files(assemble["key"])), None)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -143,13 +136,8 @@ def _first_runs(queue: Queue, keys: list[str]) -> dict[str, dict]:
 
 def write_json(data: dict, path: Path):
     """Write JSON under a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.part"
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def load(path: str | Path) -> dict:
@@ -160,7 +148,24 @@ def load(path: str | Path) -> dict:
         raise FarmError(f"{path} is not a readable farm manifest ({e}).", code=2) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "tasks" not in data:
         raise FarmError(f"{path} is not a farm manifest of format {FORMAT}.", code=2)
+    wrong = [f"{where}.{k}" for where, fields in TYPES.items() for k, types in fields.items()
+             if not isinstance(data.get(where), dict) or not _is(data[where].get(k), types)]
+    if not isinstance(data["tasks"], list) or not all(isinstance(t, dict) for t in data["tasks"]):
+        wrong.append("tasks")
+    if wrong:
+        raise FarmError(f"{path} is not a valid farm manifest: {', '.join(wrong)} "
+                        f"{'has' if len(wrong) == 1 else 'have'} the wrong type.", code=2)
     return data
+
+
+# What readers rely on, by type (bool is excluded from the numbers: True is not a frame count).
+TYPES = {"job": {"id": (int,), "name": (str,)},
+         "video": {"path": (str,), "frames": (int, type(None)), "fps": (int, float, type(None)),
+                   "width": (int, type(None)), "height": (int, type(None)), "codec": (str, type(None))}}
+
+
+def _is(value, types) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
 
 
 def publish(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) -> dict:

@@ -119,6 +119,15 @@ def load_preset(name: str) -> dict:
                         f"model (it drives: {_drivable()}).", code=2)
     if not isinstance(data.get("trust_remote_code", False), bool):
         raise FarmError(f"The preset file {path}: trust_remote_code must be true or false.", code=2)
+    from .checks import Checker, preset_defaults
+
+    c = Checker(path)
+    preset_defaults(c, data.get("defaults", {}), "defaults.")
+    if not isinstance(data.get("options", {}), dict):
+        c.fail("options", "expected a table of pipeline call arguments")
+    if c.problems:
+        raise FarmError(f"The preset file {path} has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}: "
+                        + "; ".join(c.problems) + ".", code=2)
     data["defaults"] = {**data.get("defaults", {}), **data.get("options", {})}
     return data
 
@@ -164,6 +173,10 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
     if base is not None and not path.is_absolute():
         path = base / path
     if path.exists():
+        if is_hub_id(name) and not name.startswith(("./", "../", "/", "~")):
+            raise FarmError(f"model {name!r} is ambiguous: it is a hub id, and {path} is a folder. Name a local "
+                            f"folder with a path (`./{name}`), or move the folder, and farm loads what you meant.",
+                            code=2)
         return _resolve_folder(name, path)
     if is_hub_id(name):
         return _resolve_hub(name)
@@ -517,7 +530,15 @@ def describe(name: str) -> dict:
 
 
 def catalog() -> list[dict]:
-    return [describe(n) for n in preset_names()]
+    """Every preset as `describe` gives it; a preset file that cannot be read is listed with
+    its error (`error`) rather than hiding the others."""
+    rows = []
+    for n in preset_names():
+        try:
+            rows.append(describe(n))
+        except FarmError as e:
+            rows.append({"name": n, "role": "?", "pipeline": "?", "source": "?", "local": False, "error": e.message})
+    return rows
 
 
 def _known_preset(name: str) -> str:

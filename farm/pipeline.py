@@ -24,7 +24,20 @@ def generator(seed: int):
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def keyframe(pipe, params: dict) -> Image.Image:
+def _steps(on_step) -> dict:
+    """`callback_on_step_end` calling `on_step(i)` between denoising steps: where a worker
+    whose lease was lost stops (by raising) instead of finishing another attempt's work."""
+    if on_step is None:
+        return {}
+
+    def callback(pipe, i, t, tensors):
+        on_step(i)
+        return tensors
+
+    return {"callback_on_step_end": callback}
+
+
+def keyframe(pipe, params: dict, on_step=None) -> Image.Image:
     """1. encode the prompt, 2. denoise, 3. decode: one text-to-image call."""
     return pipe(
         prompt=params["prompt"],
@@ -34,6 +47,7 @@ def keyframe(pipe, params: dict) -> Image.Image:
         width=params["width"],
         height=params["height"],
         generator=generator(params["seed"]),
+        **_steps(on_step),
         **params["model"]["options"],
     ).images[0]
 
@@ -77,7 +91,7 @@ CONDITIONING = {
 }
 
 
-def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None) -> list[Image.Image]:
+def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None, on_step=None) -> list[Image.Image]:
     """Fill a segment: generate from the first keyframe towards the next one (when the
     family takes an end frame), then pick the segment's frames evenly from what came out.
 
@@ -100,6 +114,7 @@ def segment(pipe, params: dict, first: Image.Image, last: Image.Image | None) ->
         generator=generator(params["seed"]),
         output_type="pil",
         **CONDITIONING[family](params, first, last, generated),
+        **_steps(on_step),
         **params["model"]["options"],
     ).frames[0]
     span = n if ends else max(n - 1, 1)

@@ -115,6 +115,11 @@ MIGRATIONS = [
     );
     CREATE INDEX events_job ON events (job_id, id);
     """,
+    # Who a worker works for: `farm work` ("farm") takes any job; a `farm render` drawing its
+    # own job in-process ("render") takes only that one, so no render waits on another's.
+    """
+    ALTER TABLE workers ADD COLUMN role TEXT NOT NULL DEFAULT 'farm'
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -325,7 +330,10 @@ class Queue:
                 self._fail_job(t["job_id"], f"{t['name']}: failed {t['name']} after its worker died repeatedly", now)
 
     def complete(self, task: dict, worker: str, *, cached: bool, seconds: float) -> bool:
-        """Mark a task done (if this worker still holds its lease); the job is done with its last task."""
+        """Mark a task done if this worker still holds its lease *for this attempt*; the job is
+        done with its last task. The attempt number (`task["attempts"]` as claimed) is a
+        fencing token: an attempt whose lease expired and was claimed again, even by the
+        same worker name, can never complete the newer attempt. False: not accepted."""
         with self.transaction():
             return self._complete(task, worker, cached, seconds)
 
@@ -333,8 +341,8 @@ class Queue:
         now = time.time()
         n = self.conn.execute(
             "UPDATE tasks SET state = 'done', cached = ?, finished_at = ?, lease_owner = NULL, "
-            "lease_expires = NULL, error = NULL WHERE id = ? AND state = 'running' AND lease_owner = ?",
-            (int(cached), now, task["id"], worker)).rowcount
+            "lease_expires = NULL, error = NULL WHERE id = ? AND state = 'running' AND lease_owner = ? "
+            "AND attempts = ?", (int(cached), now, task["id"], worker, task["attempts"])).rowcount
         if n:
             self._event(task["job_id"], task["id"], "task.cached" if cached else "task.done", worker,
                         {"seconds": round(seconds, 4)})
@@ -355,7 +363,8 @@ class Queue:
         now = time.time()
         with self.transaction():
             row = self.conn.execute("SELECT attempts, max_attempts FROM tasks WHERE id = ? AND lease_owner = ? "
-                                    "AND state = 'running'", (task["id"], worker)).fetchone()
+                                    "AND state = 'running' AND attempts = ?",
+                                    (task["id"], worker, task["attempts"])).fetchone()
             if row is None:
                 return
             self.conn.execute("INSERT INTO blocklist (job_id, worker, kind, failures) VALUES (?, ?, ?, 1) "
@@ -378,7 +387,8 @@ class Queue:
             "SELECT worker FROM blocklist WHERE job_id = ? AND kind = ? AND failures >= ?",
             (task["job_id"], task["kind"], BLOCK_AFTER))}
         live = {w for (w,) in self.conn.execute(
-            "SELECT name FROM workers WHERE heartbeat_at + lease >= ? AND state != 'stopping'", (now,))}
+            "SELECT name FROM workers WHERE heartbeat_at + lease >= ? AND state != 'stopping' AND role = 'farm'",
+            (now,))}
         return bool((live | {worker}) - blocked)
 
     def _fail_job(self, job: int, error: str, now: float):
@@ -393,18 +403,20 @@ class Queue:
         with self.transaction():
             n = self.conn.execute("UPDATE tasks SET state = 'queued', attempts = max(attempts - 1, 0), "
                                   "lease_owner = NULL, lease_expires = NULL WHERE id = ? AND lease_owner = ? "
-                                  "AND state = 'running'", (task["id"], worker)).rowcount
+                                  "AND state = 'running' AND attempts = ?",
+                                  (task["id"], worker, task["attempts"])).rowcount
             if n:
                 self._event(task["job_id"], task["id"], "task.released", worker, None)
 
     # --- workers ----------------------------------------------------------------------
 
-    def register(self, worker: str, *, device: str, lease: float):
+    def register(self, worker: str, *, device: str, lease: float, role: str = "farm"):
         now = time.time()
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO workers (name, pid, host, device, lease, started_at, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", (worker, os.getpid(), socket.gethostname(), device, lease, now, now))
+                "INSERT OR REPLACE INTO workers (name, pid, host, device, lease, started_at, heartbeat_at, role) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker, os.getpid(), socket.gethostname(), device, lease, now, now, role))
             self._event(None, None, "worker.started", worker, {"device": device, "pid": os.getpid()})
 
     def heartbeat(self, worker: str, *, models: list[str], state: str | None = None,
@@ -417,8 +429,8 @@ class Queue:
                               "WHERE name = ?", (now, json.dumps(models), state, worker))
             if task is not None and lease is not None:
                 held = bool(self.conn.execute(
-                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
-                    (now + lease, task["id"], worker)).rowcount)
+                    "UPDATE tasks SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND state = 'running' "
+                    "AND attempts = ?", (now + lease, task["id"], worker, task["attempts"])).rowcount)
         return held
 
     def unregister(self, worker: str):
@@ -469,6 +481,11 @@ class Queue:
         if job is None:
             return list(self.db.query("SELECT * FROM events WHERE id > ? ORDER BY id", [after]))
         return list(self.db.query("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id", [job, after]))
+
+    def live_keys(self) -> set[str]:
+        """Keys of every task of a queued or running job: the cache entries `farm gc` keeps."""
+        return {k for (k,) in self.conn.execute(
+            "SELECT t.key FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE j.state IN ('queued', 'running')")}
 
     def next_wakeup(self, job: int) -> float | None:
         """When the earliest task of a job now backing off after a failure becomes claimable;

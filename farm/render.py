@@ -8,14 +8,13 @@ has one per variant), `render()` renders a spec without a sweep, and `submit()` 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
-from . import home, manifest, plan as planner, spec as specs
+from . import home, manifest, plan as planner, publish as publisher, spec as specs
 from .cache import Cache
-from .errors import FarmError
+from .errors import FarmError, Terminated
 from .queue import TERMINAL, Queue
 from .worker import Worker
 
@@ -23,13 +22,13 @@ DEFAULT_RETRIES = 2  # a failed task runs at most 3 times
 
 
 def submit(paths: list[str | Path], *, db: str | Path | None = None, priority: int = 50,
-           retries: int | None = None) -> list[dict]:
+           retries: int | None = None, force: bool = False) -> list[dict]:
     """Validate every spec (and every variant of a sweep) first: nothing is enqueued if any
     is invalid. Then enqueue each as a job; return one {"job", "name", "output", "tasks"} each."""
     loaded, problems = [], []
     for path in paths:
         try:
-            loaded.extend(specs.load_all(path))
+            loaded.extend(specs.load_all(path, force=force))
         except FarmError as e:
             problems.append(e)
     if problems:
@@ -47,50 +46,66 @@ def _attempts(spec, retries: int | None) -> int:
     return 1 + (retries if retries is not None else spec.retries if spec.retries is not None else DEFAULT_RETRIES)
 
 
-def render(path: str | Path, **kwargs) -> dict:
+def render(path: str | Path, *, force: bool = False, **kwargs) -> dict:
     """Render the job spec at `path` (one without a [sweep]); return the summary that
     `farm render --json` prints. Keyword arguments as for `render_spec`."""
-    return render_spec(specs.load(path), **kwargs)
+    return render_spec(specs.load(path, force=force), **kwargs)
 
 
 def render_all(path: str | Path, *, db: str | Path | None = None, progress: bool = False,
-               worker: Worker | None = None, on_result=None, **kwargs) -> list[dict]:
+               worker: Worker | None = None, on_result=None, force: bool = False, **kwargs) -> list[dict]:
     """Render every variant of the spec at `path` (one, without a [sweep]), in order.
 
     All variants are validated before any renders. One worker drains them one job after
     another, so a task shared by several variants (same key) runs in the first and is a
-    cache hit in the rest, and a model loaded for one stays warm for the next. When `farm
-    work` workers are running, every variant is left to them instead.
-    `on_result` is called with each summary as soon as its output is written."""
-    variants = specs.load_all(path)
+    cache hit in the rest, and a model loaded for one stays warm for the next. While `farm
+    work` workers are running, each variant is left to them instead (see `render_spec`).
+    `on_result` is called with each summary as soon as its output is written.
+    `force` lets the outputs replace files farm did not write (see the README's Safety)."""
+    variants = specs.load_all(path, force=force)
+    defer = worker is None
     queue = worker.queue if worker else Queue(db or home.db_path())
-    if worker is None and not _farm_workers(queue):
-        worker = Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}", steps_progress=progress)
+    worker = worker or _own_worker(queue, progress)
     results = []
     for spec in variants:
-        results.append(render_spec(spec, db=queue.path, progress=progress, worker=worker, **kwargs))
+        results.append(render_spec(spec, db=queue.path, progress=progress, worker=worker, defer=defer, **kwargs))
         if on_result:
             on_result(results[-1])
     return results
 
 
+def _own_worker(queue: Queue, progress: bool) -> Worker:
+    return Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}", steps_progress=progress,
+                  role="render")
+
+
 def _farm_workers(queue: Queue) -> list[dict]:
-    return [w for w in queue.workers() if w["state"] != "stopping"]
+    """Live `farm work` workers that can take a new job: not stopping, heartbeat within their
+    lease (a killed one's row stops counting when its lease runs out). Another `farm
+    render`'s in-process worker never counts: it takes only its own job."""
+    return [w for w in queue.workers() if w["state"] != "stopping" and w["role"] == "farm"]
 
 
 def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: bool = False,
-                worker: Worker | None = None, retries: int | None = None, priority: int = 50) -> dict:
+                worker: Worker | None = None, retries: int | None = None, priority: int = 50,
+                defer: bool | None = None) -> dict:
     """Render one validated spec; return its summary.
 
     Tasks whose key is already in the cache are answered from it without loading a model.
-    Without a `worker`, the job is drawn in this process, or left to `farm work` workers
-    when some are running. Pass a `worker` to reuse loaded pipelines across renders (and to
-    read its call counts)."""
+    With `defer` (the default without a `worker`), the job is left to `farm work` workers
+    while some are running, and drawn in this process whenever none is (none at the start,
+    or all of them stopped or died meanwhile): no render waits on nobody. Pass a `worker`
+    to reuse loaded pipelines across renders (and to read its call counts); it draws the
+    job itself unless `defer=True`."""
     started = time.perf_counter()
     plan = planner.build(spec)
+    defer = worker is None if defer is None else defer
     queue = worker.queue if worker else Queue(db or home.db_path())
-    farm_workers = _farm_workers(queue)
+    if queue.farm_paused():
+        raise FarmError(f"The farm is paused (`farm pause`), so nothing would run {spec.name}: `farm resume` "
+                        f"first.", code=1)
     job = queue.submit(plan, priority=priority, max_attempts=_attempts(spec, retries))
+    worker = worker or _own_worker(queue, progress)
 
     bar = None
     if progress:
@@ -101,22 +116,16 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
     def on_task(task, cached):
         if bar is not None and cached is not None:  # None: failed, and requeued or fatal
             bar.set_postfix_str(f"{task['name']}{' (cached)' if cached else ''}", refresh=False)
-            bar.update(1)
 
     try:
-        if farm_workers and worker is None:
-            _wait(queue, job, bar)
-        else:
-            worker = worker or Worker(queue, Cache(home.cache_dir()), name=f"render:{os.getpid()}",
-                                      steps_progress=progress)
-            with worker:
-                worker.drain(job, on_task=on_task)
-            if queue.job(job)["state"] not in TERMINAL:  # what is left is in other workers' hands
-                _wait(queue, job, None)
-    except KeyboardInterrupt:
-        queue.cancel(job, "interrupted")
-        raise FarmError(f"Interrupted: job {job} canceled. Finished tasks are kept in the cache; "
-                        f"render again to resume from them.", code=130) from None
+        with worker:
+            _follow(queue, job, worker, defer, on_task, bar)
+        _published(queue, job, worker)
+    except KeyboardInterrupt as e:
+        queue.cancel(job, "terminated" if isinstance(e, Terminated) else "interrupted")
+        what = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+        raise FarmError(f"{what}: job {job} canceled. Finished tasks are kept in the cache; "
+                        f"render again to resume from them.", code=143 if isinstance(e, Terminated) else 130) from None
     finally:
         if bar is not None:
             bar.close()
@@ -128,21 +137,17 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
         name = failed[0]["name"] if failed else "the job"
         raise FarmError(f"Job {job} ({spec.name}) {record['state']} at {name}: {why}", code=1)
 
-    # The worker that finished the assembly wrote the contact sheet and manifest beside the
-    # video (they need every task's finish time, so they are not a task's cached output); the
-    # manifest also holds what ffmpeg decoded from the video.
     out = spec.out
+    result = publisher.outcome(queue, job)
+    if result["event"] == publisher.FAILED:
+        why = result["data"].get("error")
+        if result["data"].get("stage") == "sidecars":
+            raise FarmError(f"Job {job} ({spec.name}) rendered {out}, but its contact sheet and manifest could not "
+                            f"be written beside it: {why}.", code=1)
+        raise FarmError(f"Job {job} ({spec.name}) rendered, but its video could not be written to {out}: {why}.",
+                        code=1)
     sidecars = {"contact_sheet": str(manifest.sidecar(out, ".contact.png")), "manifest": str(manifest.path_for(out))}
-    try:
-        written = manifest.load(sidecars["manifest"])
-    except FarmError:
-        written = None
-    if not written or written["job"]["id"] != job or not Path(sidecars["contact_sheet"]).is_file():
-        failed = [e for e in queue.events(job) if e["event"] == "job.sidecars_failed"]
-        why = json.loads(failed[-1]["data"])["error"] if failed else "they are missing"
-        raise FarmError(f"Job {job} ({spec.name}) rendered {out}, but its contact sheet and manifest could not "
-                        f"be written beside it: {why}.", code=1)
-    info = written["video"]
+    info = manifest.load(sidecars["manifest"])["video"]
     tasks = queue.tasks(job)
     return {
         "job": job,
@@ -159,26 +164,35 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
     }
 
 
-def _wait(queue: Queue, job: int, bar, poll: float = 0.25):
-    """Workers are running: let them draw the job, following it until it ends."""
-    seen = 0
+def _follow(queue: Queue, job: int, worker: Worker, defer: bool, on_task, bar, poll: float = 0.25):
+    """Until the job ends: draw what this process can take, or, while `farm work` workers
+    are running and `defer` is set, let them. A task in the hands of a worker that died
+    comes back when its lease runs out, and is then drawn here or by them."""
     while True:
         record = queue.job(job)
-        done = record["tasks_total"] - record["tasks_left"]
-        if bar is not None and done > seen:
-            bar.update(done - seen)
-            seen = done
+        if bar is not None:
+            bar.n = record["tasks_total"] - record["tasks_left"]
+            bar.refresh()
         if record["state"] in TERMINAL:
-            break
+            return
+        if not (defer and _farm_workers(queue)):
+            worker.drain(job, on_task=on_task)
+            if queue.job(job)["state"] in TERMINAL:
+                continue
         time.sleep(poll)
-    # The worker writes the contact sheet and manifest just after the job is done.
-    deadline = time.time() + 60
-    while record["state"] == "done" and time.time() < deadline:
-        try:
-            if manifest.load(manifest.path_for(record["output"]))["job"]["id"] == job:
-                return
-        except FarmError:
-            pass
-        if any(e["event"] == "job.sidecars_failed" for e in queue.events(job)):
+
+
+PUBLISH_WAIT = 120.0  # seconds a done job's publishing worker is given before this process publishes it
+
+
+def _published(queue: Queue, job: int, worker: Worker, poll: float = 0.1):
+    """A done job is published by the worker that completed its assembly, just after. If that
+    worker is gone (or takes longer than PUBLISH_WAIT), publish here: it is idempotent."""
+    if queue.job(job)["state"] != "done":
+        return
+    deadline = time.time() + PUBLISH_WAIT
+    while publisher.outcome(queue, job) is None:
+        if not _farm_workers(queue) or time.time() > deadline:
+            publisher.publish(queue, worker.cache, job, worker.name)
             return
         time.sleep(poll)

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from . import encode, home, manifest as manifests, sheet
+from .files import atomic_path, atomic_write
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
@@ -247,12 +248,8 @@ def _write(renders: list[dict], out: Path) -> Path:
                       "manifest": record.relative_to(out).as_posix(),
                       "duration": m["video"].get("frames", 0) / m["video"]["fps"] if m["video"].get("fps") else None})
     page = out / "index.html"
-    tmp = out / f".index.html.{os.getpid()}.part"
-    try:
-        tmp.write_text(_html(cards), encoding="utf-8")
-        os.replace(tmp, page)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(page, "w") as f:
+        f.write(_html(cards))
     return page
 
 
@@ -266,16 +263,11 @@ def _slug(name: str) -> str:
 
 def _place(src: Path, dst: Path) -> Path:
     """Put a copy of src at dst (a hard link when possible: videos can be large), atomically."""
-    tmp = dst.parent / f".{dst.name}.{os.getpid()}.part"
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst
 
 
@@ -329,12 +321,12 @@ def _html(cards: list[dict]) -> str:
 
     def card(i: int) -> str:
         c, m = cards[i], cards[i]["m"]
-        v = m["video"]
+        v = {k: e(str(x)) for k, x in m["video"].items()}  # every value escaped: a manifest is input
         return (f'<div class="card"><video src="{e(c["video"])}" muted loop autoplay playsinline controls '
-                f'preload="auto"></video><div class="title">{e(m["job"]["name"])} · job {m["job"]["id"]}</div>'
+                f'preload="auto"></video><div class="title">{e(m["job"]["name"])} · job {e(str(m["job"]["id"]))}</div>'
                 f'<div class="meta">{e(label[i]) or "&nbsp;"}</div>'
                 f'<div class="meta">{v.get("frames", "?")} frames · {v.get("fps") or "?"} fps · '
-                f'{v.get("width", "?")}x{v.get("height", "?")} · {e(str(v.get("codec", "")))} · '
+                f'{v.get("width", "?")}x{v.get("height", "?")} · {v.get("codec", "")} · '
                 f'<a href="{e(c["manifest"])}">manifest</a></div></div>')
 
     if layout:
@@ -352,13 +344,13 @@ def _html(cards: list[dict]) -> str:
                   + "".join(card(i) for i in range(n)) + "</div>")
 
     if diff:
-        head = "".join(f"<th>job {m['job']['id']}</th>" for m in renders)
+        head = "".join(f"<th>job {e(str(m['job']['id']))}</th>" for m in renders)
         rows_html = "".join(f'<tr><td class="k">{e(k)}</td>' + "".join(f"<td>{e(v)}</td>" for v in vals) + "</tr>"
                             for k, vals in diff.items())
         table = f"<table><tr><th>setting</th>{head}</tr>{rows_html}</table>"
     else:
         table = '<p class="sub">No setting differs between these renders.</p>'
-    sheets = "".join(f'<figure><img src="{e(c["sheet"])}" alt="contact sheet of job {c["m"]["job"]["id"]}">'
+    sheets = "".join(f'<figure><img src="{e(c["sheet"])}" alt="contact sheet of job {e(str(c["m"]["job"]["id"]))}">'
                      f"</figure>" for c in cards)
     names = ", ".join(dict.fromkeys(m["job"]["name"] for m in renders))
     return f"""<!doctype html>
@@ -366,7 +358,7 @@ def _html(cards: list[dict]) -> str:
 <title>farm review: {e(names)}</title><style>{CSS}</style></head>
 <body>
 <h1>Review: {e(names)}</h1>
-<p class="sub">{len(cards)} render{'s' if len(cards) != 1 else ''} · jobs {', '.join(str(m['job']['id']) for m in renders)}
+<p class="sub">{len(cards)} render{'s' if len(cards) != 1 else ''} · jobs {e(', '.join(str(m['job']['id']) for m in renders))}
  · <button id="sync" type="button">Play all from the start</button></p>
 {videos}
 <h2>Settings that differ</h2>
@@ -384,14 +376,41 @@ def _html(cards: list[dict]) -> str:
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Static files, quietly, with single byte ranges: browsers seek in videos with them
-    (SimpleHTTPRequestHandler alone answers every request with the whole file)."""
+    (SimpleHTTPRequestHandler alone answers every request with the whole file).
+
+    Only regular files inside the folder are served: no listings, no symlink that leads out
+    of it, and only to requests addressed to this machine by name (a Host header other than
+    127.0.0.1, localhost or [::1] is refused: DNS rebinding)."""
+
+    HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
 
-    def send_head(self):
-        rng = self.headers.get("Range")
+    def _allowed(self) -> Path | None:
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name not in self.HOSTS:
+            self.send_error(403, "Forbidden host")
+            return None
+        root = Path(self.directory).resolve()
+        if self.path.split("?", 1)[0] in ("", "/"):
+            self.path = "/index.html"
         path = Path(self.translate_path(self.path))
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            real = None
+        if real is None or not real.is_relative_to(root) or not real.is_file():
+            self.send_error(404, "Not found")
+            return None
+        return path
+
+    def send_head(self):
+        path = self._allowed()
+        if path is None:
+            return None
+        rng = self.headers.get("Range")
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng.strip()) if rng else None
         if m is None or not path.is_file() or m.group(1) == m.group(2) == "":
             return super().send_head()

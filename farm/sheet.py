@@ -8,12 +8,12 @@ Everything is read from the render's manifest, so a sheet can be redrawn from it
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from . import files
 from .cache import Cache
 
 THUMB_WIDTH = 240  # px: 4 tiles make a ~1 000 px sheet, readable without zooming
@@ -80,23 +80,36 @@ def _font(size: int):
 
 
 def _fit(draw, text: str, font, width: int, lines: int) -> list[str]:
-    """Wrap `text` into at most `lines` lines of `width` px, ending in an ellipsis if cut."""
-    words, out = text.split(), []
-    while words and len(out) < lines:
-        line = words.pop(0)
-        while words and draw.textlength(f"{line} {words[0]}", font=font) <= width:
-            line += " " + words.pop(0)
-        cut = len(line)
-        while draw.textlength(line[:cut], font=font) > width and cut > 1:  # one very long word
-            cut -= 1
-        if cut < len(line):
-            words.insert(0, line[cut:])
+    """Wrap `text` into at most `lines` lines of `width` px, ending in an ellipsis if cut.
+
+    Linear in the text: words are taken from the front only while lines remain, and a word
+    too long for a line is cut by bisection (an 8,000-character prompt took 42 s when the cut
+    moved one character at a time)."""
+    words, out, i = text.split(), [], 0
+
+    def fits(s: str) -> bool:
+        return draw.textlength(s, font=font) <= width
+
+    def longest(s: str) -> int:  # the longest prefix of s that fits, at least one character
+        lo, hi = 1, len(s)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(s[:mid]) else (lo, mid - 1)
+        return lo
+
+    while i < len(words) and len(out) < lines:
+        line, i = words[i], i + 1
+        while i < len(words) and fits(f"{line} {words[i]}"):
+            line, i = f"{line} {words[i]}", i + 1
+        if not fits(line):  # one very long word
+            cut = longest(line)
+            words[i - 1] = line[cut:]
+            i -= 1
             line = line[:cut]
         out.append(line)
-    if words and out:
+    if i < len(words) and out:
         last = out[-1]
-        while last and draw.textlength(last + "...", font=font) > width:
-            last = last[:-1]
+        last = last if fits(last + "...") else last[:max(longest(last + "...") - 3, 0)]
         out[-1] = last.rstrip() + "..."
     return out
 
@@ -141,10 +154,5 @@ def thumbnail(path: Path, size: tuple[int, int]) -> Image.Image:
 
 def write(image: Image.Image, path: Path):
     """Save as PNG under a temporary name, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.part.png"
-    try:
-        image.save(tmp, optimize=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with files.atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=True)

@@ -7,15 +7,16 @@ every problem found, each with its key (`frames[2].seconds`) and line.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli
 
-from . import models, sweep
+from . import home, models, outputs, sweep
+from .checks import MAX_STEPS, Checker as _Checker, kind as _kind
 from .errors import FarmError, SpecError
 
 CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
@@ -25,7 +26,11 @@ CODECS = {  # codec -> containers it may be written to ("" is a folder of PNGs)
     "prores": (".mov", ".mkv"),
     "png": ("",),
 }
-MAX_SIDE = 8192  # pixels; a video model at 8K is already far beyond any GPU today
+MAX_PICTURE_SIDE = 16384  # a keyframe picture; larger ones are refused (a "decompression bomb" decodes to GBs)
+# Text encoders read at most a few hundred tokens (CLIP 77, T5 and UMT5 512): 4,096 characters
+# is about twice the longest window, and keeps a 200 MB "prompt" out of the tokenizers.
+MAX_PROMPT = 4096
+MAX_SPEC_BYTES = 16 << 20
 MAX_FRAME_SECONDS = 600.0
 MAX_TOTAL_FRAMES = 500_000
 MAX_FRAMES = 10_000
@@ -91,6 +96,7 @@ class Spec:
     quality: int | None
     frames: list[Frame] = field(default_factory=list)
     retries: int | None = None  # times a failed task is tried again (None: the farm's default)
+    overwrite: bool = False  # [shot] overwrite = true: the output may replace a file farm did not write
 
     def frame_starts(self) -> list[int]:
         """Index of the first video frame of each keyframe, plus the total frame count.
@@ -115,6 +121,10 @@ def read(path: Path) -> tuple[dict, str, bytes]:
     if path.is_dir():
         raise FarmError(f"{path} is a folder, not a job spec. Give the path of a .toml file.", code=2)
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:  # parsing a 200 MB "spec" would take minutes and GBs before any check
+            raise FarmError(f"{path} is {size / 1e6:.0f} MB; a job spec may be at most {MAX_SPEC_BYTES >> 20} MB "
+                            f"(prompts are at most {MAX_PROMPT:,} characters each).", code=2)
         raw = path.read_bytes()
     except OSError as e:
         raise FarmError(f"{path}: cannot read the job spec ({e.strerror or e}).", code=2) from None
@@ -154,71 +164,9 @@ def _line_index(text: str) -> dict[str, int]:
     return lines
 
 
-class _Checker:
-    """Collects problems instead of stopping at the first one."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.lines = _line_index(text)
-        self.problems: list[str] = []
-
-    def fail(self, key: str, msg: str):
-        probe = key
-        while probe and probe not in self.lines:
-            probe = probe.rpartition(".")[0] if "." in probe else ""
-        where = f"line {self.lines[probe]}: " if probe else ""
-        self.problems.append(f"{where}{key}: {msg}")
-
-    def keys(self, table: dict, allowed: tuple[str, ...], prefix: str):
-        for k in table:
-            if k not in allowed:
-                hint = difflib.get_close_matches(k, allowed, n=1)
-                tip = f" (did you mean `{hint[0]}`?)" if hint else f" (allowed: {', '.join(allowed)})"
-                self.fail(f"{prefix}{k}", f"unknown key{tip}")
-
-    def table(self, data: dict, key: str, prefix: str = "") -> dict:
-        value = data.get(key, {})
-        if not isinstance(value, dict):
-            self.fail(prefix + key, f"expected a table, got {_kind(value)}")
-            return {}
-        return value
-
-    def number(self, table, key, prefix, lo, hi, default=None, integer=False, lo_open=False):
-        if key not in table:
-            return default
-        v = table[key]
-        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-        what = "an integer" if integer else "a number"
-        if isinstance(v, bool) or not ok_type:
-            self.fail(prefix + key, f"expected {what}, got {_kind(v)}")
-            return default
-        if (v <= lo if lo_open else v < lo) or v > hi or v != v:
-            low = f"> {lo}" if lo_open else f">= {lo}"
-            self.fail(prefix + key, f"expected {what} {low} and <= {hi}, got {v}")
-            return default
-        return v
-
-    def string(self, table, key, prefix, default=None, nonempty=True):
-        if key not in table:
-            return default
-        v = table[key]
-        if not isinstance(v, str):
-            self.fail(prefix + key, f"expected a string, got {_kind(v)}")
-            return default
-        if nonempty and not v.strip():
-            self.fail(prefix + key, "must not be empty")
-            return default
-        return v
-
-
-def _kind(v) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(v), type(v).__name__)
-
-
 # --- validation ---------------------------------------------------------------------------
 
-SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries")
+SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries", "overwrite")
 ACCELERATION_KEYS = ("accelerate", "cache_threshold", "quantize")  # a stage's; not per frame
 STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras") + ACCELERATION_KEYS
 MOTION_KEYS = STAGE_KEYS + ("prompt",)
@@ -228,25 +176,29 @@ LORA_KEYS = ("path", "scale")
 FRAME_MOTION_KEYS = tuple(k for k in MOTION_KEYS if k not in ACCELERATION_KEYS) + ("seed",)
 
 
-def load(path: str | Path) -> Spec:
+def load(path: str | Path, *, force: bool = False) -> Spec:
     """Parse and validate a job spec; raise SpecError with every problem, or FarmError.
-    A spec with a [sweep] is many specs: use `load_all`."""
-    specs = load_all(path)
+    A spec with a [sweep] is many specs: use `load_all`. `force`: as for `load_all`."""
+    specs = load_all(path, force=force)
     if len(specs) != 1:
         raise FarmError(f"{path} declares a sweep of {len(specs)} variants; load it with spec.load_all().", code=2)
     return specs[0]
 
 
-def load_all(path: str | Path) -> list[Spec]:
+def load_all(path: str | Path, *, force: bool = False) -> list[Spec]:
     """Parse and validate a job spec and every variant of its [sweep], if any.
 
     Each variant is validated in full; problems common to all variants are listed once,
-    the others under the sweep values that cause them. Raise SpecError with all of them."""
+    the others under the sweep values that cause them. Raise SpecError with all of them.
+    `force` (`farm render --force`) lets outputs replace files farm did not write and skips
+    the free-disk estimate; it never lets farm replace a folder it did not write."""
     path = Path(path)
     data, text, raw = read(path)
     if "sweep" not in data:
-        return [_validate(path.resolve(), data, text, raw)]
-    c = _Checker(path.resolve(), text)
+        spec = _validate(path.resolve(), data, text, raw)
+        _check_outputs([spec], path.resolve(), text, force)
+        return [spec]
+    c = _Checker(path.resolve(), _line_index(text))
     variants = sweep.expand(data.pop("sweep"), data, c)
     if c.problems:
         raise SpecError(path.resolve(), c.problems)
@@ -262,6 +214,7 @@ def load_all(path: str | Path) -> list[Spec]:
     if problems:
         raise SpecError(path.resolve(), [p if len(where) == len(variants) else f"{_culprit(where, len(variants))}: {p}"
                                          for p, where in problems.items()])
+    _check_outputs(specs, path.resolve(), text, force)
     return specs
 
 
@@ -279,30 +232,24 @@ def _suffixed(out: Path, label: str) -> Path:
 
 def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     base = path.parent
-    c = _Checker(path, text)
+    c = _Checker(path, _line_index(text))
     c.keys(data, ("shot", "keyframes", "motion", "frames", "sweep"), "")
 
     shot = c.table(data, "shot")
     c.keys(shot, SHOT_KEYS, "shot.")
     name = c.string(shot, "name", "shot.", default=path.stem)
+    if name is not None and len(name) > 200:
+        c.fail("shot.name", f"at most 200 characters, got {len(name)}")
+        name = path.stem
     fps = c.number(shot, "fps", "shot.", 0, 240, default=24, lo_open=True)
-    width = height = None
-    if "size" in shot:
-        size = shot["size"]
-        if (not isinstance(size, list) or len(size) != 2
-                or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
-            c.fail("shot.size", f"expected [width, height] as two integers, got {size!r}")
-        elif not all(16 <= s <= MAX_SIDE for s in size):
-            c.fail("shot.size", f"each side must be between 16 and {MAX_SIDE} pixels, got {size}")
-        else:
-            width, height = size
+    width, height = c.size(shot, "size", "shot.") or (None, None)
     seed = c.number(shot, "seed", "shot.", 0, MAX_SEED, default=0, integer=True)
     codec = c.string(shot, "codec", "shot.", default="h264")
     if codec not in CODECS:
         c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
         codec = "h264"
-    default_out = f"renders/{name}" + ("" if codec == "png" else ".mp4")
-    out = base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()
+    default_out = f"renders/{file_name(name)}" + ("" if codec == "png" else ".mp4")
+    out = Path(os.path.abspath(base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()))
     if out.suffix.lower() not in CODECS[codec]:
         want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec])
         c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
@@ -310,6 +257,8 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
         c.fail("shot.out", f"{out} is an existing folder; give a file name")
     quality = c.number(shot, "quality", "shot.", 0, 63, integer=True)
     retries = c.number(shot, "retries", "shot.", 0, 20, integer=True)
+    if "overwrite" in shot and not isinstance(shot["overwrite"], bool):
+        c.fail("shot.overwrite", f"expected true or false, got {_kind(shot['overwrite'])}")
 
     resolved: dict[str, models.ModelRef | None] = {}
 
@@ -347,12 +296,12 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     def stage(table, prefix, ref, fallback: dict) -> dict:
         defaults = ref.defaults if ref else {}
         return {
-            "steps": c.number(table, "steps", prefix, 1, 1000, integer=True,
+            "steps": c.number(table, "steps", prefix, 1, MAX_STEPS, integer=True,
                               default=fallback.get("steps", defaults.get("steps", 30))),
             "guidance": float(c.number(table, "guidance", prefix, 0, 100,
                                        default=fallback.get("guidance", defaults.get("guidance", 5.0)))),
-            "negative_prompt": c.string(table, "negative_prompt", prefix, nonempty=False,
-                                        default=fallback.get("negative_prompt", "")),
+            "negative_prompt": _text(c, table, "negative_prompt", prefix, nonempty=False,
+                                     default=fallback.get("negative_prompt", "")),
             "loras": loras(table, prefix, fallback.get("loras", ())),
         }
 
@@ -385,7 +334,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
 
     kf_defaults = stage(kf, "keyframes.", kf_model, {})
     mo_defaults = stage(mo, "motion.", mo_model, {})
-    mo_prompt = c.string(mo, "prompt", "motion.", nonempty=False)
+    mo_prompt = _text(c, mo, "prompt", "motion.", nonempty=False)
 
     raw_frames = data.get("frames")
     frames: list[Frame] = []
@@ -405,7 +354,7 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     for i, fr in enumerate(raw_frames):
         p = f"frames[{i}]."
         c.keys(fr, FRAME_KEYS, p)
-        prompt = c.string(fr, "prompt", p)
+        prompt = _text(c, fr, "prompt", p)
         image = None
         if "image" in fr:
             rel = c.string(fr, "image", p)
@@ -441,13 +390,14 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
                               model=None if image is not None else fmodel, seed=fseed, **fkf),
             motion=Motion(model=mmodel, seed=c.number(fm, "seed", p + "motion.", 0, MAX_SEED, integer=True,
                                                       default=fseed),
-                          prompt=c.string(fm, "prompt", p + "motion.", nonempty=False,
-                                          default=mo_prompt if mo_prompt is not None else (prompt or "")),
+                          prompt=_text(c, fm, "prompt", p + "motion.", nonempty=False,
+                                       default=mo_prompt if mo_prompt is not None else (prompt or "")),
                           **fmo),
         ))
 
     spec = Spec(path=path, digest=hashlib.sha256(raw).hexdigest(), name=name, fps=fps, width=width,
-                height=height, seed=seed, out=out, codec=codec, quality=quality, frames=frames, retries=retries)
+                height=height, seed=seed, out=out, codec=codec, quality=quality, frames=frames, retries=retries,
+                overwrite=shot.get("overwrite") is True)
     if not c.problems and frames:
         _check_timing(c, spec)
         _check_size(c, spec)
@@ -505,13 +455,63 @@ def _check_image(c: _Checker, key: str, path: Path) -> Path | None:
         return None
     from PIL import Image, UnidentifiedImageError
 
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # read the header's size ourselves: opening decodes nothing yet
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if max(w, h) > MAX_PICTURE_SIDE:
+                c.fail(key, f"{path} is {w}x{h} pixels; pictures may be at most {MAX_PICTURE_SIDE} pixels a side "
+                            f"(scale it down first)")
+                return None
             im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         c.fail(key, f"{path} is not a readable image ({e})")
         return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return path.resolve()
+
+
+def _check_outputs(specs: list[Spec], path: Path, text: str, force: bool):
+    """Where the outputs go (see farm/outputs.py) and whether the disk can hold them."""
+    c = _Checker(path, _line_index(text))
+    seen = set()
+    for spec in specs:
+        for problem in outputs.problems(spec.out, spec.codec, path.parent, force or spec.overwrite):
+            if problem not in seen:
+                seen.add(problem)
+                c.fail("shot.out", problem)
+    if not force:
+        need: dict[Path, list] = {}
+        for spec in specs:
+            frames = spec.frame_starts()[-1]
+            est = outputs.estimate_bytes(frames, len(spec.frames), spec.width, spec.height, spec.codec)
+            for where, bytes_ in zip((home.cache_dir(), spec.out.parent), est):
+                mount, free = outputs.free_bytes(where)
+                need.setdefault(mount.stat().st_dev, [mount, free, 0])[2] += bytes_
+        for mount, free, bytes_ in need.values():
+            if bytes_ > free:
+                c.fail("frames", f"the render would write about {outputs.human(bytes_)} to {mount}, which has "
+                                 f"{outputs.human(free)} free; free space, shorten the shot, or pass --force")
+    if c.problems:
+        raise SpecError(path, c.problems)
+
+
+def _text(c: _Checker, table, key, prefix, default=None, nonempty=True):
+    """A prompt: a string of at most MAX_PROMPT characters."""
+    v = c.string(table, key, prefix, default=default, nonempty=nonempty)
+    if isinstance(v, str) and len(v) > MAX_PROMPT:
+        c.fail(prefix + key, f"{len(v):,} characters; at most {MAX_PROMPT:,} (text encoders read a few hundred "
+                             f"tokens: the rest would be cut off anyway)")
+        return default
+    return v
+
+
+def file_name(name: str) -> str:
+    """A shot's name as a file name: no folders, no leading dots (`../../x` -> `_.._x`)."""
+    safe = re.sub(r"[^\w.-]+", "_", name).lstrip(".")
+    return safe[:120] or "shot"
 
 
 def _check_timing(c: _Checker, spec: Spec):

@@ -13,8 +13,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
+import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -23,16 +24,23 @@ from pathlib import Path
 from . import encode, fit, models, pipeline
 from .cache import Cache
 from .errors import FarmError
+from .publish import publish
 from .queue import Queue
 
 FRAME = "{:06d}.png"
 
 
+class LeaseLost(Exception):
+    """This worker no longer holds the task it is running (its lease expired and another
+    attempt took it, or its job was canceled): stop, publish nothing."""
+
+
 class Worker:
     def __init__(self, queue: Queue, cache: Cache, *, name: str | None = None, lease: float = 60.0,
                  steps_progress: bool = False, memory_budget: int | None = None, device: str | None = None,
-                 label: str | None = None, max_warm: int | None = None):
+                 label: str | None = None, max_warm: int | None = None, role: str = "farm"):
         self.queue = queue
+        self.role = role  # "farm" (`farm work`) or "render" (a `farm render` drawing its own job)
         self.cache = cache
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
@@ -54,14 +62,17 @@ class Worker:
         self.calls = {"load": 0, "unload": 0, "keyframe": 0, "segment": 0, "assemble": 0}
         self.stopping = False  # set on SIGINT/SIGTERM: finish the task in flight, claim no more
         self.current: dict | None = None
+        self.lost = threading.Event()  # set by the heartbeat: the task in flight is no longer ours
         self._beat_stop = threading.Event()
         self._beat: threading.Thread | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
     def __enter__(self):
-        self.queue.register(self.name, device=self.label, lease=self.lease)
-        self._beat = threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.name}", daemon=True)
+        self.queue.register(self.name, device=self.label, lease=self.lease, role=self.role)
+        self._beat_stop = threading.Event()  # a fresh one each time: a sweep re-enters the worker
+        self._beat = threading.Thread(target=self._heartbeat, args=(self._beat_stop,),
+                                      name=f"heartbeat-{self.name}", daemon=True)
         self._beat.start()
         return self
 
@@ -72,22 +83,48 @@ class Worker:
         self.queue.unregister(self.name)
         return False
 
-    def _heartbeat(self):
-        """Renew the lease of the task in flight every third of a lease, on its own connection."""
-        queue = Queue(self.queue.path)
+    def _heartbeat(self, stop: threading.Event):
+        """Renew the lease of the task in flight every third of a lease, on its own connection.
+
+        The queue's answer matters: when the lease is no longer ours, `lost` is set and the
+        task is abandoned at its next step. A database error does not end the thread: it is
+        reported once and retried; if it lasts a whole lease, others may have taken the task
+        by then, so it counts as lost too."""
+        queue, failing_since = None, None
         try:
-            while not self._beat_stop.wait(max(self.lease / 3, 0.05)):
-                queue.heartbeat(self.name, models=sorted(self.held()), task=self.current, lease=self.lease,
-                                state="stopping" if self.stopping else None)
+            while not stop.wait(max(self.lease / 3, 0.05)):
+                task = self.current
+                try:
+                    queue = queue or Queue(self.queue.path)
+                    held = queue.heartbeat(self.name, models=sorted(self.held()), task=task, lease=self.lease,
+                                           state="stopping" if self.stopping else None)
+                    failing_since = None
+                except (sqlite3.Error, FarmError) as e:
+                    now = time.time()
+                    if failing_since is None:
+                        failing_since = now
+                        print(f"farm: worker {self.name}: heartbeat failed ({e}); retrying", file=sys.stderr)
+                    if task is not None and now - failing_since > self.lease and self.current is task:
+                        self.lost.set()
+                    continue
+                if task is not None and not held and self.current is task:
+                    self.lost.set()
         finally:
-            queue.close()
+            if queue is not None:
+                queue.close()
+
+    def check_lease(self, *_):
+        """Raise LeaseLost if the task in flight is no longer this worker's (called between
+        denoising steps and before an output is published)."""
+        if self.lost.is_set():
+            raise LeaseLost()
 
     # --- the loop -----------------------------------------------------------------------
 
     def drain(self, job: int | None = None, on_task=None, *, until_empty: bool = True, poll: float = 0.5) -> dict:
         """Run claimable tasks (of one job, or any) until none is left (or, with
         until_empty=False, until stopped); return counts."""
-        stats = {"run": 0, "cached": 0, "failed": 0}
+        stats = {"run": 0, "cached": 0, "failed": 0, "lost": 0}
         claim = {"lease": self.lease, "job": job, "device": self.label}
         task = None
         while True:
@@ -107,70 +144,69 @@ class Worker:
                     time.sleep(poll)
                 continue
             started = time.perf_counter()
-            cached = self.execute(task)
-            stats["failed" if cached is None else "cached" if cached else "run"] += 1
-            done, following = cached is not None, None
-            if done and self.stopping:
-                self.queue.complete(task, self.name, cached=cached, seconds=time.perf_counter() - started)
-            elif done:  # report and take the next task in one transaction
-                _, following = self.queue.complete_and_claim(
-                    task, self.name, cached=cached, seconds=time.perf_counter() - started,
-                    models=self.held(), **claim)
-            if done and task["kind"] == "assemble":
-                self.sidecars(task)
+            outcome = self.execute(task)
+            stats[outcome] += 1
+            cached, following, completed = outcome == "cached", None, False
+            if outcome in ("cached", "run"):
+                seconds = time.perf_counter() - started
+                if self.stopping:
+                    completed = self.queue.complete(task, self.name, cached=cached, seconds=seconds)
+                else:  # report and take the next task in one transaction
+                    completed, following = self.queue.complete_and_claim(
+                        task, self.name, cached=cached, seconds=seconds, models=self.held(), **claim)
+            if completed and task["kind"] == "assemble":  # only an accepted completion publishes
+                publish(self.queue, self.cache, task["job_id"], self.name)
+                self.after_job()
             if on_task:
-                on_task(task, cached)
+                on_task(task, cached if completed else None)
             task = following
 
-    def sidecars(self, task: dict) -> dict | None:
-        """Once a job's assembly is done (so every task's timings are known), write its
-        contact sheet and manifest beside the video. A failure here does not undo the
-        video: it is recorded as an event, and `farm render` reports it."""
-        from . import manifest
+    def after_job(self):
+        """Between jobs: prune the cache to its configured size, if one is set."""
+        from . import gc
 
-        job = self.queue.job(task["job_id"])
-        if job is None or job["state"] != "done":
-            return None
-        p = task["params"]
-        out = Path(job["output"])
-        try:
-            video = encode.probe(out) if p["codec"] != "png" else {
-                "frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"], "height": p["height"]}
-            return manifest.publish(self.queue, task["job_id"], self.cache, video={"codec": p["codec"], **video})
-        except (OSError, FarmError) as e:
-            self.queue.record(task["job_id"], task["id"], "job.sidecars_failed", self.name, {"error": str(e)})
-            return None
+        limit = gc.configured_max_size()
+        if limit is not None:
+            gc.collect(self.queue, self.cache, max_size=limit)
 
-    def execute(self, task: dict) -> bool | None:
+    def execute(self, task: dict) -> str:
         """Answer one claimed task without reporting success (failures are reported here):
-        True if from the cache, False if run, None if it failed."""
+        "cached", "run", "failed", or "lost" (the lease went to another attempt, or the job
+        was canceled: the task was abandoned and nothing was published)."""
         self.current = task
+        self.lost.clear()
         try:
-            cached = self.cache.has(task["key"])
-            if not cached:
-                self._produce(task)
-            if task["kind"] == "assemble":
-                self.publish(task)
+            problem = self.cache.check(task["key"])
+            if problem is None:
+                self.cache.touch(task["key"])
+                return "cached"
+            if problem != "missing":  # damaged since it was written: never reuse it
+                self.queue.record(task["job_id"], task["id"], "cache.discarded", self.name,
+                                  {"key": task["key"], "problem": problem})
+                self.cache.discard(task["key"])
+            self._produce(task)
+            return "run"
+        except LeaseLost:
+            self.queue.record(task["job_id"], task["id"], "task.abandoned", self.name,
+                              {"attempt": task["attempts"], "why": "its lease is no longer this worker's"})
+            return "lost"
         except KeyboardInterrupt:
             self.queue.release(task, self.name)
             raise
         except FarmError as e:  # the user's input can't work: retrying would fail the same way
             self.queue.fail(task, self.name, e.message, retry=False)
-            return None
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 msg = f"disk full while writing {task['name']} ({e.filename or self.cache.root}); free space and render again"
                 self.queue.fail(task, self.name, msg, retry=False)
             else:
                 self.queue.fail(task, self.name, f"{type(e).__name__}: {e}")
-            return None
         except Exception as e:  # noqa: BLE001 - any model or library failure is retried
             what = f"out of memory on {self.device}: {e}" if _is_oom(e) else f"{type(e).__name__}: {e}"
             self.queue.fail(task, self.name, what)
-            return None
         finally:
             self.current = None
-        return cached
+        return "failed"
 
     def _produce(self, task: dict):
         """Run the task's handler into a fresh cache entry. Out of memory: free every loaded
@@ -179,9 +215,10 @@ class Worker:
             try:
                 with self.cache.writing(task["key"]) as out:
                     HANDLERS[task["kind"]](self, task["params"], out)
+                    self.check_lease()  # an abandoned attempt publishes nothing
                 return
             except Exception as e:  # noqa: BLE001
-                if last_try or not _is_oom(e):
+                if last_try or isinstance(e, LeaseLost) or not _is_oom(e):
                     raise
                 self.unload_all()
 
@@ -265,23 +302,7 @@ class Worker:
         return self.cache.path(key)
 
     def frames_of(self, key: str) -> list[Path]:
-        return sorted(self.output(key).glob("*.png"))
-
-    def publish(self, task: dict):
-        """Copy the assembled output from the cache to the job's output path, atomically."""
-        job = self.queue.job(task["job_id"])
-        src = next(p for p in self.output(task["key"]).iterdir())
-        dst = Path(job["output"])
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            encode.encode(sorted(src.glob("*.png")), task["params"]["fps"], "png", None, dst)
-            return
-        tmp = dst.parent / f".{dst.name}.{os.getpid()}.part"
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
+        return [p for p in self.cache.files(key) if p.suffix == ".png"]
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -298,10 +319,14 @@ def run_keyframe(worker: Worker, params: dict, out: Path):
     if "image" in params:
         from PIL import Image
 
+        from .spec import MAX_PICTURE_SIDE
+
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PICTURE_SIDE ** 2)  # checked at validation
         with Image.open(params["image"]) as im:
             image = pipeline.fit(im, params["width"], params["height"])
     else:
-        image = pipeline.keyframe(worker.pipe(params["model"], fit.task_shape("keyframe", params)), params)
+        image = pipeline.keyframe(worker.pipe(params["model"], fit.task_shape("keyframe", params)), params,
+                                  on_step=worker.check_lease)
         worker.calls["keyframe"] += 1
     image.save(out / "image.png")
 
@@ -323,7 +348,8 @@ def run_segment(worker: Worker, params: dict, out: Path):
             if last is not None:
                 b = Image.open(last)
                 b.load()
-            frames = pipeline.segment(worker.pipe(params["model"], fit.task_shape("segment", params)), params, a, b)
+            frames = pipeline.segment(worker.pipe(params["model"], fit.task_shape("segment", params)), params, a, b,
+                                      on_step=worker.check_lease)
         worker.calls["segment"] += 1
         for i, frame in enumerate(frames):
             frame.save(out / FRAME.format(i))

@@ -158,7 +158,7 @@ def test_a_failing_model_fails_the_job_with_its_error(home_with_models, write_sp
     monkeypatch.setattr(queue, "BACKOFF_CAP", 0)
     calls = []
 
-    def broken(pipe, params):
+    def broken(pipe, params, on_step=None):
         calls.append(params["prompt"])
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 

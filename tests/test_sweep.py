@@ -15,11 +15,11 @@ def test_sweep_example_renders_six_videos_and_runs_shared_tasks_once(home_with_m
     calls = {"keyframe": [], "segment": []}
     real_keyframe, real_segment = pipeline.keyframe, pipeline.segment
 
-    def keyframe(pipe, params):
+    def keyframe(pipe, params, on_step=None):
         calls["keyframe"].append((params["model"]["name"], params["seed"], params["prompt"]))
         return real_keyframe(pipe, params)
 
-    def segment(pipe, params, first, last):
+    def segment(pipe, params, first, last, on_step=None):
         calls["segment"].append(params["frame"])
         return real_segment(pipe, params, first, last)
 

@@ -1,0 +1,102 @@
+"""`farm gc`: keep the cache within a size, least recently used entries first.
+
+An entry's last use is the modification time of its record (`Cache.touch`, on every reuse).
+Entries that a queued or running job needs (any task of such a job: later tasks read the
+outputs of finished ones) are never removed. Removing is renaming away, then deleting, so a
+reader never sees half an entry; a removed entry is simply recomputed by the next render that
+needs it. Leftovers of killed writers (`.tmp-*`, `.trash-*`) go too.
+
+The default limit for `farm work`, which prunes between jobs, is `cache_max_size` in
+`$FARM_HOME/config.toml` (or the FARM_CACHE_MAX_SIZE environment variable), e.g. "200G".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+
+import tomli
+
+from . import home
+from .cache import Cache, _alive
+from .errors import FarmError
+from .queue import Queue
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(value: str | int, what: str = "--max-size") -> int:
+    """'200G' / '512M' / '0' / bytes -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+    if not m:
+        raise FarmError(f"{what} expects a size like 200G, 512M or 0, got {value!r}.", code=2)
+    return int(float(m.group(1)) * UNITS[m.group(2).upper()])
+
+
+def parse_age(value: str) -> float:
+    """'30d' / '12h' / '90m' / '45s' / '2w' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(value), re.IGNORECASE)
+    if not m:
+        raise FarmError(f"--older-than expects an age like 30d, 12h or 90m, got {value!r}.", code=2)
+    return float(m.group(1)) * AGES[m.group(2).lower()]
+
+
+def configured_max_size() -> int | None:
+    """The cache limit `farm work` keeps between jobs: FARM_CACHE_MAX_SIZE, else
+    `cache_max_size` in $FARM_HOME/config.toml, else None (no pruning)."""
+    env = os.environ.get("FARM_CACHE_MAX_SIZE")
+    if env:
+        return parse_size(env, "FARM_CACHE_MAX_SIZE")
+    path = home.home() / "config.toml"
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as f:
+            value = tomli.load(f).get("cache_max_size")
+    except (OSError, tomli.TOMLDecodeError) as e:
+        raise FarmError(f"{path} is not readable TOML: {e}", code=2) from None
+    return None if value is None else parse_size(value, f"{path}: cache_max_size")
+
+
+def collect(queue: Queue, cache: Cache, *, max_size: int | None = None, older_than: float | None = None,
+            dry_run: bool = False) -> dict:
+    """Remove entries older than `older_than` seconds, then least recently used ones until the
+    cache holds at most `max_size` bytes; never what a live job needs. Returns a summary:
+    removed, freed_bytes, kept_bytes, protected (entries kept for live jobs), dry_run, keys."""
+    live = queue.live_keys()
+    entries = sorted(cache.entries(), key=lambda e: e.used)
+    total = sum(e.size for e in entries)
+    now, removed, freed = time.time(), [], 0
+    for e in entries:
+        if e.key in live:
+            continue
+        too_old = older_than is not None and now - e.used > older_than
+        too_big = max_size is not None and total - freed > max_size
+        if not (too_old or too_big):
+            continue
+        if not dry_run:
+            cache.discard(e.key)
+        removed.append(e.key)
+        freed += e.size
+    if not dry_run:
+        _sweep_leftovers(cache)
+    return {"removed": len(removed), "freed_bytes": freed, "kept_bytes": total - freed,
+            "protected": sum(e.key in live for e in entries), "dry_run": dry_run, "keys": removed}
+
+
+def _sweep_leftovers(cache: Cache):
+    """Half-written entries of processes that are gone, and trash a killed remover left."""
+    if not cache.root.is_dir():
+        return
+    for shard in cache.root.iterdir():
+        if not shard.is_dir():
+            continue
+        for p in shard.iterdir():
+            pid = p.name.split("-")[2] if p.name.startswith((".tmp-", ".trash-")) and p.name.count("-") >= 2 else None
+            if pid is not None and not _alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
