@@ -296,7 +296,7 @@ def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, w
     assert runners and not any(w.startswith("render:") for w in runners)  # the farm drew it, not the CLI
 
     # status --json while a worker runs a long task
-    very_slow = SLOW_SEGMENTS.replace("steps = 100", "steps = 1000")  # stopped long before it ends
+    very_slow = SLOW_SEGMENTS.replace("steps = 100", "steps = 500")  # stopped long before it ends
     code, out, _ = cli("submit", write_spec(very_slow, "slow.toml"), "--json")
     slow = json.loads(out)["job"]
     wait_for(lambda: in_flight(db))
