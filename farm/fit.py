@@ -328,7 +328,7 @@ def choose(est: Estimate, free: int, device: str, *, floor: dict | None = None, 
 
 def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
     """(width, height, frames the model generates in one call) of a keyframe, segment or clip task."""
-    from . import models, pipeline
+    from . import models
 
     if kind == "clip":  # one clip of a chain: its own frame count
         return params["width"], params["height"], params["frames"]
@@ -338,7 +338,15 @@ def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
         return params["width"], params["height"], max(params["clips"])
     family = params["model"]["pipeline"]
     ends = models.PIPELINES[family].get("last_frame", False)
-    return params["width"], params["height"], pipeline.frame_count(family, params["frames"] + 1 if ends else params["frames"])
+    return params["width"], params["height"], frame_rule(family, params["frames"] + 1 if ends else params["frames"])
+
+
+def frame_rule(family: str, wanted: int) -> int:
+    """The smallest frame count >= wanted that the family generates (Wan 4k+1, LTX 8k+1)."""
+    from . import models
+
+    step, offset = models.PIPELINES[family].get("frames", (1, 0))
+    return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
 
 
 def for_model(model: dict, shape: tuple[int, int, int], device: str, folder: Path | None = None) -> Estimate:
@@ -374,9 +382,7 @@ def describe(name: str, width: int | None = None, height: int | None = None, fra
     if frames is None:
         frames = int(preset.get("max_frames", 81)) if preset["role"] == "motion" else 1
     if preset["role"] == "motion" and frames > 1:
-        from . import pipeline
-
-        frames = pipeline.frame_count(preset["pipeline"], frames)
+        frames = frame_rule(preset["pipeline"], frames)
     folder = None
     try:
         ref = models.resolve(name)
