@@ -359,12 +359,16 @@ def for_model(model: dict, shape: tuple[int, int, int], device: str, folder: Pat
 def task_memory(task_params: dict, kind: str, device: str = "cuda") -> int | None:
     """The peak bytes of a task with everything on the device (what `farm plan` reports), or
     None for a task that loads no model."""
+    from . import models
+
     model = task_params.get("model")
     if not model:
         return None
     try:
-        return for_model(model, task_shape(kind, task_params), device).peaks["all"]
-    except FarmError:
+        ref = models.ref_from_params(model)
+        folder = Path(ref.config) if ref.config else models.local_path(ref)  # a twin is built, as a render would
+        return for_model(model, task_shape(kind, task_params), device, folder).peaks["all"]
+    except (FarmError, OSError):  # no weights here and no [fit] table: unknown
         return None
 
 
