@@ -356,12 +356,16 @@ def test_the_heartbeat_renews_leases_in_every_variant_of_a_sweep(home_with_model
 
     path = write_spec(animatic() + '\n[sweep]\n"shot.seed" = [1, 2]\n')
     real = worker_mod.HANDLERS["keyframe"]
-    seen = {"n": 0}
+    seen, left = {"n": 0}, []
 
     def slow_in_second_variant(w, params, out):
         seen["n"] += 1
         if seen["n"] > 1:  # the first variant's keyframe ran; this one is the second's
-            time.sleep(2.0)
+            time.sleep(2.0)  # 3 leases: without renewal the lease would have run out
+            conn = sqlite3.connect(home.db_path())
+            (expires,) = conn.execute("SELECT lease_expires FROM tasks WHERE state = 'running'").fetchone()
+            conn.close()
+            left.append(expires - time.time())
         real(w, params, out)
 
     monkeypatch.setitem(worker_mod.HANDLERS, "keyframe", slow_in_second_variant)
@@ -369,6 +373,7 @@ def test_the_heartbeat_renews_leases_in_every_variant_of_a_sweep(home_with_model
     w = worker_mod.Worker(q, Cache(home.cache_dir()), name="sweeper", lease=0.6)
     results = render.render_all(path, worker=w)
     assert len(results) == 2
+    assert left and all(t > 0 for t in left), left  # renewed while the second variant ran
     events = [e for (e,) in q.conn.execute("SELECT event FROM events")]
     assert "task.lease_expired" not in events and "task.abandoned" not in events
 
