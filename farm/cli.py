@@ -129,17 +129,38 @@ def models_list(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
 
 @models_app.command("show")
 def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `farm models`).")],
-                json_out: JsonOpt = False):
-    """Print one preset: source, role, defaults, memory options, twin, and where its weights are."""
-    from . import models
+                json_out: JsonOpt = False,
+                size: Annotated[Optional[str], typer.Option("--size", help="Estimate memory at WIDTHxHEIGHT "
+                                                            "(default: the preset's size).")] = None,
+                frames: Annotated[Optional[int], typer.Option("--frames", min=1, max=10_000, help="...and this "
+                                                              "many generated frames (motion models).")] = None,
+                device: Annotated[str, typer.Option("--device", help="cuda (the preset's dtype) or cpu "
+                                                    "(float32).")] = "cuda"):
+    """Print one preset: source, role, defaults, memory options, twin, where its weights are, and
+    its estimated peak memory for each way to run it (farm/fit.py)."""
+    from . import fit, models
 
+    quiet_libraries()  # a twin is built on first use
     info = models.describe(name)
+    width = height = None
+    if size is not None:
+        try:
+            width, height = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise FarmError(f"--size: expected WIDTHxHEIGHT like 1280x720, got {size!r}.", code=2) from None
+    est = fit.describe(name, width, height, frames, device)
+    info["estimate"] = est.to_json() if est is not None else None
     if json_out:
         typer.echo(json.dumps(info))
         return
     for key, value in info.items():
-        if value not in (None, {}, ""):
+        if key != "estimate" and value not in (None, {}, ""):
             typer.echo(f"{key:<12} {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    if est is not None:
+        lines = est.text().splitlines()
+        typer.echo(f"{'estimate':<12} {lines[0]}")
+        for line in lines[1:]:
+            typer.echo(f"{'':<12} {line}")
 
 
 @models_app.command("pull")

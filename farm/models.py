@@ -56,12 +56,13 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 # [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
-               "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames")
+               "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames",
+               "quantize", "fit")  # farm/fit.py: weights quantized by torchao; what the model needs
 # `accelerate` and `cache_threshold` (farm/acceleration/settings.py) are kept in a ModelRef's defaults but
 # are not call options either: plan._model puts them in task keys on their own.
-# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/timing.py) too.
+# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/timing.py) too, and `quantize`.
 NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold", "fps",
-                    "max_frames")
+                    "max_frames", "quantize")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
 
 
@@ -146,6 +147,8 @@ def preset_defaults(name: str, preset: dict) -> dict:
     if "cache_threshold" in preset:
         defaults["cache_threshold"] = check_threshold(preset["cache_threshold"], f"preset {name!r}: cache_threshold")
     defaults.update(_preset_time(name, preset))
+    if "quantize" in preset:
+        defaults["quantize"] = check_quantize_name(preset["quantize"], f"preset {name!r}: quantize")
     return defaults
 
 
@@ -163,6 +166,15 @@ def _preset_time(name: str, preset: dict) -> dict:
             raise FarmError(f"Preset {name!r}: {key} applies to motion models only.", code=2)
         out[key] = v
     return out
+
+
+def check_quantize_name(value, label: str) -> str:
+    """`quantize = "int8"` or `"fp8"` (farm/fit.py says what each needs)."""
+    from .fit import QUANTIZE
+
+    if value not in QUANTIZE:
+        raise FarmError(f"{label}: expected one of {', '.join(repr(q) for q in QUANTIZE)}, got {value!r}", code=2)
+    return value
 
 
 def _drivable() -> str:
@@ -368,18 +380,32 @@ def _no_gpu_here() -> bool:
     return False
 
 
-def load_pipeline(ref: ModelRef, dev: str | None = None):
+def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None = None):
     """Load a pipeline through diffusers' `from_pretrained` (or `from_single_file` for a
     checkpoint file), as for any real model; never from the network, and with a repo's own
-    code only when its preset says `trust_remote_code = true`."""
+    code only when its preset says `trust_remote_code = true`. `placement` is farm/fit.py's
+    choice (on the device, model or sequential offload); without it, the [memory] flags say.
+    With `quantize`, the denoiser's weights are quantized by torchao as they load."""
     import diffusers
     import torch
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     silence_loaded()  # `farm` commands ask for quiet before diffusers is imported
+    from . import fit
+
     dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)
+    quantize = ref.defaults.get("quantize")
+    extra = {}
+    if quantize:
+        fit.check_quantize(quantize, dev, fit.capability(dev), f"model {ref.name!r}")
+        if ref.config:
+            raise FarmError(f"model {ref.name!r}: quantize is not wired for single-file checkpoints yet; save the "
+                            f"pipeline as a diffusers folder (save_pretrained) and point the preset at it.", code=2)
+        index = json.loads((path / "model_index.json").read_text())
+        parts = [p for p in fit.DENOISERS if isinstance(index.get(p), list) and index[p][0]]
+        extra["quantization_config"] = fit.quantization_config(quantize, parts)
     try:
         if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder
             index = json.loads((Path(ref.config) / "model_index.json").read_text())
@@ -395,7 +421,7 @@ def load_pipeline(ref: ModelRef, dev: str | None = None):
         else:
             cls = getattr(diffusers, ref.pipeline, None) or diffusers.DiffusionPipeline  # the preset's class
             pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                       trust_remote_code=ref.trust_remote_code)
+                                       trust_remote_code=ref.trust_remote_code, **extra)
     except (OSError, ValueError, SingleFileComponentError) as e:
         raise FarmError(f"Could not load model {ref.name!r} from {path}: {e}") from None
     if ref.defaults.get("scheduler"):
@@ -412,6 +438,8 @@ def load_pipeline(ref: ModelRef, dev: str | None = None):
         vae.enable_tiling()
     if memory.get("vae_slicing") and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
+    if placement is not None:
+        return fit.place(pipe, placement if dev != "cpu" else "all", dev)
     if memory.get("cpu_offload") and dev != "cpu":
         pipe.enable_model_cpu_offload()  # moves each component to the GPU only while it runs
         return pipe
@@ -454,7 +482,7 @@ def release_memory(dev: str):
 
 def ref_from_params(model: dict) -> ModelRef:
     """The ModelRef a worker loads, rebuilt from a task's params (see plan._where)."""
-    defaults = {k: model[k] for k in ("dtype", "scheduler") if model.get(k)}
+    defaults = {k: model[k] for k in ("dtype", "scheduler", "quantize") if model.get(k)}
     return ModelRef(model["name"], "", model["pipeline"], model["source"], model["identity"],
                     defaults=defaults, memory=model.get("memory") or {}, config=model.get("config"),
                     component=model.get("component"), trust_remote_code=model.get("trust_remote_code", False))

@@ -55,7 +55,7 @@ def task_key(kind: str, inputs: dict) -> str:
 def _model(ref, loras=()) -> dict:
     """What of a model determines pixels: its identity, class, dtype and call options, and
     (only when set, so keys made before they existed stay valid) its scheduler, LoRAs (each
-    by content digest and scale, not by path) and acceleration (fused kernels round
+    by content digest and scale, not by path), quantization and acceleration (fused kernels round
     differently, compiled graphs reorder sums, the cache skips blocks)."""
     out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"),
            "options": ref.options()}
@@ -63,6 +63,8 @@ def _model(ref, loras=()) -> dict:
         out["scheduler"] = ref.defaults["scheduler"]
     if loras:
         out["loras"] = [{"sha256": lo.sha256, "scale": lo.scale} for lo in loras]
+    if ref.defaults.get("quantize"):  # one-byte weights draw slightly other pixels
+        out["quantize"] = ref.defaults["quantize"]
     features = ref.defaults.get("accelerate")
     if features:
         out["accelerate"] = list(features)

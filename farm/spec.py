@@ -162,7 +162,7 @@ def _line_index(text: str) -> dict[str, int]:
 # --- validation ---------------------------------------------------------------------------
 
 SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries", "overwrite")
-ACCELERATION_KEYS = ("accelerate", "cache_threshold")  # a stage's; not per frame
+ACCELERATION_KEYS = ("accelerate", "cache_threshold", "quantize")  # a stage's; not per frame
 STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras") + ACCELERATION_KEYS
 MOTION_KEYS = STAGE_KEYS + ("prompt", "retime")
 FRAME_KEYS = ("prompt", "image", "seconds", "seed", "model", "steps", "guidance", "negative_prompt", "loras",
@@ -397,17 +397,19 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
     if not c.problems and frames:
         _check_timing(c, spec)
         _check_size(c, spec)
+        _check_quantize(c, spec)
     if c.problems:
         raise SpecError(path, c.problems)
     return spec
 
 
 def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
-    """A stage's `accelerate = [...]` and `cache_threshold`, which override its model preset's."""
+    """A stage's `accelerate = [...]`, `cache_threshold` and `quantize`, which override its model preset's."""
     from .acceleration.settings import check_features, check_threshold
 
     out = {}
-    for key, check in (("accelerate", check_features), ("cache_threshold", check_threshold)):
+    for key, check in (("accelerate", check_features), ("cache_threshold", check_threshold),
+                       ("quantize", models.check_quantize_name)):
         if key in table:
             try:
                 out[key] = check(table[key], prefix + key)
@@ -548,3 +550,24 @@ def _retime(c: _Checker, table: dict, prefix: str, default: str) -> str:
         c.fail(prefix + "retime", f"expected one of {', '.join(map(repr, timing.RETIME))}, got {value!r}")
         return default
     return value
+
+
+def _check_quantize(c: _Checker, spec: Spec):
+    """`quantize = "fp8"` needs a GPU of compute capability 8.9+ on this machine (the farm's
+    workers are its GPUs): refused here, before anything runs, rather than by each task."""
+    from . import fit
+
+    refs = {ref.name: ref for fr in spec.frames for ref in (fr.keyframe.model, fr.motion.model)
+            if ref is not None and ref.defaults.get("quantize") == "fp8"}
+    if not refs:
+        return
+    capabilities = fit.cuda_capabilities()
+    for name, ref in refs.items():
+        role = "keyframes" if ref.role == "keyframes" else "motion"
+        try:
+            if not capabilities:
+                fit.check_quantize("fp8", "cpu", None, name)
+            else:
+                fit.check_quantize("fp8", "cuda", min(capabilities), name)
+        except FarmError as e:
+            c.fail(f"{role}.quantize", e.message.split(": ", 1)[1])

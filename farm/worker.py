@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from . import encode, models, pipeline, timing
+from . import encode, fit, models, pipeline, timing
 from .cache import Cache
 from .errors import FarmError
 from .publish import publish
@@ -51,7 +51,9 @@ class Worker:
         self.label = label or self.device  # what status shows: the physical GPU ("cuda:3")
         # [identity, dtype, scheduler, accelerate, cache_threshold] -> loaded pipeline, least recently used first
         self.pipelines: OrderedDict[str, object] = OrderedDict()
-        self.footprints: dict[str, int] = {}
+        self.footprints: dict[str, int] = {}  # bytes each holds on the device between tasks
+        self.placements: dict[str, str] = {}  # how each was loaded (farm/fit.py)
+        self.last_fit: fit.Choice | None = None  # the memory choice of the latest model task
         self.memory_budget = memory_budget  # bytes for loaded models; None: what the device has free
         # How many pipelines stay loaded, whatever the memory says. On a GPU, 2: a keyframe and a
         # motion model, which a sweep over keyframe models still reuses job after job; SDXL (7 GB
@@ -273,44 +275,67 @@ class Worker:
 
     # --- models -------------------------------------------------------------------------
 
-    def pipe(self, model: dict):
+    def pipe(self, model: dict, shape: tuple[int, int, int] | None = None):
         """The loaded pipeline for a task's model, loading it on first use (and unloading the
         least recently used ones while it would not fit in memory or in `max_warm`), with
         exactly the task's LoRAs active (one loaded base model serves every LoRA combination).
         An accelerated pipeline is rewired and compiled, so it is held apart from the plain one
         (its features and cache threshold are part of the warm key, not of the identity that
-        claims compare)."""
+        claims compare). With the task's `shape` (width, height, frames), farm/fit.py first
+        chooses how to run it so that it fits the device: a warm pipeline loaded for a smaller
+        task is loaded again with more offloading when this one needs it."""
         warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler"), model.get("accelerate"),
-                           model.get("cache_threshold")])
+                           model.get("cache_threshold"), model.get("quantize")])
+        choice = self._choose(model, shape, warm) if shape is not None else None
+        if choice is not None and warm in self.pipelines and \
+                fit.offload_level(choice.placement) > fit.offload_level(self.placements.get(warm, "all")):
+            self.unload(warm)
         if warm not in self.pipelines:
             ref = models.ref_from_params(model)
-            need = models.footprint(ref)
+            need = choice.peak if choice is not None else models.footprint(ref)
             while self.pipelines and (len(self.pipelines) >= self.max_warm or not self._fits(need)):
                 self.unload(next(iter(self.pipelines)))
-            pipe = models.load_pipeline(ref, self.device)
+            pipe = models.load_pipeline(ref, self.device, placement=choice.placement if choice else None)
             if model.get("accelerate"):
                 from .acceleration import DEFAULT_CACHE_THRESHOLD, accelerate
 
                 accelerate(pipe, model["accelerate"],
                            cache_threshold=model.get("cache_threshold", DEFAULT_CACHE_THRESHOLD))
             self.pipelines[warm] = pipe
-            self.footprints[warm] = need
+            self.footprints[warm] = choice.resident if choice is not None else need
+            self.placements[warm] = choice.placement if choice is not None else "all"
             self.calls["load"] += 1
         pipe = self.pipelines.pop(warm)
         self.pipelines[warm] = pipe  # most recently used last
+        if choice is not None:
+            fit.set_tiling(pipe, choice.tiling or bool(model.get("memory", {}).get("vae_tiling")))
         models.use_loras(pipe, model.get("loras", []))
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
 
+    def _choose(self, model: dict, shape: tuple[int, int, int], warm: str) -> fit.Choice | None:
+        """The cheapest way to run this task that fits what the device has free, counting the
+        memory the warm models would give back if unloaded (FarmError if nothing fits)."""
+        ref = models.ref_from_params(model)
+        try:  # a single-file checkpoint is measured by its config folder
+            est = fit.for_model(model, shape, self.device, Path(ref.config) if ref.config else models.local_path(ref))
+        except FarmError:  # no weights to measure and no [fit] table: load as before, unfitted
+            return None
+        free = models.free_memory(self.device) + sum(self.footprints.values())
+        host = models.free_memory("cpu") if self.device != "cpu" else None
+        self.last_fit = fit.choose(est, free, self.device, floor=model.get("memory") or {}, host_free=host)
+        return self.last_fit
+
     def _fits(self, need: int) -> bool:
         if self.memory_budget is not None:
             return sum(self.footprints.values()) + need <= self.memory_budget
-        return need <= models.free_memory(self.device)
+        return fit.fits(need, models.free_memory(self.device), self.device)  # with the chooser's headroom
 
     def unload(self, warm: str):
         """Unload a pipeline and give its memory back."""
         del self.pipelines[warm]
         self.footprints.pop(warm, None)
+        self.placements.pop(warm, None)
         self.calls["unload"] += 1
         models.release_memory(self.device)
 
@@ -351,7 +376,8 @@ def run_keyframe(worker: Worker, params: dict, out: Path):
         with Image.open(params["image"]) as im:
             image = pipeline.fit(im, params["width"], params["height"])
     else:
-        image = pipeline.keyframe(worker.pipe(params["model"]), params, on_step=worker.check_lease)
+        image = pipeline.keyframe(worker.pipe(params["model"], fit.task_shape("keyframe", params)), params,
+                                  on_step=worker.check_lease)
         worker.calls["keyframe"] += 1
     image.save(out / "image.png")
 
@@ -374,7 +400,8 @@ def run_segment(worker: Worker, params: dict, out: Path):
         else:  # one clip: the last segment of a first/last-frame family loops back to its keyframe
             start = _image(first)
             end = _image(last) if last else (start if params["ends"] else None)
-            frames = pipeline.clip(worker.pipe(params["model"]), params, start, end, params["clips"][0],
+            frames = pipeline.clip(worker.pipe(params["model"], fit.task_shape("segment", params)), params, start, end,
+                                   params["clips"][0],
                                    params["seed"], on_step=worker.check_lease)
             worker.calls["segment"] += 1
             native = []
@@ -390,7 +417,8 @@ def run_clip(worker: Worker, params: dict, out: Path):
     start = worker.frames_of(params["start"])[-1] if params["start_is_clip"] else \
         worker.output(params["start"]) / "image.png"
     end = _image(worker.output(params["end"]) / "image.png") if params["end"] else None
-    frames = pipeline.clip(worker.pipe(params["model"]), params, _image(start), end, params["frames"], params["seed"],
+    frames = pipeline.clip(worker.pipe(params["model"], fit.task_shape("clip", params)), params, _image(start), end,
+                           params["frames"], params["seed"],
                            on_step=worker.check_lease)
     worker.calls["clip"] += 1
     for i, frame in enumerate(frames):

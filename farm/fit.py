@@ -1,0 +1,506 @@
+"""Fit the machine: estimate a task's peak memory, and choose how to run it so that it fits.
+
+A task's peak is the weights that are on the device at that moment plus the largest
+activation of its phases: the denoiser call (linear in latent tokens: frames, height and
+width after the VAE's compression and the transformer's patches) or the VAE decode (linear
+in the pixels decoded at once; video VAEs decode a few frames at a time, tiling bounds it by
+the tile). What a model needs comes from its preset's `[fit]` table (parameter counts and
+activation rules, each checked against a published figure named in the preset), or, for a
+model folder (the twins included), from its safetensors headers and its family's rule.
+
+Before a task runs, the worker compares the estimate of each way to run it, cheapest first,
+with what its device has free (the GPU's free memory, or RAM on a CPU worker), and takes the
+first that fits:
+
+    all                 every component on the device
+    vae_tiling          ... and the VAE decodes tile by tile
+    model_offload       one component on the GPU at a time (enable_model_cpu_offload), tiled VAE
+    sequential_offload  one layer at a time (enable_sequential_cpu_offload), tiled VAE
+
+On the CPU only the first two exist. If none fits, the task is refused with the figures
+instead of running out of memory mid-job.
+
+Quantization (`quantize = "int8"` / `"fp8"`) stores the denoiser's weights in one byte
+through diffusers' TorchAO backend (`TorchAoConfig`); FP8 needs an NVIDIA GPU of compute
+capability 8.9 or newer.
+
+This module imports no torch: `farm models show` and the planner use it without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FarmError
+
+GB = 1e9
+PLACEMENTS = ("all", "vae_tiling", "model_offload", "sequential_offload")
+ON_CPU = ("all", "vae_tiling")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+QUANTIZE = ("int8", "fp8")
+FP8_CAPABILITY = (8, 9)  # Ada and Hopper: the first with FP8 tensor cores
+DENOISERS = ("unet", "transformer", "transformer_2")
+# The share of a UNet's parameters in Linear layers, which torchao quantizes (its convolutions
+# keep the load dtype): 0.58 measured on tiny-sdxl's UNet (1.45 MB in fp32, 0.82 MB int8);
+# a transformer is all Linear but for norms and embeddings, so 1 byte a parameter.
+UNET_LINEAR = 0.6
+
+# Room kept free on top of an estimate: the allocator's fragmentation and the estimate's own
+# error (the published figures the rules were checked against were met within about 25%).
+HEADROOM = 1.15
+CUDA_RESERVE = 1 << 30  # cuBLAS/cuDNN workspaces and the CUDA context's growth
+
+# The family rules. spatial/temporal: the VAE's compression; patch: the denoiser's (t, h, w)
+# patch; decode_frames: output frames the VAE decodes at once (0: all; Wan's causal VAE decodes
+# one latent frame, 4 frames, at a time with a feature cache, CogVideoX's 2 latent frames, LTX's
+# all of them unless tiled, then 16); tile: the default tile side, in pixels, when the VAE's
+# config does not say. token_bytes / decode_bytes / ref_params / ref_vae: the rule of the family's
+# preset, used for a model without a [fit] table, scaled by the square root of its denoiser's
+# (and VAE's) size against ref_params (ref_vae), in billions: a network's width grows about as
+# the root of its size (so a twin's rule is a twin's, not its family's).
+FAMILIES = {
+    "StableDiffusionPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 1, 1), "decode_frames": 1, "tile": 512,
+                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 0.86, "ref_vae": 0.084},
+    "StableDiffusionXLPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 1, 1), "decode_frames": 1, "tile": 1024,
+                                  "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.57, "ref_vae": 0.084},
+    "StableDiffusion3Pipeline": {"spatial": 8, "temporal": 1, "patch": (1, 2, 2), "decode_frames": 1, "tile": 1024,
+                                 "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.47, "ref_vae": 0.084},
+    "FluxPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 2, 2), "decode_frames": 1, "tile": 1024,
+                     "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 11.9, "ref_vae": 0.084},
+    "WanImageToVideoPipeline": {"spatial": 8, "temporal": 4, "patch": (1, 2, 2), "decode_frames": 4, "tile": 256,
+                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 14.3, "ref_vae": 0.127},
+    "LTXConditionPipeline": {"spatial": 32, "temporal": 8, "patch": (1, 1, 1), "decode_frames": 0, "tiled_frames": 16,
+                             "tile": 512, "token_bytes": 100e3, "decode_bytes": 400, "ref_params": 1.9, "ref_vae": 0.42},
+    "CogVideoXImageToVideoPipeline": {"spatial": 8, "temporal": 4, "patch": (2, 2, 2), "decode_frames": 8,
+                                      "tile": 300, "token_bytes": 200e3, "decode_bytes": 4500, "ref_params": 5.6, "ref_vae": 0.216},
+}
+FIT_KEYS = ("params", "token_bytes", "decode_bytes", "patch", "checks")
+
+
+def rank(placement: str) -> int:
+    return PLACEMENTS.index(placement)
+
+
+def offload_level(placement: str) -> int:
+    """0 on the device (tiled or not: tiling is switched per call), 1 model offload, 2 sequential:
+    a warm pipeline is loaded again only when a task needs a higher level."""
+    return max(rank(placement) - 1, 0)
+
+
+# --- what a model needs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Needs:
+    """A model's weights (parameters per component) and activation rule."""
+
+    pipeline: str
+    params: dict[str, float]  # component -> parameter count
+    token_bytes: float  # per latent token of one denoiser call, CFG batch included, 2-byte dtype
+    decode_bytes: float  # per pixel decoded at once, 2-byte dtype
+    patch: tuple[int, int, int]
+    tile: int  # tile side in pixels
+    source: str  # where the figures come from
+
+
+def preset_fit(name: str | None) -> dict:
+    """A preset's [fit] table ({} for a model that is not a preset, or has none)."""
+    from . import models
+
+    if not name or name not in models.preset_names():
+        return {}
+    fit = models.load_preset(name).get("fit", {})
+    bad = [k for k in fit if k not in FIT_KEYS]
+    if bad:
+        raise FarmError(f"Preset {name!r}: unknown [fit] keys {', '.join(bad)} (allowed: {', '.join(FIT_KEYS)}).",
+                        code=2)
+    return fit
+
+
+def needs(pipeline: str, name: str | None = None, folder: Path | None = None) -> Needs:
+    """What the model needs: measured from its folder's safetensors headers when it is on this
+    machine (exact parameter counts), else from its preset's [fit] table."""
+    family = FAMILIES.get(pipeline)
+    if family is None:
+        raise FarmError(f"farm has no memory rule for {pipeline}.", code=2)
+    fit = preset_fit(name)
+    params, source = {}, "family rule"
+    if folder is not None and (Path(folder) / "model_index.json").is_file():
+        params, source = folder_params(Path(folder)), f"safetensors headers in {folder}"
+    if not params and fit.get("params"):
+        params, source = {k: float(v) * 1e9 for k, v in fit["params"].items()}, f"preset {name!r} [fit]"
+    if not params:
+        raise FarmError(f"model {name or pipeline!r}: no weights on this machine and no [fit] params in its preset, "
+                        f"so its memory cannot be estimated.", code=2)
+    if "token_bytes" in fit:
+        token_bytes, decode_bytes = float(fit["token_bytes"]), float(fit.get("decode_bytes", family["decode_bytes"]))
+    else:  # scale the family's rule to this denoiser's size
+        size = sum(v for k, v in params.items() if k in DENOISERS) / 1e9 / (2 if "transformer_2" in params else 1)
+        scale = math.sqrt(max(size, 1e-9) / family["ref_params"])
+        vae_scale = min(1.0, math.sqrt(params.get("vae", family["ref_vae"] * 1e9) / 1e9 / family["ref_vae"]))
+        token_bytes, decode_bytes = family["token_bytes"] * scale, family["decode_bytes"] * vae_scale
+    return Needs(pipeline, params, token_bytes, decode_bytes, tuple(fit.get("patch", family["patch"])),
+                 _tile(family, folder), source)
+
+
+def folder_params(folder: Path) -> dict[str, float]:
+    """Parameters per component of a diffusers folder, read from the safetensors headers (a
+    few KB each: no weights are loaded)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    out = {}
+    for part, value in index.items():
+        if not (isinstance(value, list) and value[0]) or not (folder / part).is_dir():
+            continue
+        files = sorted((folder / part).glob("*.safetensors"))
+        plain = [f for f in files if not VARIANT.search(f.name)]
+        files = plain or files  # a hub repo may hold the weights twice: full and an fp16 variant
+        if files:
+            out[part] = float(sum(_safetensors_params(f) for f in files))
+    return out
+
+
+VARIANT = re.compile(r"\.(fp16|bf16|fp32|fp8)[.-]")
+
+
+def _safetensors_params(path: Path) -> int:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+
+
+def _tile(family: dict, folder: Path | None) -> int:
+    """The VAE's tile side in pixels: its config's sample size where tiling uses it (SD-family
+    AutoencoderKL tiles at `sample_size`; CogVideoX at half its sample size), else the family's."""
+    config = Path(folder) / "vae" / "config.json" if folder else None
+    if config is not None and config.is_file():
+        cfg = json.loads(config.read_text())
+        if cfg.get("_class_name") == "AutoencoderKL" and cfg.get("sample_size"):
+            size = cfg["sample_size"]
+            return int(size[0] if isinstance(size, list) else size)
+        if cfg.get("_class_name") == "AutoencoderKLCogVideoX" and cfg.get("sample_height"):
+            return int(math.sqrt(cfg["sample_height"] // 2 * cfg["sample_width"] // 2))
+    return family["tile"]
+
+
+# --- the estimate -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak device memory of one task for each way to run it, in bytes."""
+
+    model: str
+    width: int
+    height: int
+    frames: int
+    dtype: str
+    quantize: str | None
+    weights: dict[str, int]  # component -> bytes on the device when loaded
+    denoise: int  # activation of one denoiser call
+    decode: int  # activation of the VAE decode, untiled
+    decode_tiled: int
+    peaks: dict[str, int] = field(default_factory=dict)
+    resident: dict[str, int] = field(default_factory=dict)  # held on the device between tasks
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return {"width": self.width, "height": self.height, "frames": self.frames, "dtype": self.dtype,
+                "quantize": self.quantize, "weights": self.weights, "weights_total": sum(self.weights.values()),
+                "denoise": self.denoise, "decode": self.decode, "decode_tiled": self.decode_tiled,
+                "peaks": self.peaks, "source": self.source}
+
+    def text(self) -> str:
+        parts = ", ".join(f"{k} {human(v)}" for k, v in self.weights.items())
+        head = (f"{self.width}x{self.height}" + (f", {self.frames} frames" if self.frames > 1 else "")
+                + f", {self.dtype}" + (f", {self.quantize} denoiser" if self.quantize else ""))
+        lines = [f"{head}: weights {human(sum(self.weights.values()))} ({parts})",
+                 f"activations: denoiser call {human(self.denoise)}, VAE decode {human(self.decode)} "
+                 f"({human(self.decode_tiled)} tiled)"]
+        lines += [f"{p:<19} {human(v):>9} peak" for p, v in self.peaks.items()]
+        return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    return f"{n / GB:.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
+
+
+def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: str = "bfloat16",
+             quantize: str | None = None, batch: int = 1, vae_dtype: str | None = None,
+             exclude: tuple[str, ...] = (), untiled: bool = False, label: str = "") -> Estimate:
+    """Peak memory of one call at this size and frame count, for every placement (`untiled`:
+    the offloading ones without VAE tiling, as some published figures were measured)."""
+    family = FAMILIES[need.pipeline]
+    nbytes = DTYPE_BYTES.get(dtype, 2)
+    vbytes = DTYPE_BYTES.get(vae_dtype or dtype, 2)
+    weights = {}
+    for part, count in need.params.items():
+        if part in exclude:
+            continue
+        each = vbytes if part == "vae" else nbytes
+        if quantize and part in DENOISERS:  # torchao quantizes Linear layers: a UNet's convolutions stay
+            each = 1 if part != "unet" else UNET_LINEAR + (1 - UNET_LINEAR) * nbytes
+        weights[part] = round(count * each)
+    video = family["temporal"] > 1
+    pt, ph, pw = need.patch
+    latent_frames = (math.ceil((frames - 1) / family["temporal"]) + 1) if video else 1
+    tokens = (math.ceil(latent_frames / pt) * math.ceil(height / family["spatial"] / ph)
+              * math.ceil(width / family["spatial"] / pw))
+    denoise = int(tokens * need.token_bytes * batch * nbytes / 2)
+    at_once = family["decode_frames"] or frames if video else 1
+    decode = int(width * height * min(at_once, frames) * need.decode_bytes * batch * vbytes / 2)
+    tiled_frames = family.get("tiled_frames", at_once) if video else 1
+    tiled = int(min(width * height, need.tile ** 2) * min(tiled_frames, frames) * need.decode_bytes * vbytes / 2)
+    tiled = decode if untiled else min(tiled, decode)
+
+    total = sum(weights.values())
+    text = [w for k, w in weights.items() if k not in DENOISERS and k != "vae"]
+    dens = [w for k, w in weights.items() if k in DENOISERS]
+    vae = weights.get("vae", 0)
+    largest_layer = max(weights.values(), default=0) // 40  # a transformer block or UNet stage
+    peaks = {
+        "all": total + max(denoise, decode),
+        "vae_tiling": total + max(denoise, tiled),
+        "model_offload": max(max(text, default=0), max(dens, default=0) + denoise, vae + tiled),
+        "sequential_offload": largest_layer + max(denoise, tiled),
+    }
+    resident = {"all": total, "vae_tiling": total, "model_offload": 0, "sequential_offload": 0}
+    return Estimate(label, width, height, frames, dtype, quantize, weights, denoise, decode, tiled, peaks, resident,
+                    need.source)
+
+
+# --- choosing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    placement: str
+    tiling: bool
+    peak: int  # bytes the task is expected to need on the device
+    resident: int  # bytes the loaded model holds on the device between tasks
+    free: int  # what the device had (plus what unloading warm models would give back)
+
+    def to_json(self) -> dict:
+        return {"placement": self.placement, "tiling": self.tiling, "peak": self.peak, "free": self.free}
+
+
+def fits(peak: int, free: int, device: str) -> bool:
+    return peak * HEADROOM + (CUDA_RESERVE if device.startswith("cuda") else 0) <= free
+
+
+def choose(est: Estimate, free: int, device: str, *, floor: dict | None = None, host_free: int | None = None) -> Choice:
+    """The cheapest way to run the task that fits in `free` bytes of the device, or a FarmError.
+
+    `floor` is a preset's [memory] table: `cpu_offload = true` starts the ladder at model
+    offload (on accelerators), `vae_tiling = true` always tiles. Offloading needs the weights in
+    host RAM: with `host_free`, a placement that offloads is taken only if they fit there."""
+    floor = floor or {}
+    ladder = list(ON_CPU if device == "cpu" else PLACEMENTS)
+    if est.quantize:  # accelerate's layer-by-layer hooks do not move torchao's tensor subclasses
+        ladder = [p for p in ladder if p != "sequential_offload"]
+    if floor.get("cpu_offload") and device != "cpu":
+        ladder = [p for p in ladder if rank(p) >= rank("model_offload")]
+    if floor.get("vae_tiling"):
+        ladder = [p for p in ladder if p != "all"]
+    for placement in ladder:
+        if placement in ("model_offload", "sequential_offload") and host_free is not None \
+                and sum(est.weights.values()) > host_free:
+            continue
+        if fits(est.peaks[placement], free, device):
+            return Choice(placement, placement != "all", est.peaks[placement], est.resident[placement], free)
+    best = est.peaks[ladder[-1]] if ladder else min(est.peaks.values())
+    shape = f"{est.width}x{est.height}" + (f", {est.frames} frames" if est.frames > 1 else "")
+    where = "RAM" if device == "cpu" else f"memory on {device}"
+    raise FarmError(f"model {est.model!r} at {shape} needs about {human(best * HEADROOM)} even with "
+                    f"{ladder[-1].replace('_', ' ') if ladder else 'no option'} (weights "
+                    f"{human(sum(est.weights.values()))}), but this worker has {human(free)} of free {where}. "
+                    f"Render smaller or shorter segments, set quantize = \"int8\", or use a machine with more "
+                    f"memory.", code=2)
+
+
+# --- tasks --------------------------------------------------------------------------------
+
+
+def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
+    """(width, height, frames the model generates in one call) of a keyframe, segment or clip task."""
+    from . import models
+
+    if kind == "clip":  # one clip of a chain: its own frame count
+        return params["width"], params["height"], params["frames"]
+    if kind != "segment":
+        return params["width"], params["height"], 1
+    if "clips" in params:  # frames at the model's rate, per call
+        return params["width"], params["height"], max(params["clips"])
+    family = params["model"]["pipeline"]
+    ends = models.PIPELINES[family].get("last_frame", False)
+    return params["width"], params["height"], frame_rule(family, params["frames"] + 1 if ends else params["frames"])
+
+
+def frame_rule(family: str, wanted: int) -> int:
+    """The smallest frame count >= wanted that the family generates (Wan 4k+1, LTX 8k+1)."""
+    from . import models
+
+    step, offset = models.PIPELINES[family].get("frames", (1, 0))
+    return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
+
+
+def for_model(model: dict, shape: tuple[int, int, int], device: str, folder: Path | None = None) -> Estimate:
+    """The estimate of a task's model (its params["model"]) at a shape, on a device."""
+    dtype = "float32" if device == "cpu" else (model.get("dtype") or "bfloat16")
+    need = needs(model["pipeline"], model.get("name"), folder)
+    return estimate(need, *shape, dtype=dtype, quantize=model.get("quantize"), label=model.get("name", ""))
+
+
+def task_memory(task_params: dict, kind: str, device: str = "cuda") -> int | None:
+    """The peak bytes of a task with everything on the device (what `farm plan` reports), or
+    None for a task that loads no model."""
+    from . import models
+
+    model = task_params.get("model")
+    if not model:
+        return None
+    try:
+        ref = models.ref_from_params(model)
+        folder = Path(ref.config) if ref.config else models.local_path(ref)  # a twin is built, as a render would
+        return for_model(model, task_shape(kind, task_params), device, folder).peaks["all"]
+    except (FarmError, OSError):  # no weights here and no [fit] table: unknown
+        return None
+
+
+def describe(name: str, width: int | None = None, height: int | None = None, frames: int | None = None,
+             device: str = "cuda") -> Estimate | None:
+    """A preset's estimate for `farm models show`: at its default size (else 1024x1024), and for
+    a motion model its trained window (`max_frames`, else 81) unless given. None when the
+    preset runs no model or its needs are unknown."""
+    from . import models
+
+    preset = models.load_preset(name)
+    defaults = preset.get("defaults", {})
+    if width is None or height is None:
+        width, height = defaults.get("size", [1024, 1024] if preset["role"] == "keyframes" else [512, 512])
+    if frames is None:
+        frames = int(preset.get("max_frames", 81)) if preset["role"] == "motion" else 1
+    if preset["role"] == "motion" and frames > 1:
+        frames = frame_rule(preset["pipeline"], frames)
+    folder = None
+    try:
+        ref = models.resolve(name)
+        folder = Path(ref.config) if ref.config else models.local_path(ref)
+    except FarmError:  # weights not here: the preset's figures
+        pass
+    model = {"pipeline": preset["pipeline"], "name": name, "dtype": defaults.get("dtype"),
+             "quantize": preset.get("quantize")}
+    try:
+        return for_model(model, (width, height, frames), device, folder)
+    except FarmError:
+        return None
+
+
+# --- quantization -------------------------------------------------------------------------
+
+
+def check_quantize(kind: str, device: str, capability: tuple[int, int] | None = None, label: str = "model") -> None:
+    """Refuse a quantization this device cannot run, saying why (FP8 needs compute capability
+    8.9+: Ada, Hopper, Blackwell; int8 weight-only runs anywhere, the CPU included)."""
+    if kind not in QUANTIZE:
+        raise FarmError(f"{label}: quantize must be one of {', '.join(QUANTIZE)}, got {kind!r}.", code=2)
+    if kind != "fp8":
+        return
+    if not device.startswith("cuda"):
+        raise FarmError(f"{label}: quantize = \"fp8\" needs an NVIDIA GPU of compute capability "
+                        f"{FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]} or newer (Ada, Hopper), and this worker runs on "
+                        f"the CPU. Use quantize = \"int8\" (weight-only), which the CPU runs.", code=2)
+    if capability is not None and tuple(capability) < FP8_CAPABILITY:
+        raise FarmError(f"{label}: quantize = \"fp8\" needs compute capability {FP8_CAPABILITY[0]}.{FP8_CAPABILITY[1]} "
+                        f"or newer (Ada, Hopper), but {device} has {capability[0]}.{capability[1]}. "
+                        f"Use quantize = \"int8\" (weight-only) on this GPU.", code=2)
+
+
+def cuda_capabilities() -> list[tuple[int, int]]:
+    """Compute capability of every visible GPU ([] without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
+
+
+def capability(device: str) -> tuple[int, int] | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))
+
+
+def quantization_config(kind: str, components: list[str]):
+    """diffusers' PipelineQuantizationConfig mapping each denoiser to a TorchAoConfig:
+    int8 weight-only, or FP8 weights with dynamic FP8 activations (per row)."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow
+    except ImportError:
+        raise FarmError("quantize needs torchao, which is not installed: pip install 'farm[quantize]'.",
+                        code=2) from None
+    from diffusers import PipelineQuantizationConfig, TorchAoConfig
+
+    def config():
+        return Int8WeightOnlyConfig() if kind == "int8" else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+    return PipelineQuantizationConfig(quant_mapping={part: TorchAoConfig(config()) for part in components})
+
+
+# --- applying a choice to a loaded pipeline ------------------------------------------------
+
+
+def place(pipe, placement: str, device: str):
+    """Put a freshly loaded pipeline where the choice says: on the device, or under
+    accelerate's offload hooks (which move each component, or layer, in only while it runs)."""
+    if placement == "model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif placement == "sequential_offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    return pipe
+
+
+def set_tiling(pipe, on: bool):
+    """Tile the VAE's decode for this call, or not (each task sets it, so its pixels do not
+    depend on what ran before it)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "enable_tiling"):
+        return
+    vae.enable_tiling() if on else vae.disable_tiling()
+
+
+# --- the published figures each preset is checked against -----------------------------------
+
+
+def checks(name: str) -> list[tuple[dict, int]]:
+    """Each [fit] check of a preset with what the estimate gives for it, in bytes: the weights
+    (`what = "weights"`), or the peak of a placement at a size and frame count, under the
+    check's conditions (batch, VAE dtype, components left out, patch, quantization)."""
+    from . import models
+
+    preset = models.load_preset(name)
+    fit = preset_fit(name)
+    need = needs(preset["pipeline"], name)
+    out = []
+    for check in fit.get("checks", []):
+        if "patch" in check:
+            need_c = Needs(need.pipeline, need.params, need.token_bytes, need.decode_bytes, tuple(check["patch"]),
+                           need.tile, need.source)
+        else:
+            need_c = need
+        width, height = check.get("size", preset.get("defaults", {}).get("size", [1024, 1024]))
+        est = estimate(need_c, width, height, check.get("frames", 1), dtype=preset["defaults"].get("dtype", "bfloat16"),
+                       quantize=check.get("quantize"), batch=check.get("batch", 1), vae_dtype=check.get("vae_dtype"),
+                       exclude=tuple(check.get("exclude", ())), untiled=check.get("tiling") is False, label=name)
+        got = sum(est.weights.values()) if check.get("what") == "weights" else est.peaks[check["placement"]]
+        out.append((check, got))
+    return out
