@@ -71,10 +71,11 @@ def _clips(task) -> list[dict] | None:
 
 
 def _memory_bytes(task) -> int | None:
-    """Peak memory of a task, once farm estimates it (issue 12, "Fit the machine"); until then
-    a preset's recorded figure, when it has one."""
-    model = task.params.get("model")
-    return model.get("memory_bytes") if isinstance(model, dict) else None
+    """Peak memory of a task with every component on a GPU (farm/fit.py's estimate; a worker
+    offloads or tiles when its device has less free); None for a task that loads no model."""
+    from . import fit
+
+    return fit.task_memory(task.params, task.kind)
 
 
 class History:

@@ -356,3 +356,17 @@ def test_models_show_prints_the_estimate(cli, monkeypatch, tmp_path):
     assert code == 2 and "--size: expected WIDTHxHEIGHT" in err
     code, out, err = cli("models", "show", "hold")
     assert code == 2  # not a preset
+
+
+def test_farm_plan_reports_each_tasks_peak_memory(write_spec, cli):
+    text = SHOT.format(extra="").replace('model = "hold"', 'model = "tiny-video"\nsteps = 2')
+    code, out, err = cli("plan", write_spec(text), "--json")
+    assert code == 0, err
+    tasks = {t["name"]: t for t in json.loads(out)["tasks"]}
+    built = plan.build(spec.load(write_spec(text))).by_name()
+    for name, task in tasks.items():
+        kind = built[name].kind
+        expected = fit.task_memory(built[name].params, kind)
+        assert task["memory_bytes"] == expected, name
+        assert (expected is None) == ("model" not in built[name].params), name
+    assert tasks["keyframe[0]"]["memory_bytes"] > 0 and tasks["assemble"]["memory_bytes"] is None
