@@ -80,7 +80,7 @@ class Actor:
 
     def __init__(self, name: str, env: dict, threads: int | None, memory: int | None):
         os.environ.update(env)
-        from .cli import quiet_libraries
+        from .quiet import quiet_libraries
 
         quiet_libraries()
         if threads:

@@ -170,7 +170,7 @@ def _preset_time(name: str, preset: dict) -> dict:
 
 def check_quantize_name(value, label: str) -> str:
     """`quantize = "int8"` or `"fp8"` (farm/fit.py says what each needs)."""
-    from .fit import QUANTIZE
+    from .placement import QUANTIZE
 
     if value not in QUANTIZE:
         raise FarmError(f"{label}: expected one of {', '.join(repr(q) for q in QUANTIZE)}, got {value!r}", code=2)
@@ -391,7 +391,7 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     silence_loaded()  # `farm` commands ask for quiet before diffusers is imported
-    from . import fit
+    from . import placement as placing
 
     dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
@@ -399,13 +399,13 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
     quantize = ref.defaults.get("quantize")
     extra = {}
     if quantize:
-        fit.check_quantize(quantize, dev, fit.capability(dev), f"model {ref.name!r}")
+        placing.check_quantize(quantize, dev, placing.capability(dev), f"model {ref.name!r}")
         if ref.config:
             raise FarmError(f"model {ref.name!r}: quantize is not wired for single-file checkpoints yet; save the "
                             f"pipeline as a diffusers folder (save_pretrained) and point the preset at it.", code=2)
         index = json.loads((path / "model_index.json").read_text())
-        parts = [p for p in fit.DENOISERS if isinstance(index.get(p), list) and index[p][0]]
-        extra["quantization_config"] = fit.quantization_config(quantize, parts)
+        parts = [p for p in placing.DENOISERS if isinstance(index.get(p), list) and index[p][0]]
+        extra["quantization_config"] = placing.quantization_config(quantize, parts)
     try:
         if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder
             index = json.loads((Path(ref.config) / "model_index.json").read_text())
@@ -439,7 +439,7 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
     if memory.get("vae_slicing") and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
     if placement is not None:
-        return fit.place(pipe, placement if dev != "cpu" else "all", dev)
+        return placing.place(pipe, placement if dev != "cpu" else "all", dev)
     if memory.get("cpu_offload") and dev != "cpu":
         pipe.enable_model_cpu_offload()  # moves each component to the GPU only while it runs
         return pipe

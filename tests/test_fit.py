@@ -334,7 +334,9 @@ def test_fp8_needs_compute_capability_8_9(write_spec, cli, monkeypatch):
     task = plan.build(spec.load(write_spec(text))).by_name()["keyframe[0]"]
     assert task.params["model"]["quantize"] == "fp8"
     # ...and where the model loads, before any weight is read
-    monkeypatch.setattr(fit, "capability", lambda dev: (8, 0))
+    from farm import placement
+
+    monkeypatch.setattr(placement, "capability", lambda dev: (8, 0))
     with pytest.raises(FarmError, match="cuda:0 has 8.0"):
         models.load_pipeline(models.ref_from_params(task.params["model"]), "cuda:0")
     code, out, err = cli("render", write_spec(SHOT.format(extra='quantize = "nf4"')))
