@@ -312,7 +312,7 @@ class Driver:
         p = task["params"]
         if task["kind"] == "keyframe":
             return {"image": {"image": Path(p["image"]).read_bytes()}} if "image" in p else {}
-        keys = [p["first"]] + ([p["last"]] if p.get("last") else [])
+        keys = self.queue.needs(task["id"])  # keyframes, and a chain's clips: whatever it depends on
         return {k: {f.name: f.read_bytes() for f in self.cache.files(k)} for k in keys}
 
     def _worker(self, name: str, queue: Queue | None = None) -> Worker:
@@ -479,7 +479,10 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
     gpus = 0 if cpu else int(ray.cluster_resources().get("GPU", 0))
     actors = gpus or workers
     env = {"FARM_HOME": str(home.home())} if address == "local" else {}  # this machine's, for its own actors
-    threads = max(1, (os.cpu_count() or 1) // actors) if not gpus else None
+    # CPU actors share the head's cores, as `farm work --cpu` workers do; FARM_TORCH_THREADS sets
+    # the count (on the CPU, torch sums in another order with another thread count: pixels move).
+    threads = int(os.environ["FARM_TORCH_THREADS"]) if os.environ.get("FARM_TORCH_THREADS") else \
+        max(1, (os.cpu_count() or 1) // actors) if not gpus else None
     if progress:
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         print(f"farm: Ray cluster of {nodes} node(s): {actors} {'GPU' if gpus else 'CPU'} actor(s)", file=sys.stderr)

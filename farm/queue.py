@@ -545,6 +545,11 @@ class Queue:
             return list(self.db.query("SELECT * FROM events WHERE id > ? ORDER BY id", [after]))
         return list(self.db.query("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id", [job, after]))
 
+    def needs(self, task_id: int) -> list[str]:
+        """Keys of the tasks a task depends on: the cache entries it reads."""
+        return [k for (k,) in self.conn.execute("SELECT u.key FROM deps d JOIN tasks u ON u.id = d.needs "
+                                                "WHERE d.task_id = ? ORDER BY u.id", (task_id,))]
+
     def live_keys(self) -> set[str]:
         """Keys of every task of a queued or running job: the cache entries `farm gc` keeps."""
         return {k for (k,) in self.conn.execute(

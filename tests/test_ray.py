@@ -68,6 +68,7 @@ def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cl
     monkeypatch.setenv("FARM_HOME", str(ray_home))
     job = json.loads(cli("submit", path, "--json")[1])["job"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, not this process's
+    env["FARM_TORCH_THREADS"] = "2"  # the reference's thread count (conftest): the same sums, the same pixels
     proc = subprocess.run([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2",
                            "--until-empty"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -268,3 +269,26 @@ def test_a_node_without_the_model_gives_its_task_to_one_that_has_it(ray_local, b
     assert err.count("'studio/tiny' is not on node") == 1  # said once
     state, error = conn.execute("SELECT state, error FROM jobs WHERE id = ?", (gone,)).fetchone()
     assert state == "failed" and "'studio/gone' is not on node" in error and "no other node" in error
+
+
+@needs_ray
+def test_a_chain_of_clips_renders_through_ray_as_it_does_here(ray_local, built_models, write_spec, cli, tmp_path,
+                                                               monkeypatch):
+    """A segment longer than the model's window is a chain of clip tasks: each reads the one
+    before it (and the last the next keyframe), so an actor must be sent exactly what it
+    depends on."""
+    from test_time import shot
+
+    path = write_spec(shot(name="chain", motion="tiny-video", seconds=6, fps=8))  # 97 frames at 16 fps: 2 clips
+    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
+    clean = render_here(cli, path, clean_home, monkeypatch)
+    (path.parent / "out" / "chain.mp4").unlink()
+
+    monkeypatch.setenv("FARM_HOME", str(ray_home))
+    job = json.loads(cli("submit", path, "--json")[1])["job"]
+    assert driver_for(ray_home, until_empty=True).run() == 0
+    conn = sqlite3.connect(ray_home / "queue.db")
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
+    clips = [w for (w,) in conn.execute("SELECT worker FROM tasks WHERE job_id = ? AND kind = 'clip'", (job,))]
+    assert len(clips) == 2 and all(w.startswith("ray:") for w in clips)
+    assert sha(path.parent / "out" / "chain.mp4") == clean
