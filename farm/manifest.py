@@ -161,10 +161,10 @@ def _is(value, types) -> bool:
     return isinstance(value, types) and not isinstance(value, bool)
 
 
-def publish(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) -> dict:
+def write_sidecars(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) -> dict:
     """Write the contact sheet and the manifest of a finished job next to its video; return
-    their paths. Called by `render()` once the job is done (the manifest needs the finish time
-    of every task, the assembly's included)."""
+    their paths. The last step of `publish.publish`, once the job is done (the manifest needs
+    the finish time of every task, the assembly's included)."""
     from . import sheet
 
     data = build(queue, job, cache, video=video)

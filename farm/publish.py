@@ -50,7 +50,7 @@ def publish(queue: Queue, cache: Cache, job: int, worker: str | None = None) -> 
                 shutil.copyfile(src, tmp)
             video = encode.probe(out)
         stage = "sidecars"
-        sidecars = manifest.publish(queue, job, cache, video={"codec": p["codec"], **video})
+        sidecars = manifest.write_sidecars(queue, job, cache, video={"codec": p["codec"], **video})
     except (OSError, FarmError) as e:
         why = e.message if isinstance(e, FarmError) else f"{type(e).__name__}: {e}"
         queue.record(job, task["id"], FAILED, worker, {"error": why, "stage": stage})
