@@ -99,6 +99,15 @@ class Cache:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
+    def sweep(self):
+        """Remove what killed processes left: half-written entries and half-removed ones."""
+        if not self.root.is_dir():
+            return
+        for shard in self.root.iterdir():
+            if shard.is_dir():
+                _remove_dead(shard, ".tmp-*")
+                _remove_dead(shard, ".trash-*")
+
     def entries(self) -> list[Entry]:
         """Every published entry, with its size and last use."""
         out = []
@@ -122,9 +131,7 @@ class Cache:
         final = self.path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".tmp-{key[:16]}-"
-        for stale in final.parent.glob(prefix + "*"):
-            if not _alive(stale.name[len(prefix):].split("-", 1)[0]):
-                shutil.rmtree(stale, ignore_errors=True)
+        _remove_dead(final.parent, prefix + "*")
         tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=final.parent))
         try:
             yield tmp
@@ -148,6 +155,14 @@ def _files(folder: Path) -> list[str]:
     """The files of an entry (an assembled PNG sequence is a folder inside it), as relative
     paths, its record left out."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != RECORD)
+
+
+def _remove_dead(folder: Path, pattern: str):
+    """Remove leftovers named `.<kind>-<key[:16]>-<pid>-…` whose process is gone."""
+    for p in folder.glob(pattern):
+        parts = p.name.split("-")
+        if len(parts) >= 3 and not _alive(parts[2]):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:

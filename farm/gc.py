@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 
 import tomli
 
 from . import home
-from .cache import Cache, _alive
+from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
 
@@ -84,19 +83,6 @@ def collect(queue: Queue, cache: Cache, *, max_size: int | None = None, older_th
         removed.append(e.key)
         freed += e.size
     if not dry_run:
-        _sweep_leftovers(cache)
+        cache.sweep()
     return {"removed": len(removed), "freed_bytes": freed, "kept_bytes": total - freed,
             "protected": sum(e.key in live for e in entries), "dry_run": dry_run, "keys": removed}
-
-
-def _sweep_leftovers(cache: Cache):
-    """Half-written entries of processes that are gone, and trash a killed remover left."""
-    if not cache.root.is_dir():
-        return
-    for shard in cache.root.iterdir():
-        if not shard.is_dir():
-            continue
-        for p in shard.iterdir():
-            pid = p.name.split("-")[2] if p.name.startswith((".tmp-", ".trash-")) and p.name.count("-") >= 2 else None
-            if pid is not None and not _alive(pid):
-                shutil.rmtree(p, ignore_errors=True)

@@ -208,13 +208,7 @@ def _progress(slot: Slot, opts: dict):
 
 
 def parse_memory(value: str | None) -> int | None:
-    """'24G' / '512M' / bytes -> bytes."""
-    if value is None:
-        return None
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    v = value.strip().upper().rstrip("B")
-    try:
-        return int(float(v[:-1]) * units[v[-1]]) if v and v[-1] in units else int(v)
-    except ValueError:
-        raise FarmError(f"--memory expects a size like 24G or 512M, got {value!r}.", code=2) from None
+    """'24G' / '512M' / bytes -> bytes (farm gc's parser: one way to read a size)."""
+    from .gc import parse_size
 
+    return None if value is None else parse_size(value, "--memory")
