@@ -24,13 +24,19 @@ class Checker:
         self.path = path
         self.lines = lines or {}
         self.problems: list[str] = []
+        self._failed: set[str] = set()
 
     def fail(self, key: str, msg: str):
+        self._failed.add(key)
         probe = key
         while probe and probe not in self.lines:
             probe = probe.rpartition(".")[0] if "." in probe else ""
         where = f"line {self.lines[probe]}: " if probe else ""
         self.problems.append(f"{where}{key}: {msg}")
+
+    def failed(self, key: str) -> bool:
+        """Whether a problem was recorded for this key (a value that failed is not checked again)."""
+        return key in self._failed
 
     def keys(self, table: dict, allowed: tuple[str, ...], prefix: str):
         for k in table:
@@ -72,7 +78,6 @@ class Checker:
             self.fail(prefix + key, "must not be empty")
             return default
         return v
-
 
     def size(self, table, key, prefix):
         """[width, height], each 16..MAX_SIDE; None if absent or invalid (the problem is recorded)."""

@@ -226,85 +226,201 @@ def _suffixed(out: Path, label: str) -> Path:
 
 
 def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
-    base = path.parent
-    c = _Checker(path, _line_index(text))
-    c.keys(data, ("shot", "keyframes", "motion", "frames", "sweep"), "")
+    """One variant's tables into a Spec, or SpecError with every problem in them."""
+    return _Reader(path, _line_index(text)).spec(data, raw)
 
-    shot = c.table(data, "shot")
-    c.keys(shot, SHOT_KEYS, "shot.")
-    name = c.string(shot, "name", "shot.", default=path.stem)
-    if name is not None and len(name) > 200:
-        c.fail("shot.name", f"at most 200 characters, got {len(name)}")
-        name = path.stem
-    fps = c.number(shot, "fps", "shot.", 0, 240, default=24, lo_open=True)
-    width, height = c.size(shot, "size", "shot.") or (None, None)
-    seed = c.number(shot, "seed", "shot.", 0, MAX_SEED, default=0, integer=True)
-    codec = c.string(shot, "codec", "shot.", default="h264")
-    if codec not in CODECS:
-        c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
-        codec = "h264"
-    default_out = f"renders/{file_name(name)}" + ("" if codec == "png" else ".mp4")
-    out = Path(os.path.abspath(base / Path(c.string(shot, "out", "shot.", default=default_out)).expanduser()))
-    if out.suffix.lower() not in CODECS[codec].containers:
-        want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec].containers)
-        c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
-    elif codec != "png" and out.is_dir():
-        c.fail("shot.out", f"{out} is an existing folder; give a file name")
-    quality = c.number(shot, "quality", "shot.", 0, 63, integer=True)
-    retries = c.number(shot, "retries", "shot.", 0, 20, integer=True)
-    if "overwrite" in shot and not isinstance(shot["overwrite"], bool):
-        c.fail("shot.overwrite", f"expected true or false, got {_kind(shot['overwrite'])}")
 
-    resolved: dict[str, models.ModelRef | None] = {}
+@dataclass
+class _Stage:
+    """A [keyframes] or [motion] table: the model and settings its frames start from."""
 
-    def model(key: str, value, role: str):
+    table: dict
+    model: models.ModelRef | None
+    acceleration: dict
+    settings: dict  # steps, guidance, negative_prompt, loras
+    prompt: str | None = None  # [motion] only
+    retime: str = timing.DEFAULT_RETIME
+
+
+class _Reader:
+    """Reads a spec table by table, one method each, collecting problems instead of stopping:
+    a spec with a bad model still has its timing and sizes checked, so one run of
+    `farm render` lists everything to fix. A value that failed its own check is not checked
+    again against others (an invalid fps does not also make every frame "too short")."""
+
+    def __init__(self, path: Path, lines: dict[str, int]):
+        self.path, self.base = path, path.parent
+        self.c = _Checker(path, lines)
+        self._models: dict[str, models.ModelRef | None] = {}  # each name resolved once
+        self._loras: dict[tuple, Lora | None] = {}  # each (file, scale) hashed once
+        self._lora_misuse: set[str] = set()
+
+    def spec(self, data: dict, raw: bytes) -> Spec:
+        c = self.c
+        c.keys(data, ("shot", "keyframes", "motion", "frames", "sweep"), "")
+        shot = self.shot(c.table(data, "shot"))
+        kf = self.stage(data, "keyframes", "tiny", STAGE_KEYS)
+        mo = self.stage(data, "motion", "hold", MOTION_KEYS)
+        if mo.acceleration and mo.model is not None and mo.model.is_ffmpeg:
+            c.fail("motion.accelerate", f"{mo.model.name!r} runs ffmpeg, not a model: there is nothing to accelerate")
+        if shot["width"] is None:  # no [shot] size: the keyframe model's preset size, else the motion model's, else 512
+            sizes = [r.defaults["size"] for r in (kf.model, mo.model) if r is not None and r.defaults.get("size")]
+            shot["width"], shot["height"] = sizes[0] if sizes else (512, 512)
+        frames = [self.frame(i, fr, kf, mo, shot["seed"]) for i, fr in enumerate(self.frame_tables(data))]
+        spec = Spec(path=self.path, digest=hashlib.sha256(raw).hexdigest(), frames=frames, **shot)
+        if frames:
+            self.check_timing(spec)
+            self.check_size(spec)
+            self.check_models(spec)
+            self.check_quantize(spec)
+        if c.problems:
+            raise SpecError(self.path, c.problems)
+        return spec
+
+    # --- the tables ---------------------------------------------------------------------
+
+    def shot(self, shot: dict) -> dict:
+        """[shot]: the Spec's own fields."""
+        c, p = self.c, "shot."
+        c.keys(shot, SHOT_KEYS, p)
+        name = c.string(shot, "name", p, default=self.path.stem)
+        if name is not None and len(name) > 200:
+            c.fail("shot.name", f"at most 200 characters, got {len(name)}")
+            name = self.path.stem
+        fps = c.number(shot, "fps", p, 0, 240, default=24, lo_open=True)
+        width, height = c.size(shot, "size", p) or (None, None)
+        seed = c.number(shot, "seed", p, 0, MAX_SEED, default=0, integer=True)
+        codec = c.string(shot, "codec", p, default="h264")
+        if codec not in CODECS:
+            c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
+            codec = "h264"
+        default_out = f"renders/{file_name(name)}" + ("" if codec == "png" else ".mp4")
+        out = Path(os.path.abspath(self.base / Path(c.string(shot, "out", p, default=default_out)).expanduser()))
+        if out.suffix.lower() not in CODECS[codec].containers:
+            want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec].containers)
+            c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
+        elif codec != "png" and out.is_dir():
+            c.fail("shot.out", f"{out} is an existing folder; give a file name")
+        quality = c.number(shot, "quality", p, 0, 63, integer=True)
+        retries = c.number(shot, "retries", p, 0, 20, integer=True)
+        if "overwrite" in shot and not isinstance(shot["overwrite"], bool):
+            c.fail("shot.overwrite", f"expected true or false, got {_kind(shot['overwrite'])}")
+        return {"name": name, "fps": fps, "width": width, "height": height, "seed": seed, "out": out,
+                "codec": codec, "quality": quality, "retries": retries, "overwrite": shot.get("overwrite") is True}
+
+    def stage(self, data: dict, role: str, default_model: str, allowed: tuple[str, ...]) -> _Stage:
+        """[keyframes] or [motion]: a model (with its acceleration) and the settings under it."""
+        c, p = self.c, role + "."
+        table = c.table(data, role)
+        c.keys(table, allowed, p)
+        acceleration = _acceleration(c, table, p)
+        ref = _accelerated(self.model(p + "model", table.get("model", default_model), role), acceleration)
+        stage = _Stage(table, ref, acceleration, self.settings(table, p, ref, {}))
+        if role == "motion":
+            stage.prompt = _text(c, table, "prompt", p, nonempty=False)
+            stage.retime = _retime(c, table, p, timing.DEFAULT_RETIME)
+        return stage
+
+    def frame_tables(self, data: dict) -> list[dict]:
+        """[[frames]]: the storyboard, one table per keyframe and the segment after it."""
+        c, value = self.c, data.get("frames")
+        if value is None or value == []:
+            c.fail("frames", "a spec needs at least one [[frames]] entry")
+        elif not isinstance(value, list) or not all(isinstance(f, dict) for f in value):
+            c.fail("frames", "expected [[frames]] tables")
+        elif len(value) > MAX_FRAMES:
+            c.fail("frames", f"at most {MAX_FRAMES} keyframes, got {len(value)}")
+        else:
+            return value
+        return []
+
+    def frame(self, i: int, fr: dict, kf: _Stage, mo: _Stage, shot_seed: int) -> Frame:
+        """frames[i]: its keyframe (a prompt or an image) and its segment's motion, each
+        stage's settings over [keyframes] / [motion] over the model preset's defaults."""
+        c, p = self.c, f"frames[{i}]."
+        c.keys(fr, FRAME_KEYS, p)
+        prompt = _text(c, fr, "prompt", p)
+        image = None
+        if "image" in fr:
+            rel = c.string(fr, "image", p)
+            if rel is not None:
+                image = _check_image(c, p + "image", self.base / Path(rel).expanduser())
+            if "prompt" in fr:
+                c.fail(p + "image", "give either `prompt` or `image`, not both")
+        elif "prompt" not in fr:
+            c.fail(p.rstrip("."), "each frame needs a `prompt` (to draw it) or an `image` (to use a picture)")
+        if "seconds" not in fr:
+            c.fail(p + "seconds", "missing: how long this keyframe lasts, in seconds (> 0)")
+        seconds = c.number(fr, "seconds", p, 0, MAX_FRAME_SECONDS, default=1.0, lo_open=True)
+        seed = c.number(fr, "seed", p, 0, MAX_SEED, integer=True, default=shot_seed)
+        if "model" in fr:  # another model: its own preset's defaults, under what [keyframes] sets
+            fmodel = _accelerated(self.model(p + "model", fr["model"], "keyframes"), kf.acceleration)
+            inherited = {k: v for k, v in kf.settings.items() if k in kf.table} if fmodel else kf.settings
+        else:
+            fmodel, inherited = kf.model, kf.settings
+        keyframe = self.settings(fr, p, fmodel, inherited)
+
+        fm = c.table(fr, "motion", p)
+        c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
+        mmodel = (_accelerated(self.model(p + "motion.model", fm["model"], "motion"), mo.acceleration)
+                  if "model" in fm else mo.model)
+        motion = self.settings(fm, p + "motion.", mmodel, mo.settings)
+        if mmodel is not None and mmodel.is_ffmpeg and motion["loras"]:
+            where = p + "motion.loras" if "loras" in fm else "motion.loras"
+            if where not in self._lora_misuse:  # once, not once per frame that inherits it
+                self._lora_misuse.add(where)
+                c.fail(where, f"LoRAs apply to diffusers models; {mmodel.name!r} is an ffmpeg animatic")
+        return Frame(
+            index=i,
+            seconds=float(seconds),
+            keyframe=Keyframe(prompt=prompt if image is None else None, image=image,
+                              model=None if image is not None else fmodel, seed=seed, **keyframe),
+            motion=Motion(model=mmodel, seed=c.number(fm, "seed", p + "motion.", 0, MAX_SEED, integer=True,
+                                                      default=seed),
+                          prompt=_text(c, fm, "prompt", p + "motion.", nonempty=False,
+                                       default=mo.prompt if mo.prompt is not None else (prompt or "")),
+                          retime=_retime(c, fm, p + "motion.", mo.retime), **motion),
+        )
+
+    # --- what the tables share ------------------------------------------------------------
+
+    def model(self, key: str, value, role: str) -> models.ModelRef | None:
+        """A model name (preset, folder or hub id) resolved once per spec, of the stage's role."""
+        c = self.c
         if not isinstance(value, str) or not value.strip():
             c.fail(key, f"expected a model name (a preset, a folder or a hub id), got {_kind(value)}")
             return None
-        if value not in resolved:
+        if value not in self._models:
             try:
-                resolved[value] = models.resolve(value, base)
+                self._models[value] = models.resolve(value, self.base)
             except FarmError as e:
-                resolved[value] = None
+                self._models[value] = None
                 c.fail(key, e.message)
                 return None
-        ref = resolved[value]
+        ref = self._models[value]
         if ref is not None and ref.role != role:
             c.fail(key, f"{value!r} is a {ref.role} model ({ref.pipeline}), but [{role}] needs a {role} model")
             return None
         return ref
 
-    kf = c.table(data, "keyframes")
-    c.keys(kf, STAGE_KEYS, "keyframes.")
-    mo = c.table(data, "motion")
-    c.keys(mo, MOTION_KEYS, "motion.")
-    kf_accel = _acceleration(c, kf, "keyframes.")
-    mo_accel = _acceleration(c, mo, "motion.")
-    kf_model = _accelerated(model("keyframes.model", kf.get("model", "tiny"), "keyframes"), kf_accel)
-    mo_model = _accelerated(model("motion.model", mo.get("model", "hold"), "motion"), mo_accel)
-    if mo_accel and mo_model is not None and mo_model.is_ffmpeg:
-        c.fail("motion.accelerate", f"{mo_model.name!r} runs ffmpeg, not a model: there is nothing to accelerate")
-    if width is None:  # no [shot] size: the keyframe model's preset size, else the motion model's, else 512
-        sizes = [r.defaults["size"] for r in (kf_model, mo_model) if r is not None and r.defaults.get("size")]
-        width, height = sizes[0] if sizes else (512, 512)
-
-    def stage(table, prefix, ref, fallback: dict) -> dict:
-        defaults = ref.defaults if ref else {}
+    def settings(self, table: dict, prefix: str, ref: models.ModelRef | None, inherited: dict) -> dict:
+        """A stage's steps, guidance, negative prompt and LoRAs: the table's, else what it
+        inherits, else the model preset's defaults."""
+        c, defaults = self.c, ref.defaults if ref else {}
         return {
             "steps": c.number(table, "steps", prefix, 1, MAX_STEPS, integer=True,
-                              default=fallback.get("steps", defaults.get("steps", 30))),
+                              default=inherited.get("steps", defaults.get("steps", 30))),
             "guidance": float(c.number(table, "guidance", prefix, 0, 100,
-                                       default=fallback.get("guidance", defaults.get("guidance", 5.0)))),
+                                       default=inherited.get("guidance", defaults.get("guidance", 5.0)))),
             "negative_prompt": _text(c, table, "negative_prompt", prefix, nonempty=False,
-                                     default=fallback.get("negative_prompt", "")),
-            "loras": loras(table, prefix, fallback.get("loras", ())),
+                                     default=inherited.get("negative_prompt", "")),
+            "loras": self.loras(table, prefix, inherited.get("loras", ())),
         }
 
-    checked_loras: dict[tuple, Lora | None] = {}
-
-    def loras(table, prefix, fallback) -> tuple[Lora, ...]:
+    def loras(self, table: dict, prefix: str, inherited: tuple) -> tuple[Lora, ...]:
+        c = self.c
         if "loras" not in table:
-            return fallback
+            return inherited
         value = table["loras"]
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             c.fail(prefix + "loras", f"expected a list of tables like {{ path = \"style.safetensors\", scale = 0.8 }}, "
@@ -320,87 +436,69 @@ def _validate(path: Path, data: dict, text: str, raw: bytes) -> Spec:
             scale = float(c.number(lo, "scale", key + ".", -10, 10, default=1.0))
             if rel is None:
                 continue
-            path = (base / Path(rel).expanduser()).resolve()
-            if (path, scale) not in checked_loras:
-                checked_loras[(path, scale)] = _check_lora(c, key + ".path", path, scale)
-            if checked_loras[(path, scale)] is not None:
-                out.append(checked_loras[(path, scale)])
+            path = (self.base / Path(rel).expanduser()).resolve()
+            if (path, scale) not in self._loras:
+                self._loras[(path, scale)] = _check_lora(c, key + ".path", path, scale)
+            if self._loras[(path, scale)] is not None:
+                out.append(self._loras[(path, scale)])
         return tuple(out)
 
-    kf_defaults = stage(kf, "keyframes.", kf_model, {})
-    mo_defaults = stage(mo, "motion.", mo_model, {})
-    mo_prompt = _text(c, mo, "prompt", "motion.", nonempty=False)
-    mo_retime = _retime(c, mo, "motion.", timing.DEFAULT_RETIME)
+    # --- checks across tables -------------------------------------------------------------
 
-    raw_frames = data.get("frames")
-    frames: list[Frame] = []
-    if raw_frames is None:
-        c.fail("frames", "a spec needs at least one [[frames]] entry")
-        raw_frames = []
-    elif not isinstance(raw_frames, list) or not all(isinstance(f, dict) for f in raw_frames):
-        c.fail("frames", "expected [[frames]] tables")
-        raw_frames = []
-    elif not raw_frames:
-        c.fail("frames", "a spec needs at least one [[frames]] entry")
-    elif len(raw_frames) > MAX_FRAMES:
-        c.fail("frames", f"at most {MAX_FRAMES} keyframes, got {len(raw_frames)}")
-        raw_frames = []
+    def check_timing(self, spec: Spec):
+        """Frame counts at the shot's rate: not too many in all, at least one per keyframe."""
+        c = self.c
+        if c.failed("shot.fps"):
+            return
+        starts = spec.frame_starts()
+        if starts[-1] > MAX_TOTAL_FRAMES:
+            c.fail("frames", f"the shot would have {starts[-1]} frames; at most {MAX_TOTAL_FRAMES}")
+        for fr, a, b in zip(spec.frames, starts, starts[1:]):
+            if b - a < 1 and not c.failed(f"frames[{fr.index}].seconds"):
+                c.fail(f"frames[{fr.index}].seconds",
+                       f"{fr.seconds}s is shorter than one frame at {spec.fps} fps (at least {1 / spec.fps:.4g}s)")
 
-    lora_misuse: set[str] = set()
-    for i, fr in enumerate(raw_frames):
-        p = f"frames[{i}]."
-        c.keys(fr, FRAME_KEYS, p)
-        prompt = _text(c, fr, "prompt", p)
-        image = None
-        if "image" in fr:
-            rel = c.string(fr, "image", p)
-            if rel is not None:
-                image = _check_image(c, p + "image", base / Path(rel).expanduser())
-            if "prompt" in fr:
-                c.fail(p + "image", "give either `prompt` or `image`, not both")
-        elif "prompt" not in fr:
-            c.fail(p.rstrip("."), "each frame needs a `prompt` (to draw it) or an `image` (to use a picture)")
-        if "seconds" not in fr:
-            c.fail(p + "seconds", "missing: how long this keyframe lasts, in seconds (> 0)")
-        seconds = c.number(fr, "seconds", p, 0, MAX_FRAME_SECONDS, default=1.0, lo_open=True)
-        fseed = c.number(fr, "seed", p, 0, MAX_SEED, integer=True, default=seed)
-        fmodel = _accelerated(model(p + "model", fr["model"], "keyframes"), kf_accel) if "model" in fr else kf_model
-        if "model" in fr and fmodel is not None:
-            fkf = stage(fr, p, fmodel, {k: kf_defaults[k] for k in ("steps", "guidance", "negative_prompt", "loras")
-                                        if k in kf})
-        else:
-            fkf = stage(fr, p, fmodel, kf_defaults)
-        fm = c.table(fr, "motion", p)
-        c.keys(fm, FRAME_MOTION_KEYS, p + "motion.")
-        mmodel = _accelerated(model(p + "motion.model", fm["model"], "motion"), mo_accel) if "model" in fm else mo_model
-        fmo = stage(fm, p + "motion.", mmodel, mo_defaults)
-        if mmodel is not None and mmodel.is_ffmpeg and fmo["loras"]:
-            where = p + "motion.loras" if "loras" in fm else "motion.loras"
-            if where not in lora_misuse:
-                lora_misuse.add(where)
-                c.fail(where, f"LoRAs apply to diffusers models; {mmodel.name!r} is an ffmpeg animatic")
-        frames.append(Frame(
-            index=i,
-            seconds=float(seconds),
-            keyframe=Keyframe(prompt=prompt if image is None else None, image=image,
-                              model=None if image is not None else fmodel, seed=fseed, **fkf),
-            motion=Motion(model=mmodel, seed=c.number(fm, "seed", p + "motion.", 0, MAX_SEED, integer=True,
-                                                      default=fseed),
-                          prompt=_text(c, fm, "prompt", p + "motion.", nonempty=False,
-                                       default=mo_prompt if mo_prompt is not None else (prompt or "")),
-                          retime=_retime(c, fm, p + "motion.", mo_retime), **fmo),
-        ))
+    def check_size(self, spec: Spec):
+        if (not self.c.failed("shot.size") and not self.c.failed("shot.codec") and spec.codec != "png"
+                and (spec.width % 2 or spec.height % 2)):
+            self.c.fail("shot.size", f"{spec.codec} video needs even width and height (4:2:0 / 4:2:2 chroma), "
+                                     f"got {spec.width}x{spec.height}")
 
-    spec = Spec(path=path, digest=hashlib.sha256(raw).hexdigest(), name=name, fps=fps, width=width,
-                height=height, seed=seed, out=out, codec=codec, quality=quality, frames=frames, retries=retries,
-                overwrite=shot.get("overwrite") is True)
-    if not c.problems and frames:
-        _check_timing(c, spec)
-        _check_size(c, spec)
-        _check_quantize(c, spec)
-    if c.problems:
-        raise SpecError(path, c.problems)
-    return spec
+    def check_models(self, spec: Spec):
+        """What each model's family can generate (farm/timing.py: side multiples, minimum and
+        maximum sides, fixed sizes, its window against its frame rule), checked once per model so
+        that nothing fails inside a pipeline; each problem names the nearest valid values."""
+        c, seen = self.c, set()
+        for fr in spec.frames:
+            for key, ref in ((f"frames[{fr.index}].model", fr.keyframe.model),
+                             (f"frames[{fr.index}].motion.model", fr.motion.model)):
+                if ref is None or ref.is_ffmpeg or ref.identity in seen:
+                    continue
+                seen.add(ref.identity)
+                if not c.failed("shot.size"):
+                    for problem in timing.size_problems(ref, spec.width, spec.height):
+                        c.fail("shot.size", problem)
+                for problem in timing.window_problems(ref):
+                    c.fail(key, problem)
+
+    def check_quantize(self, spec: Spec):
+        """`quantize = "fp8"` needs a GPU of compute capability 8.9+ on this machine (the farm's
+        workers are its GPUs): refused here, before anything runs, rather than by each task."""
+        refs = {ref.name: ref for fr in spec.frames for ref in (fr.keyframe.model, fr.motion.model)
+                if ref is not None and ref.defaults.get("quantize") == "fp8"}
+        if not refs:
+            return
+        from . import fit
+
+        capabilities = fit.cuda_capabilities()
+        for name, ref in refs.items():
+            try:
+                if not capabilities:
+                    fit.check_quantize("fp8", "cpu", None, name)
+                else:
+                    fit.check_quantize("fp8", "cuda", min(capabilities), name)
+            except FarmError as e:
+                self.c.fail(f"{ref.role}.quantize", e.message.split(": ", 1)[1])
 
 
 def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
@@ -510,40 +608,6 @@ def file_name(name: str) -> str:
     return safe[:120] or "shot"
 
 
-def _check_timing(c: _Checker, spec: Spec):
-    starts = spec.frame_starts()
-    if starts[-1] > MAX_TOTAL_FRAMES:
-        c.fail("frames", f"the shot would have {starts[-1]} frames; at most {MAX_TOTAL_FRAMES}")
-    for fr, a, b in zip(spec.frames, starts, starts[1:]):
-        if b - a < 1:
-            c.fail(f"frames[{fr.index}].seconds",
-                   f"{fr.seconds}s is shorter than one frame at {spec.fps} fps (at least {1 / spec.fps:.4g}s)")
-
-
-def _check_size(c: _Checker, spec: Spec):
-    if spec.codec != "png" and (spec.width % 2 or spec.height % 2):
-        c.fail("shot.size", f"{spec.codec} video needs even width and height (4:2:0 / 4:2:2 chroma), "
-                            f"got {spec.width}x{spec.height}")
-    _check_models(c, spec)
-
-
-def _check_models(c: _Checker, spec: Spec):
-    """What each model's family can generate (farm/timing.py: side multiples, minimum and
-    maximum sides, fixed sizes, its window against its frame rule), checked once per model so
-    that nothing fails inside a pipeline; each problem names the nearest valid values."""
-    seen = set()
-    for fr in spec.frames:
-        for key, ref in ((f"frames[{fr.index}].model", fr.keyframe.model),
-                         (f"frames[{fr.index}].motion.model", fr.motion.model)):
-            if ref is None or ref.is_ffmpeg or ref.identity in seen:
-                continue
-            seen.add(ref.identity)
-            for problem in timing.size_problems(ref, spec.width, spec.height):
-                c.fail("shot.size", problem)
-            for problem in timing.window_problems(ref):
-                c.fail(key, problem)
-
-
 def _retime(c: _Checker, table: dict, prefix: str, default: str) -> str:
     value = c.string(table, "retime", prefix, default=default)
     if value not in timing.RETIME:
@@ -552,22 +616,3 @@ def _retime(c: _Checker, table: dict, prefix: str, default: str) -> str:
     return value
 
 
-def _check_quantize(c: _Checker, spec: Spec):
-    """`quantize = "fp8"` needs a GPU of compute capability 8.9+ on this machine (the farm's
-    workers are its GPUs): refused here, before anything runs, rather than by each task."""
-    from . import fit
-
-    refs = {ref.name: ref for fr in spec.frames for ref in (fr.keyframe.model, fr.motion.model)
-            if ref is not None and ref.defaults.get("quantize") == "fp8"}
-    if not refs:
-        return
-    capabilities = fit.cuda_capabilities()
-    for name, ref in refs.items():
-        role = "keyframes" if ref.role == "keyframes" else "motion"
-        try:
-            if not capabilities:
-                fit.check_quantize("fp8", "cpu", None, name)
-            else:
-                fit.check_quantize("fp8", "cuda", min(capabilities), name)
-        except FarmError as e:
-            c.fail(f"{role}.quantize", e.message.split(": ", 1)[1])

@@ -45,6 +45,24 @@ def test_every_problem_is_reported_at_once_with_lines(write_spec):
     assert any(p.startswith(f"line {sec_line}: frames[1].seconds: expected a number > 0") for p in found)
 
 
+def test_timing_and_sizes_are_checked_beside_other_problems(write_spec):
+    """A bad model does not hide a too-short frame or a size the motion model cannot take:
+    one run lists all three."""
+    text = (SMALL.replace('model = "tiny"\n', 'model = "tinyy"\n').replace("seconds = 0.75", "seconds = 0.05")
+            .replace("size = [64, 64]", "size = [72, 64]"))
+    found = problems(write_spec(text))
+    assert any("keyframes.model" in p and "did you mean 'tiny'" in p for p in found), found
+    assert any("frames[2].seconds" in p and "shorter than one frame" in p for p in found), found
+    assert any("shot.size" in p and "multiples of 16" in p for p in found), found
+
+
+def test_a_value_that_failed_is_not_checked_again(write_spec):
+    """An fps of 0 is one problem, not also "every frame is shorter than one frame"; a size
+    that is not two integers is not also checked against the models."""
+    found = problems(write_spec(SMALL.replace("fps = 8", "fps = 0").replace("size = [64, 64]", 'size = "64x64"')))
+    assert [p.split(": ", 2)[1] for p in found] == ["shot.fps", "shot.size"], found
+
+
 @pytest.mark.parametrize("old,new,key,words", [
     ("seconds = 1.0", "seconds = 0", "frames[0].seconds", "> 0"),
     ("seconds = 1.0", "seconds = 259200", "frames[0].seconds", "<= 600"),
