@@ -535,7 +535,7 @@ def describe(name: str) -> dict:
             "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
             "fps": preset.get("fps"), "max_frames": preset.get("max_frames"),
             "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
-    for key in ("accelerate", "cache_threshold"):  # farm/accelerate.py; only when the preset sets them
+    for key in ("accelerate", "cache_threshold"):  # farm/acceleration/settings.py; only when the preset sets them
         if key in preset:
             info[key] = preset[key]
     if where:

@@ -2,7 +2,7 @@
 
   1. stock    diffusers eager
   2. compile  stock + torch.compile (Inductor), what a skilled user already has
-  3. farm     farm kernels + compile + attention backend (`farm.accelerate`)
+  3. farm     farm kernels + compile + attention backend (`farm.accelerate`, farm/acceleration)
   4. cache    farm + First Block Cache
   5. taylorseer  farm + TaylorSeer (attention predicted between full steps)
 

@@ -4,7 +4,6 @@ The twin keeps its family's pipeline class and call path (conditioning, frame ru
 granularity), so a twin that renders here proves the real preset's path short of its weights."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from farm.worker import Worker
 
 REAL = [n for n in models.preset_names() if not models.load_preset(n)["source"].startswith("builtin:")]
 TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()})
-TIMINGS = {}
 
 
 def test_every_real_preset_has_a_built_in_twin_of_its_family():
@@ -90,9 +88,7 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
         monkeypatch.setitem(pipeline.CONDITIONING, cls, spy)
     queue = Queue(farm_home / "queue.db")
     worker = Worker(queue, Cache(farm_home / "cache"))
-    started = time.perf_counter()
     result = render(write_spec(SPEC.format(name=twin, keyframes=kf, motion=mo)), worker=worker)
-    TIMINGS[twin] = time.perf_counter() - started
     info = encode.probe(Path(result["output"]))
     assert (info["frames"], info["width"], info["height"]) == (8, 32, 32)
     assert cls in {type(p).__name__ for p in worker.pipelines.values()}
@@ -107,7 +103,6 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
         want = timing.segment(ref, 4, 8).clips
         assert len(want) == 1 and generated == [want[0]] * 2 and rule.valid_frames(want[0])
         assert want[0] == {"LTXConditionPipeline": 17, "CogVideoXImageToVideoPipeline": 9}.get(cls, 9)
-    assert TIMINGS[twin] < 60, TIMINGS  # a few seconds on a 2-core CPU; a minute means something grew
 
 
 def test_twins_build_in_code_without_the_network(monkeypatch):
