@@ -91,7 +91,7 @@ def build(spec: Spec) -> Plan:
     size = {"width": spec.width, "height": spec.height}
     tasks: list[Task] = []
     keyframes: list[Task] = []
-    for fr in spec.frames:
+    for fr in spec.panels:
         k = fr.keyframe
         if k.image is not None:
             inputs = {"image_sha256": file_digest(k.image), **size}
@@ -108,7 +108,7 @@ def build(spec: Spec) -> Plan:
 
     starts = spec.frame_starts()
     segments: list[Task] = []
-    for i, fr in enumerate(spec.frames):
+    for i, fr in enumerate(spec.panels):
         first = keyframes[i]
         last = keyframes[i + 1] if i + 1 < len(keyframes) else None
         frames = starts[i + 1] - starts[i]

@@ -1,6 +1,6 @@
 """The job spec: parse a storyboard TOML file and validate all of it before anything runs.
 
-`load(path)` returns a `Spec` whose frames carry fully resolved settings (spec defaults,
+`load(path)` returns a `Spec` whose panels (its `[[frames]]`) carry fully resolved settings (spec defaults,
 preset defaults and per-frame overrides already merged), or raises `SpecError` listing
 every problem found, each with its key (`frames[2].seconds`) and line.
 """
@@ -70,8 +70,12 @@ class Motion:
 
 
 @dataclass(frozen=True)
-class Frame:
-    index: int
+class Panel:
+    """One `[[frames]]` entry of the spec: a panel of the storyboard, its keyframe and the
+    segment of motion that starts at it. (The spec's word is `frames`; in farm's code a
+    "frames" value is always a count of video frames, and a panel is this.)"""
+
+    index: int  # its place in [[frames]]: `frames[index]` in messages, `params["frame"]` in tasks
     seconds: float
     keyframe: Keyframe
     motion: Motion
@@ -89,17 +93,17 @@ class Spec:
     out: Path
     codec: str
     quality: int | None
-    frames: list[Frame] = field(default_factory=list)
+    panels: list[Panel] = field(default_factory=list)
     retries: int | None = None  # times a failed task is tried again (None: the farm's default)
     overwrite: bool = False  # [shot] overwrite = true: the output may replace a file farm did not write
 
     def frame_starts(self) -> list[int]:
-        """Index of the first video frame of each keyframe, plus the total frame count.
+        """Index of the first video frame of each panel, plus the total frame count.
 
         Boundaries are rounded from cumulative time, so the total is exactly
         round(sum(seconds) * fps) and no rounding error accumulates."""
         starts, t = [0], 0.0
-        for fr in self.frames:
+        for fr in self.panels:
             t += fr.seconds
             starts.append(round(t * self.fps))
         return starts
@@ -266,9 +270,9 @@ class _Reader:
         if shot["width"] is None:  # no [shot] size: the keyframe model's preset size, else the motion model's, else 512
             sizes = [r.defaults["size"] for r in (kf.model, mo.model) if r is not None and r.defaults.get("size")]
             shot["width"], shot["height"] = sizes[0] if sizes else (512, 512)
-        frames = [self.frame(i, fr, kf, mo, shot["seed"]) for i, fr in enumerate(self.frame_tables(data))]
-        spec = Spec(path=self.path, digest=hashlib.sha256(raw).hexdigest(), frames=frames, **shot)
-        if frames:
+        panels = [self.panel(i, fr, kf, mo, shot["seed"]) for i, fr in enumerate(self.panel_tables(data))]
+        spec = Spec(path=self.path, digest=hashlib.sha256(raw).hexdigest(), panels=panels, **shot)
+        if panels:
             self.check_timing(spec)
             self.check_size(spec)
             self.check_models(spec)
@@ -321,7 +325,7 @@ class _Reader:
             stage.retime = _retime(c, table, p, timing.DEFAULT_RETIME)
         return stage
 
-    def frame_tables(self, data: dict) -> list[dict]:
+    def panel_tables(self, data: dict) -> list[dict]:
         """[[frames]]: the storyboard, one table per keyframe and the segment after it."""
         c, value = self.c, data.get("frames")
         if value is None or value == []:
@@ -334,7 +338,7 @@ class _Reader:
             return value
         return []
 
-    def frame(self, i: int, fr: dict, kf: _Stage, mo: _Stage, shot_seed: int) -> Frame:
+    def panel(self, i: int, fr: dict, kf: _Stage, mo: _Stage, shot_seed: int) -> Panel:
         """frames[i]: its keyframe (a prompt or an image) and its segment's motion, each
         stage's settings over [keyframes] / [motion] over the model preset's defaults."""
         c, p = self.c, f"frames[{i}]."
@@ -370,7 +374,7 @@ class _Reader:
             if where not in self._lora_misuse:  # once, not once per frame that inherits it
                 self._lora_misuse.add(where)
                 c.fail(where, f"LoRAs apply to diffusers models; {mmodel.name!r} is an ffmpeg animatic")
-        return Frame(
+        return Panel(
             index=i,
             seconds=float(seconds),
             keyframe=Keyframe(prompt=prompt if image is None else None, image=image,
@@ -453,7 +457,7 @@ class _Reader:
         starts = spec.frame_starts()
         if starts[-1] > MAX_TOTAL_FRAMES:
             c.fail("frames", f"the shot would have {starts[-1]} frames; at most {MAX_TOTAL_FRAMES}")
-        for fr, a, b in zip(spec.frames, starts, starts[1:]):
+        for fr, a, b in zip(spec.panels, starts, starts[1:]):
             if b - a < 1 and not c.failed(f"frames[{fr.index}].seconds"):
                 c.fail(f"frames[{fr.index}].seconds",
                        f"{fr.seconds}s is shorter than one frame at {spec.fps} fps (at least {1 / spec.fps:.4g}s)")
@@ -469,7 +473,7 @@ class _Reader:
         maximum sides, fixed sizes, its window against its frame rule), checked once per model so
         that nothing fails inside a pipeline; each problem names the nearest valid values."""
         c, seen = self.c, set()
-        for fr in spec.frames:
+        for fr in spec.panels:
             for key, ref in ((f"frames[{fr.index}].model", fr.keyframe.model),
                              (f"frames[{fr.index}].motion.model", fr.motion.model)):
                 if ref is None or ref.is_ffmpeg or ref.identity in seen:
@@ -484,7 +488,7 @@ class _Reader:
     def check_quantize(self, spec: Spec):
         """`quantize = "fp8"` needs a GPU of compute capability 8.9+ on this machine (the farm's
         workers are its GPUs): refused here, before anything runs, rather than by each task."""
-        refs = {ref.name: ref for fr in spec.frames for ref in (fr.keyframe.model, fr.motion.model)
+        refs = {ref.name: ref for fr in spec.panels for ref in (fr.keyframe.model, fr.motion.model)
                 if ref is not None and ref.defaults.get("quantize") == "fp8"}
         if not refs:
             return
@@ -580,7 +584,7 @@ def _check_outputs(specs: list[Spec], path: Path, text: str, force: bool):
         need: dict[Path, list] = {}
         for spec in specs:
             frames = spec.frame_starts()[-1]
-            est = outputs.estimate_bytes(frames, len(spec.frames), spec.width, spec.height, spec.codec)
+            est = outputs.estimate_bytes(frames, len(spec.panels), spec.width, spec.height, spec.codec)
             for where, bytes_ in zip((home.cache_dir(), spec.out.parent), est):
                 mount, free = outputs.free_bytes(where)
                 need.setdefault(mount.stat().st_dev, [mount, free, 0])[2] += bytes_

@@ -80,7 +80,7 @@ def test_preset_defaults_size_scheduler_and_memory(write_spec, presets, farm_hom
                           '[memory]\nvae_tiling = true\ncpu_offload = true\n')
     no_size = SMALL.replace("size = [64, 64]\n", "").replace('model = "tiny"\nsteps = 2', 'model = "tiny-euler"')
     s = spec.load(write_spec(no_size))
-    assert (s.width, s.height) == (48, 32) and s.frames[0].keyframe.steps == 3
+    assert (s.width, s.height) == (48, 32) and s.panels[0].keyframe.steps == 3
     task = plan.build(s).by_name()["keyframe[0]"]
     assert task.params["model"]["scheduler"] == "EulerDiscreteScheduler"
     assert task.params["model"]["memory"] == {"vae_tiling": True, "cpu_offload": True}

@@ -19,11 +19,11 @@ def problems(path):
 def test_example_is_valid():
     s = spec.load(EXAMPLE)
     assert (s.name, s.fps, s.width, s.height, s.seed) == ("lighthouse", 12, 128, 128, 7)
-    assert [f.seconds for f in s.frames] == [1.5, 1.5, 1.0]
+    assert [f.seconds for f in s.panels] == [1.5, 1.5, 1.0]
     assert s.out == EXAMPLE.parent / "renders" / "lighthouse.mp4"
-    assert s.frames[1].keyframe.seed == 11 and s.frames[0].keyframe.seed == 7
-    assert s.frames[2].keyframe.image.name == "boat.png" and s.frames[2].keyframe.model is None
-    assert s.frames[0].keyframe.steps == 8 and s.frames[0].motion.model.name == "tiny-video"
+    assert s.panels[1].keyframe.seed == 11 and s.panels[0].keyframe.seed == 7
+    assert s.panels[2].keyframe.image.name == "boat.png" and s.panels[2].keyframe.model is None
+    assert s.panels[0].keyframe.steps == 8 and s.panels[0].motion.model.name == "tiny-video"
     assert s.frame_starts() == [0, 18, 36, 48]
 
 
@@ -163,7 +163,7 @@ def test_the_readme_spec_is_valid(write_spec):
     lora.parent.mkdir()
     lora.write_bytes(b"weights")
     s = spec.load(write_spec(block))
-    assert s.frames[1].keyframe.steps == 12 and s.frames[1].motion.steps == 4
-    assert [(lo.path, lo.scale) for lo in s.frames[1].keyframe.loras] == [(lora, 0.8)]
-    assert s.frames[1].motion.prompt == "the beam turns" and s.frames[0].motion.prompt == "slow dolly in"
+    assert s.panels[1].keyframe.steps == 12 and s.panels[1].motion.steps == 4
+    assert [(lo.path, lo.scale) for lo in s.panels[1].keyframe.loras] == [(lora, 0.8)]
+    assert s.panels[1].motion.prompt == "the beam turns" and s.panels[0].motion.prompt == "slow dolly in"
     assert s.quality == 18 and s.codec == "h264"

@@ -61,10 +61,10 @@ zip = [["shot.seed", "frames[0].prompt"]]
     variants = spec.load_all(write_spec(text))
     assert [v.name for v in variants] == ["small-seed4-prompt1-steps1", "small-seed4-prompt1-steps3",
                                           "small-seed5-prompt2-steps1", "small-seed5-prompt2-steps3"]
-    assert [(v.seed, v.frames[0].keyframe.prompt, v.frames[0].motion.steps) for v in variants] == [
+    assert [(v.seed, v.panels[0].keyframe.prompt, v.panels[0].motion.steps) for v in variants] == [
         (4, "a red kite", 1), (4, "a red kite", 3), (5, "a green kite", 1), (5, "a green kite", 3)]
     assert variants[0].out.name == "small-seed4-prompt1-steps1.mp4"
-    assert variants[3].frames[1].keyframe.seed == 5  # the swept shot seed reaches every frame
+    assert variants[3].panels[1].keyframe.seed == 5  # the swept shot seed reaches every frame
 
 
 def test_sweep_mistakes_are_reported_at_once_with_their_keys(write_spec, cli):

@@ -228,8 +228,8 @@ def test_a_crash_mid_chain_resumes_at_the_clip(write_spec, home_with_models, mon
 def test_retime_is_set_in_motion_per_frame_and_in_a_sweep(write_spec):
     s = spec.load(write_spec(shot(motion_extra='retime = "blend"').replace(
         'seconds = 0.25', 'seconds = 0.25\nmotion = { retime = "nearest" }')))
-    assert [f.motion.retime for f in s.frames] == ["blend", "nearest"]
-    assert spec.load(write_spec(shot())).frames[0].motion.retime == "interpolate"
+    assert [f.motion.retime for f in s.panels] == ["blend", "nearest"]
+    assert spec.load(write_spec(shot())).panels[0].motion.retime == "interpolate"
     variants = spec.load_all(write_spec(shot() + '\n[sweep]\n"motion.retime" = ["interpolate", "nearest"]\n'))
     keys = [plan.build(v).by_name()["segment[0]"].key for v in variants]
     assert len(variants) == 2 and keys[0] != keys[1]
