@@ -43,13 +43,32 @@ def versions() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+# An assembly's cache entry: `video.mp4` (or `.mkv`, `.mov`, `.webm`; a `video` folder of PNG
+# frames for codec png), written by the worker's `run_assemble`, and VIDEO_INFO beside it: what
+# decoding the video found (codec, width, height, fps, frames), checked against the plan when it
+# was made, so publishing a cached video never decodes it again.
+VIDEO_INFO = "video.json"
+
+
+def assembled(cache: Cache, assemble: dict) -> tuple[Path, dict | None]:
+    """An assembly's video in the cache and its recorded info (None in entries made before
+    the info was recorded)."""
+    folder = cache.path(assemble["key"])
+    try:
+        info = json.loads((folder / VIDEO_INFO).read_text())
+    except (OSError, ValueError):
+        info = None
+    return folder / f"video{assemble['params']['container']}", info
+
+
 def video_of(cache: Cache, tasks: list[dict]) -> Path | None:
     """The job's own assembled video (or PNG folder) in the cache: unlike the output path,
     a later render of an edited spec cannot overwrite it."""
     assemble = assembly(tasks)
     if assemble is None or not cache.exists(assemble["key"]):
         return None
-    return next(iter(cache.files(assemble["key"])), None)
+    video, _ = assembled(cache, assemble)
+    return video if video.exists() else None
 
 
 def file_sha256(path: Path) -> str | None:

@@ -40,15 +40,15 @@ def publish(queue: Queue, cache: Cache, job: int, worker: str | None = None) -> 
         problem = cache.check(task["key"])
         if problem is not None:
             raise FarmError(f"the assembled video in the cache is unusable ({problem}); render again")
-        src = cache.files(task["key"])[0]
+        src, video = manifest.assembled(cache, task)
         if src.is_dir():
             encode.encode(sorted(src.glob("*.png")), p["fps"], "png", None, out)
-            video = {"frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"],
-                     "height": p["height"]}
+            video = video or {"frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"],
+                              "height": p["height"]}
         else:
             with files.atomic_path(out) as tmp:
                 shutil.copyfile(src, tmp)
-            video = encode.probe(out)
+            video = video or encode.probe(out)  # an entry from before its info was recorded
         stage = "sidecars"
         sidecars = manifest.write_sidecars(queue, job, cache, video={"codec": p["codec"], **video})
     except (OSError, FarmError) as e:

@@ -156,4 +156,4 @@ def thumbnail(path: Path, size: tuple[int, int]) -> Image.Image:
 def write(image: Image.Image, path: Path):
     """Save as PNG under a temporary name, then rename into place."""
     with files.atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", optimize=True)
+        image.save(tmp, format="PNG")  # optimize=True: 0.3% smaller, twice the time

@@ -26,6 +26,7 @@ from pathlib import Path
 from . import encode, fit, models, pipeline, timing
 from .cache import Cache
 from .errors import FarmError
+from .manifest import VIDEO_INFO
 from .publish import publish
 from .queue import Queue
 
@@ -450,6 +451,14 @@ def run_assemble(worker: Worker, params: dict, out: Path):
         raise FarmError(f"assembly expected {params['frames']} frames from its segments, found {len(frames)}")
     dest = out / f"video{params['container']}"
     encode.encode(frames, params["fps"], params["codec"], params["quality"], dest)
+    if params["codec"] == "png":
+        info = {"codec": "png", "width": params["width"], "height": params["height"], "fps": params["fps"],
+                "frames": len(list(dest.glob("*.png")))}
+    else:
+        info = encode.probe(dest)  # decoded once, here: publishing the cached video reads this instead
+    if info["frames"] != params["frames"]:
+        raise FarmError(f"the encoder wrote {info['frames']} frames into {dest.name}; the plan has {params['frames']}")
+    (out / VIDEO_INFO).write_text(json.dumps(info))
     worker.calls["assemble"] += 1
 
 

@@ -56,12 +56,28 @@ def test_rerender_runs_no_model_and_is_byte_identical(home_with_models, write_sp
     def no_models(ref, *args):
         raise AssertionError(f"a model was loaded on a re-render: {ref.name}")
 
+    def no_decoding(path):
+        raise AssertionError(f"a cached video was decoded again: {path}")
+
     monkeypatch.setattr(models, "load_pipeline", no_models)
+    monkeypatch.setattr(encode, "probe", no_decoding)  # the assembly recorded what decoding found
     Path(first["output"]).unlink()  # even a deleted output comes back from the cache
     second = render_json(cli, path)
     assert second["tasks"] == {"total": 7, "run": 0, "cached": 7}
     assert sha(second["output"]) == digest
     assert executed(second["job"]) == []
+    manifest = json.loads(Path(second["manifest"]).read_text())
+    assert (manifest["video"]["frames"], manifest["video"]["width"], manifest["video"]["fps"]) == (18, 64, 8.0)
+
+
+def test_an_encoder_that_drops_frames_fails_the_assembly(home_with_models, write_spec, cli, monkeypatch):
+    """The assembly decodes what it encoded and compares the frame count with the plan's."""
+    real = encode.probe
+    monkeypatch.setattr(encode, "probe", lambda path: {**real(path), "frames": 17})
+    path = write_spec(SMALL)
+    code, out, err = cli("render", path, "--json")
+    assert code == 1 and "the encoder wrote 17 frames into video.mp4; the plan has 18" in err, err
+    assert not (path.parent / "out" / "small.mp4").exists()
 
 
 def test_editing_one_prompt_reruns_exactly_the_affected_tasks(home_with_models, write_spec, cli):
