@@ -78,6 +78,15 @@ class Cache:
                 return f"{name} cannot be read ({e.strerror or e})"
         return None
 
+    def digest(self, key: str, name: str) -> str | None:
+        """The sha256 recorded for one file of an entry when it was written (what `check`
+        compares it with), or None: the manifest names a cached video by it without reading
+        the video a third time."""
+        try:
+            return json.loads((self.path(key) / RECORD).read_text())["files"][name]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def has(self, key: str) -> bool:
         """Is there a valid entry (checked, see `check`)?"""
         return self.check(key) is None

@@ -111,7 +111,8 @@ def build(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) ->
     produced = video_of(cache, tasks)
     out = Path(record["output"])
     info = dict(video or {})
-    info.update({"path": str(out), "sha256": file_sha256(produced) if produced else file_sha256(out)})
+    digest = cache.digest(assembly(tasks)["key"], produced.name) if produced and produced.is_file() else None
+    info.update({"path": str(out), "sha256": digest or (file_sha256(produced) if produced else file_sha256(out))})
     return {
         "format": FORMAT,
         "job": {"id": job, "name": record["name"], "state": record["state"], "created_at": record["created_at"],
