@@ -406,10 +406,10 @@ def gc(
     """Shrink the task cache, least recently used first; never what a queued or running job needs."""
     from . import gc as collector, home
     from .cache import Cache
-    from .outputs import human
+    from .units import human, parse_age, parse_size
 
-    limit = collector.parse_size(max_size) if max_size is not None else collector.configured_max_size()
-    age = collector.parse_age(older_than) if older_than is not None else None
+    limit = parse_size(max_size) if max_size is not None else collector.configured_max_size()
+    age = parse_age(older_than) if older_than is not None else None
     if limit is None and age is None:
         raise FarmError("Nothing to do: give --max-size (e.g. 200G) or --older-than (e.g. 30d), or set "
                         f"cache_max_size in {home.home() / 'config.toml'}.", code=2)

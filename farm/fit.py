@@ -39,8 +39,8 @@ from pathlib import Path
 from .errors import FarmError
 from .placement import (DENOISERS, FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
                         cuda_capabilities, place, quantization_config, set_tiling)
+from .units import human
 
-GB = 1e9
 PLACEMENTS = ("all", "vae_tiling", "model_offload", "sequential_offload")
 ON_CPU = ("all", "vae_tiling")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -223,10 +223,6 @@ class Estimate:
                  f"({human(self.decode_tiled)} tiled)"]
         lines += [f"{p:<19} {human(v):>9} peak" for p, v in self.peaks.items()]
         return "\n".join(lines)
-
-
-def human(n: float) -> str:
-    return f"{n / GB:.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
 def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: str = "bfloat16",

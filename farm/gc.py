@@ -13,7 +13,6 @@ The default limit for `farm work`, which prunes between jobs, is `cache_max_size
 from __future__ import annotations
 
 import os
-import re
 import time
 
 import tomli
@@ -22,28 +21,7 @@ from . import home
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
-
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_size(value: str | int, what: str = "--max-size") -> int:
-    """'200G' / '512M' / '0' / bytes -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
-    if not m:
-        raise FarmError(f"{what} expects a size like 200G, 512M or 0, got {value!r}.", code=2)
-    return int(float(m.group(1)) * UNITS[m.group(2).upper()])
-
-
-def parse_age(value: str) -> float:
-    """'30d' / '12h' / '90m' / '45s' / '2w' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(value), re.IGNORECASE)
-    if not m:
-        raise FarmError(f"--older-than expects an age like 30d, 12h or 90m, got {value!r}.", code=2)
-    return float(m.group(1)) * AGES[m.group(2).lower()]
-
+from .units import parse_size
 
 def configured_max_size() -> int | None:
     """The cache limit `farm work` keeps between jobs: FARM_CACHE_MAX_SIZE, else

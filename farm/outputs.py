@@ -94,11 +94,3 @@ def free_bytes(path: Path) -> tuple[Path, int]:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path, shutil.disk_usage(path).free
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

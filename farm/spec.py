@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tomli
 
-from . import digest, home, models, outputs, sweep, timing
+from . import digest, home, models, outputs, sweep, timing, units
 from .checks import MAX_STEPS, Checker as _Checker, kind as _kind
 from .encode import CODECS
 from .errors import FarmError, SpecError
@@ -590,8 +590,8 @@ def _check_outputs(specs: list[Spec], path: Path, text: str, force: bool):
                 need.setdefault(mount.stat().st_dev, [mount, free, 0])[2] += bytes_
         for mount, free, bytes_ in need.values():
             if bytes_ > free:
-                c.fail("frames", f"the render would write about {outputs.human(bytes_)} to {mount}, which has "
-                                 f"{outputs.human(free)} free; free space, shorten the shot, or pass --force")
+                c.fail("frames", f"the render would write about {units.human(bytes_)} to {mount}, which has "
+                                 f"{units.human(free)} free; free space, shorten the shot, or pass --force")
     if c.problems:
         raise SpecError(path, c.problems)
 

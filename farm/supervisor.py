@@ -209,6 +209,6 @@ def _progress(slot: Slot, opts: dict):
 
 def parse_memory(value: str | None) -> int | None:
     """'24G' / '512M' / bytes -> bytes (farm gc's parser: one way to read a size)."""
-    from .gc import parse_size
+    from .units import parse_size
 
     return None if value is None else parse_size(value, "--memory")
