@@ -10,6 +10,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # Schedulers are trained on 1,000 timesteps; DDIM with 1,000 inference steps indexes past them
 # (IndexError mid-render), and no model needs more than a few hundred.
 MAX_STEPS = 500
+MAX_PICTURE_SIDE = 16384  # a keyframe picture; larger ones are refused (a "decompression bomb" decodes to GBs)
 
 
 def kind(v) -> str:

@@ -502,6 +502,9 @@ def use_loras(pipe, loras: list[dict]):
         name = "lora_" + lora["sha256"][:16]
         if name not in loaded:
             path = Path(lora["path"])
+            if path.is_file() and file_digest(path) != lora["sha256"]:  # what the task's key says it applies
+                raise FarmError(f"The LoRA {path} changed after the job was planned; render the spec again to "
+                                f"use it as it is now.", code=2)
             try:
                 if path.is_dir():
                     pipe.load_lora_weights(str(path), adapter_name=name)

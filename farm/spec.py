@@ -16,11 +16,10 @@ from pathlib import Path
 import tomli
 
 from . import digest, home, models, outputs, sweep, timing, units
-from .checks import MAX_STEPS, Checker as _Checker, kind as _kind
+from .checks import MAX_PICTURE_SIDE, MAX_STEPS, Checker as _Checker, kind as _kind
 from .encode import CODECS
 from .errors import FarmError, SpecError
 
-MAX_PICTURE_SIDE = 16384  # a keyframe picture; larger ones are refused (a "decompression bomb" decodes to GBs)
 # Text encoders read at most a few hundred tokens (CLIP 77, T5 and UMT5 512): 4,096 characters
 # is about twice the longest window, and keeps a 200 MB "prompt" out of the tokenizers.
 MAX_PROMPT = 4096

@@ -368,18 +368,37 @@ def _is_oom(e: BaseException) -> bool:
 
 def run_keyframe(worker: Worker, params: dict, out: Path):
     if "image" in params:
-        from PIL import Image
-
-        from .spec import MAX_PICTURE_SIDE
-
-        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PICTURE_SIDE ** 2)  # checked at validation
-        with Image.open(params["image"]) as im:
-            image = pipeline.fit(im, params["width"], params["height"])
+        image = _picture(params)
     else:
         image = pipeline.keyframe(worker.pipe(params["model"], fit.task_shape("keyframe", params)), params,
                                   on_step=worker.check_lease)
         worker.calls["keyframe"] += 1
     image.save(out / "image.png")
+
+
+def _picture(params: dict):
+    """A picture keyframe, fitted to the shot: the bytes are read once and must be the ones
+    whose digest the task's key holds. A picture edited after the job was planned is refused,
+    or its pixels would be cached under the old picture's key (and shown for it later)."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from .checks import MAX_PICTURE_SIDE
+
+    path = Path(params["image"])
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FarmError(f"Cannot read the picture of frames[{params['frame']}], {path} ({e.strerror or e}).",
+                        code=2) from None
+    if hashlib.sha256(data).hexdigest() != params["image_sha256"]:
+        raise FarmError(f"The picture of frames[{params['frame']}], {path}, changed after the job was planned; "
+                        f"render the spec again to use it as it is now.", code=2)
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PICTURE_SIDE ** 2)  # its size: checked at validation
+    with Image.open(io.BytesIO(data)) as im:
+        return pipeline.fit(im, params["width"], params["height"])
 
 
 def run_segment(worker: Worker, params: dict, out: Path):

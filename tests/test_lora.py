@@ -163,3 +163,21 @@ def test_lora_on_an_accelerated_model(home_with_models, write_spec, lora_file):
     a, b = keyframe_keys(plain["job"]), keyframe_keys(styled["job"])
     assert image(a["keyframe[0]"]) != image(b["keyframe[0]"])
     assert worker.calls["load"] == 1
+
+
+def test_a_lora_edited_after_planning_is_refused(home_with_models, write_spec, lora_file):
+    """A task's key holds its LoRA's digest from planning time; the file edited while the job
+    waited must not be applied under that key."""
+    folder = write_spec("").parent
+    shutil.copy(lora_file, folder / "style.safetensors")
+    queue = Queue(home.db_path())
+    job = queue.submit(plan.build(spec.load(write_spec(LORA_SPEC))))
+    data = bytearray((folder / "style.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the last tensor: still a valid file, other weights
+    (folder / "style.safetensors").write_bytes(bytes(data))
+    Worker(queue, Cache(home.cache_dir())).drain(until_empty=True)
+    rows = queue.tasks(job)
+    failed = [t for t in rows if t["state"] == "failed"]
+    assert failed and all("style.safetensors changed after the job was planned" in t["error"] for t in failed)
+    assert not any(t["kind"] == "keyframe" and "loras" in t["params"].get("model", {}) and t["state"] == "done"
+                   for t in rows)

@@ -277,6 +277,31 @@ def test_every_cache_entry_records_its_files(home_with_models, write_spec, cli, 
             assert (r.parent / name).stat().st_size == want["size"] and len(want["sha256"]) == 64
 
 
+def test_a_picture_edited_after_submit_is_refused_not_cached_under_its_old_key(home_with_models, write_spec,
+                                                                               farm_home, cli):
+    """A task's key holds its picture's digest from planning time: a picture edited while the
+    job waited must not be rendered (and cached) under that key, or the old picture would
+    later be answered with the new one's pixels."""
+    from PIL import Image
+
+    path = write_spec(SMALL)
+    assert farm("submit", path).returncode == 0
+    (key,) = db(farm_home).execute("SELECT key FROM tasks WHERE name = 'keyframe[2]'").fetchone()
+    Image.new("RGB", (64, 64), (0, 200, 0)).save(path.parent / "refs" / "boat.png")
+    farm("work", "--cpu", "--until-empty", "-q")
+    state, error = db(farm_home).execute("SELECT state, error FROM tasks WHERE name = 'keyframe[2]'").fetchone()
+    assert state == "failed" and "changed after the job was planned" in error and "boat.png" in error
+    assert not (farm_home / "cache" / key[:2] / key).exists()
+
+    code, out, err = cli("render", path, "--json")  # planned again: the new picture, under its own key
+    assert code == 0, err
+    conn = db(farm_home)
+    (new_key,) = conn.execute("SELECT key FROM tasks WHERE job_id = ? AND name = 'keyframe[2]'",
+                              (json.loads(out)["job"],)).fetchone()
+    picture = Image.open(farm_home / "cache" / new_key[:2] / new_key / "image.png").convert("RGB")
+    assert new_key != key and picture.getpixel((10, 10)) == (0, 200, 0)
+
+
 # --- workers that lost their task ------------------------------------------------------------
 
 
