@@ -45,6 +45,18 @@ def test_local_folder_models_have_content_identity(farm_home, tmp_path):
     assert models.resolve(str(folder)).identity != a.identity
 
 
+def test_a_folder_model_changed_after_planning_is_not_loaded(farm_home, tmp_path):
+    folder = tmp_path / "my-model"
+    shutil.copytree(models.local_path(models.resolve("tiny")), folder)
+    planned = models.resolve(str(folder))
+    assert type(models.load_pipeline(planned, "cpu")).__name__ == "StableDiffusionPipeline"
+    cfg = folder / "scheduler" / "scheduler_config.json"
+    cfg.write_text(cfg.read_text().replace('"steps_offset": 1', '"steps_offset": 0'))  # retrained, say
+    with pytest.raises(FarmError) as e:
+        models.load_pipeline(planned, "cpu")
+    assert e.value.code == 2 and f"the folder {folder} changed after the job was planned" in e.value.message
+
+
 def test_model_errors(tmp_path):
     with pytest.raises(FarmError, match="did you mean 'crossfade'"):
         models.resolve("crosfade")
