@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pytest
 # (Here and not in tests/kernels/conftest.py: a second module named `conftest` would shadow
 # this one for the tests that `from conftest import SMALL`.)
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# A suite started in the background by a non-interactive shell (`pytest &` in a script) inherits
+# SIGINT ignored, and so would every farm process it starts: Python keeps an ignored SIGINT, and
+# the Ctrl-C tests would see nothing. A handler here is reset to the default in each child at
+# exec, so the children get Python's usual KeyboardInterrupt, as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "jobs" / "example.toml"
