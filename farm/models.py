@@ -396,10 +396,13 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
     dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))
     path = local_path(ref)
-    if ref.identity.startswith("folder:") and f"folder:{folder_digest(path)}" != ref.identity:
-        # a training run writing into the folder, say: its task keys name the weights as they were
-        raise FarmError(f"model {ref.name!r}: the folder {path} changed after the job was planned; render the "
-                        f"spec again to use it as it is now.", code=2)
+    # Task keys name the weights as they were planned: a folder or checkpoint written since (a
+    # training run saving into it, say) must not be drawn under that name.
+    kind, _, content = ref.identity.partition(":")
+    if (kind == "folder" and folder_digest(path) != content
+            or kind == "file" and file_digest(path) != content.split("+", 1)[0]):
+        raise FarmError(f"model {ref.name!r}: {path} changed after the job was planned; render the spec again to "
+                        f"use it as it is now.", code=2)
     quantize = ref.defaults.get("quantize")
     extra = {}
     if quantize:

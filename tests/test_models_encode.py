@@ -54,7 +54,7 @@ def test_a_folder_model_changed_after_planning_is_not_loaded(farm_home, tmp_path
     cfg.write_text(cfg.read_text().replace('"steps_offset": 1', '"steps_offset": 0'))  # retrained, say
     with pytest.raises(FarmError) as e:
         models.load_pipeline(planned, "cpu")
-    assert e.value.code == 2 and f"the folder {folder} changed after the job was planned" in e.value.message
+    assert e.value.code == 2 and f"{folder} changed after the job was planned" in e.value.message
 
 
 def test_model_errors(tmp_path):

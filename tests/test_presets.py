@@ -123,11 +123,38 @@ def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatc
     ckpt.write_bytes(b"other weights")
     digest._DIGESTS.clear()
     assert models.resolve("mine").identity != ref.identity
+    with pytest.raises(FarmError, match="changed after the job was planned"):  # the old task's model
+        models.load_pipeline(ref)
     presets("noconf", f'role = "keyframes"\npipeline = "StableDiffusionPipeline"\nsource = "{ckpt}"\n')
     with pytest.raises(FarmError, match="needs `config`"):
         models.resolve("noconf")
     with pytest.raises(FarmError, match="named through a preset"):
         models.resolve(str(tmp_path / "nope.safetensors"))
+
+
+def test_a_large_files_digest_is_kept_across_processes(farm_home, tmp_path):
+    """A checkpoint is hashed once per machine: a new process (here: an emptied in-process
+    memo) reads the kept digest; any write to the file hashes it again."""
+    import hashlib
+    import time
+
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(bytes(digest.MEMO_BYTES))
+    real = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert digest.file_digest(big) == real
+    (kept,) = (farm_home / "digests").iterdir()
+    kept.write_text("f" * 64)  # were the file read again, this could not be the answer
+    digest._DIGESTS.clear()
+    assert digest.file_digest(big) == "f" * 64
+    time.sleep(0.05)  # past the filesystem's timestamp granularity, as any later edit is
+    with open(big, "r+b") as f:  # one byte, same size
+        f.write(b"\1")
+    digest._DIGESTS.clear()
+    assert digest.file_digest(big) == hashlib.sha256(big.read_bytes()).hexdigest() != real
+    small = tmp_path / "small.png"
+    small.write_bytes(b"x")
+    digest.file_digest(small)
+    assert len(list((farm_home / "digests").iterdir())) == 2  # small files are not kept
 
 
 def test_pull_downloads_the_pinned_revision_into_the_cache(cli, monkeypatch, tmp_path):
