@@ -60,7 +60,6 @@ def render(
     from .render import render_all
 
     terminate_as_interrupt()
-    quiet_libraries()
 
     def report(result):  # as each output is written, so a long sweep shows its progress
         if json_out:
@@ -140,7 +139,6 @@ def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `fa
     its estimated peak memory for each way to run it (farm/fit.py)."""
     from . import fit, models
 
-    quiet_libraries()  # a twin is built on first use
     info = models.describe(name)
     width = height = None
     if size is not None:
@@ -216,7 +214,6 @@ def work(
             raise FarmError("--gpus does not apply with --ray: Ray gives each actor one GPU of the cluster.", code=2)
         from . import cluster
 
-        quiet_libraries()
         code = cluster.work(ray, cpu=cpu, workers=workers, db=str(db) if db else None, lease=lease,
                             until_empty=until_empty, grace=grace, memory=supervisor.parse_memory(memory),
                             progress=not quiet)
@@ -385,7 +382,6 @@ def accelerate_cmd(
     if not report:
         raise FarmError("Nothing to do: `farm accelerate --report MODEL` reports what acceleration does to a "
                         "model; renders turn it on with `accelerate = [...]` in a spec or preset.", code=2)
-    quiet_libraries()
     chosen = [f.strip() for f in features.split(",") if f.strip()] if features is not None else None
     result = probe(model, chosen, cache_threshold=threshold)
     typer.echo(json.dumps(result.to_json()) if json_out else result.text())
@@ -430,6 +426,7 @@ def version():
 
 def main(argv: list[str] | None = None):
     debug = bool(os.environ.get("FARM_DEBUG"))
+    quiet_libraries()  # every command: farm prints its own progress and errors, the libraries under it none
     try:
         # Without standalone mode click returns a command's `typer.Exit(code)` instead of
         # exiting: pass it on, or `farm work`'s 130 would reach the shell as 0.

@@ -66,3 +66,17 @@ def test_picture_content_is_in_the_key(write_spec):
     Image.new("RGB", (32, 32), (1, 2, 3)).save(path.parent / "refs" / "boat.png")
     b = plan.build(spec.load(path))
     assert changed(a, b) == ["assemble", "keyframe[2]", "segment[1]", "segment[2]"]
+
+
+def test_farm_plan_on_a_fresh_machine_prints_only_the_plan(farm_home, write_spec):
+    """`farm plan` builds the built-in models it estimates from on first use; the libraries it
+    loads for that print nothing (every command is quiet, not only `farm render`)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "farm.cli", "plan", str(write_spec(SMALL))], capture_output=True,
+                          text=True, timeout=600, env=os.environ.copy())
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("small: 7 tasks, 7 to run, 0 cached")
+    assert (farm_home / "models").is_dir()  # it did build them
