@@ -9,7 +9,9 @@ nor a power cut leaves a half-written entry that looks finished. A killed writer
 Every entry carries a record (`.entry.json`) of the size and sha256 of each of its files,
 written when it is published. `check()` verifies both before an entry is reused, so a file
 cut short, damaged or deleted since (a full disk, a stray `rm`, bit rot) is found, the
-entry discarded and the task run again, instead of a broken frame reaching a video. The
+entry discarded and the task run again, instead of a broken frame reaching a video. (Within
+one process, an entry whose files' sizes, times and inodes are as they were when it was last
+verified is not hashed again.) The
 record's modification time is the entry's last use, which `farm gc` reads.
 """
 
@@ -40,6 +42,11 @@ class Entry:
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
+        # key -> its files' (name, size, mtime, ctime, inode) when this process last verified
+        # their digests: a render checks an assembly when its task is answered and again when
+        # it publishes, and a multi-GB video need not be hashed twice a second apart. Any
+        # write to a file changes its ctime (which cannot be set back), and so is verified.
+        self._verified: dict[str, tuple] = {}
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -66,16 +73,24 @@ class Cache:
         if present != set(recorded):
             lost, extra = sorted(set(recorded) - present), sorted(present - set(recorded))
             return "files " + ("missing: " + ", ".join(lost[:3]) if lost else "not in its record: " + ", ".join(extra[:3]))
+        signature = []
         for name in sorted(recorded):
-            want, path = recorded[name], folder / name
             try:
-                size = path.stat().st_size
-                if size != want["size"]:
-                    return f"{name} is {size} bytes, {want['size']} when it was written"
-                if files.digest(path) != want["sha256"]:
+                st = (folder / name).stat()
+            except OSError as e:
+                return f"{name} cannot be read ({e.strerror or e})"
+            if st.st_size != recorded[name]["size"]:
+                return f"{name} is {st.st_size} bytes, {recorded[name]['size']} when it was written"
+            signature.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        if self._verified.get(key) == tuple(signature):
+            return None
+        for name in sorted(recorded):
+            try:
+                if files.digest(folder / name) != recorded[name]["sha256"]:
                     return f"{name} does not match the digest recorded when it was written"
             except OSError as e:
                 return f"{name} cannot be read ({e.strerror or e})"
+        self._verified[key] = tuple(signature)
         return None
 
     def digest(self, key: str, name: str) -> str | None:
@@ -101,6 +116,7 @@ class Cache:
     def discard(self, key: str):
         """Remove an entry: renamed away first (one atomic step), then deleted."""
         folder = self.path(key)
+        self._verified.pop(key, None)
         trash = folder.parent / f".trash-{key[:16]}-{os.getpid()}-{time.monotonic_ns()}"
         try:
             os.rename(folder, trash)

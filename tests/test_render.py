@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE, SMALL
-from farm import encode, home, models
+from farm import encode, files, home, models
 
 
 def sha(path):
@@ -61,8 +61,11 @@ def test_rerender_runs_no_model_and_is_byte_identical(home_with_models, write_sp
 
     monkeypatch.setattr(models, "load_pipeline", no_models)
     monkeypatch.setattr(encode, "probe", no_decoding)  # the assembly recorded what decoding found
+    hashed, hash_file = [], files.digest
+    monkeypatch.setattr(files, "digest", lambda p: hashed.append(Path(p).name) or hash_file(p))
     Path(first["output"]).unlink()  # even a deleted output comes back from the cache
     second = render_json(cli, path)
+    assert hashed.count("video.mp4") == 1  # verified when its task was answered, not again to publish
     assert second["tasks"] == {"total": 7, "run": 0, "cached": 7}
     assert sha(second["output"]) == digest
     assert executed(second["job"]) == []
