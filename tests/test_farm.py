@@ -237,11 +237,14 @@ def wait_for(predicate, timeout=120, proc=None):
     raise AssertionError("timed out")
 
 
-def in_flight(db, kind="segment"):
+def in_flight(db, kind="segment", name=None):
+    """(pid of the worker holding it, task id, task name) of a running task of this kind (or
+    this name), else None."""
+    column, value = ("name", name) if name is not None else ("kind", kind)
     try:
         conn = sqlite3.connect(db)
         row = conn.execute("SELECT w.pid, t.id, t.name FROM workers w JOIN tasks t ON t.lease_owner = w.name "
-                           "WHERE t.kind = ? AND t.state = 'running'", (kind,)).fetchone()
+                           f"WHERE t.{column} = ? AND t.state = 'running'", (value,)).fetchone()
         conn.close()
         return row
     except sqlite3.OperationalError:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from test_farm import wait_for
+from test_farm import in_flight, wait_for
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is an optional extra: pip install 'farm[ray]'")
@@ -31,12 +31,19 @@ def sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def render_here(cli, path, home, monkeypatch):
-    """The reference: `farm render` in this process, in its own FARM_HOME."""
-    monkeypatch.setenv("FARM_HOME", str(home))
+def reference_then_submit(cli, path, built_models, tmp_path, monkeypatch):
+    """The reference, `farm render` in this process in a home of its own (its video's sha,
+    the video then removed), and the same spec submitted in a second home, now FARM_HOME,
+    for Ray to draw: (reference sha, Ray's home, job id)."""
+    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
+    monkeypatch.setenv("FARM_HOME", str(clean_home))
     code, out, err = cli("render", path, "--json", "-q")
     assert code == 0, err
-    return sha(json.loads(out)["output"])
+    video = Path(json.loads(out)["output"])
+    clean = sha(video)
+    video.unlink()
+    monkeypatch.setenv("FARM_HOME", str(ray_home))
+    return clean, ray_home, json.loads(cli("submit", path, "--json")[1])["job"]
 
 
 def homes(built_models, tmp_path, *names):
@@ -61,12 +68,7 @@ def test_without_ray_the_cli_says_how_to_get_it(cli, monkeypatch, farm_home):
 @needs_ray
 def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cli, tmp_path, monkeypatch):
     path = write_spec(SMALL)
-    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
-    clean = render_here(cli, path, clean_home, monkeypatch)
-    (path.parent / "out" / "small.mp4").unlink()
-
-    monkeypatch.setenv("FARM_HOME", str(ray_home))
-    job = json.loads(cli("submit", path, "--json")[1])["job"]
+    clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, not this process's
     env["FARM_TORCH_THREADS"] = "2"  # the reference's thread count (conftest): the same sums, the same pixels
     proc = subprocess.run([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2",
@@ -94,18 +96,6 @@ def ray_local():
     ray.shutdown()
 
 
-def running(db, task):
-    """(pid of the actor holding `task`, task id) while it is running, else None."""
-    try:
-        conn = sqlite3.connect(db)
-        row = conn.execute("SELECT w.pid, t.id FROM workers w JOIN tasks t ON t.lease_owner = w.name "
-                           "WHERE t.name = ? AND t.state = 'running'", (task,)).fetchone()
-        conn.close()
-        return row
-    except sqlite3.OperationalError:
-        return None
-
-
 def driver_for(home, **kwargs):
     """A driver with two CPU actors. Two torch threads each, as the in-process reference
     render has (conftest): on the CPU, torch sums in another order with another thread
@@ -122,18 +112,13 @@ def driver_for(home, **kwargs):
 def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_local, built_models, write_spec, cli,
                                                                         tmp_path, monkeypatch):
     path = write_spec(SLOW_FIRST)
-    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
-    clean = render_here(cli, path, clean_home, monkeypatch)
-    (path.parent / "out" / "small.mp4").unlink()
-
-    monkeypatch.setenv("FARM_HOME", str(ray_home))
-    job = json.loads(cli("submit", path, "--json")[1])["job"]
+    clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
     driver = driver_for(ray_home, lease=2)
     result = {}
     thread = threading.Thread(target=lambda: result.update(code=driver.run()), daemon=True)
     thread.start()
     db = ray_home / "queue.db"
-    pid, task_id = wait_for(lambda: running(db, "segment[0]"))
+    pid, task_id, _ = wait_for(lambda: in_flight(db, name="segment[0]"))
 
     status = json.loads(cli("status", "--json")[1])  # Ray actors are workers, with their node
     actors = {w["pid"]: w for w in status["workers"]}
@@ -280,12 +265,7 @@ def test_a_chain_of_clips_renders_through_ray_as_it_does_here(ray_local, built_m
     from test_time import shot
 
     path = write_spec(shot(name="chain", motion="tiny-video", seconds=6, fps=8))  # 97 frames at 16 fps: 2 clips
-    clean_home, ray_home = homes(built_models, tmp_path, "clean", "ray")
-    clean = render_here(cli, path, clean_home, monkeypatch)
-    (path.parent / "out" / "chain.mp4").unlink()
-
-    monkeypatch.setenv("FARM_HOME", str(ray_home))
-    job = json.loads(cli("submit", path, "--json")[1])["job"]
+    clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
     assert driver_for(ray_home, until_empty=True).run() == 0
     conn = sqlite3.connect(ray_home / "queue.db")
     assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)

@@ -22,7 +22,7 @@ SHOT = """
 [shot]
 name = "{name}"
 fps = {fps}
-size = [32, 32]
+{size}
 seed = 1
 out = "out/{name}.mp4"
 retries = 0
@@ -42,12 +42,14 @@ seconds = {seconds}
 
 [[frames]]
 prompt = "a blue boat"
-seconds = 0.25
+seconds = {last_seconds}
 """
 
 
-def shot(name="t", fps=24, motion="tiny-wan", seconds=2, motion_extra=""):
-    return SHOT.format(name=name, fps=fps, motion=motion, seconds=seconds, motion_extra=motion_extra)
+def shot(name="t", fps=24, motion="tiny-wan", seconds=2, motion_extra="", size=(32, 32), last_seconds=0.25):
+    """Two keyframes and a motion model; `size=None` leaves the size to the presets."""
+    return SHOT.format(name=name, fps=fps, motion=motion, seconds=seconds, motion_extra=motion_extra,
+                       size=f"size = [{size[0]}, {size[1]}]" if size else "", last_seconds=last_seconds)
 
 
 @pytest.fixture

@@ -17,36 +17,12 @@ from farm.errors import SpecError
 from farm.queue import Queue
 from farm.render import render
 from farm.worker import Worker
+from test_time import MOTION_TWINS, shot
 
-TWINS = ["tiny-video", "tiny-wan", "tiny-wan22", "tiny-ltx", "tiny-cogvideox"]
+TWINS = MOTION_TWINS
 SIZES = [None, (32, 32), (48, 32), (40, 40), (96, 64), (160, 160)]  # None: the preset's default
 SMALL = (32, 32)  # where chains are swept: a chain is 2 x 41-137 frames, the costly case
 FPS = 24
-
-SPEC = """
-[shot]
-name = "{name}"
-fps = {fps}
-{size}
-out = "out/{name}.mp4"
-retries = 0
-
-[keyframes]
-model = "tiny"
-steps = 1
-
-[motion]
-model = "{twin}"
-steps = 1
-
-[[frames]]
-prompt = "a red boat"
-seconds = {seconds}
-
-[[frames]]
-prompt = "a blue boat"
-seconds = 0.1
-"""
 
 
 def past_window(twin: str) -> float:
@@ -62,8 +38,8 @@ def durations(twin: str) -> list[float]:
 def check(twin, size, seconds, write_spec, worker) -> str:
     """Render one case; return "rendered" or "refused" (and assert it is one of them)."""
     name = f"{twin}-{size[0]}x{size[1]}-{seconds}" if size else f"{twin}-default-{seconds}"
-    path = write_spec(SPEC.format(name=name, fps=FPS, twin=twin, seconds=seconds,
-                                  size=f"size = [{size[0]}, {size[1]}]" if size else ""), f"{name}.toml")
+    path = write_spec(shot(name=name, fps=FPS, motion=twin, seconds=seconds, size=size, last_seconds=0.1),
+                      f"{name}.toml")
     try:
         s = spec.load(path)
     except SpecError as e:
