@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import FarmError
+from .errors import FarmError, storage_error
 from .quiet import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,16 +31,19 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Let outputs replace fil
 
 
 def terminate_as_interrupt():
-    """SIGTERM (a scheduler's stop, `kill`) ends a render as Ctrl-C does: what is finished
-    stays cached, the job is canceled; the exit code is 143 instead of 130."""
+    """SIGTERM (a scheduler's stop, `kill`) and SIGHUP (its terminal closed) end a render as
+    Ctrl-C does: what is finished stays cached, the job is canceled; the exit code is 143 or
+    129 instead of 130. An ignored SIGHUP (`nohup farm render ...`) stays ignored."""
     import signal
 
     from .errors import Terminated
 
     def on_term(signum, frame):
-        raise Terminated()
+        raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, on_term)
 
 
 @app.command()
@@ -251,6 +254,7 @@ def status(
     queue = _queue(db)
     if job is not None:
         _job_or_fail(queue, job)
+        st.sweep(queue)
         summary = st.job(queue, job)
         typer.echo(json.dumps(summary) if json_out else st.text_job(summary))
     else:
@@ -440,7 +444,7 @@ def main(argv: list[str] | None = None):
         from .errors import Terminated
 
         print("farm: terminated." if isinstance(e, Terminated) else "farm: interrupted.", file=sys.stderr)
-        sys.exit(143 if isinstance(e, Terminated) else 130)
+        sys.exit(e.code if isinstance(e, Terminated) else 130)
     except Exception as e:  # click's usage errors carry their own exit codes
         code = getattr(e, "exit_code", None)
         if code is not None and hasattr(e, "show"):
@@ -448,6 +452,10 @@ def main(argv: list[str] | None = None):
             sys.exit(code)
         if debug:
             raise
+        problem = storage_error(e)
+        if problem is not None:  # a full or failing disk is the machine's state, not farm's bug
+            print(f"farm: {problem.message}", file=sys.stderr)
+            sys.exit(problem.code)
         print(f"farm: internal error: {type(e).__name__}: {e}\n(set FARM_DEBUG=1 to see the traceback, "
               f"and please report it)", file=sys.stderr)
         sys.exit(1)

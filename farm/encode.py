@@ -8,6 +8,7 @@ the tail of ffmpeg's stderr.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -88,6 +89,8 @@ def _run(cmd: list[str], what: str, timeout: float) -> str:
     except OSError as e:
         raise FarmError(f"ffmpeg could not be started for {what} ({cmd[0]}: {e.strerror or e}).") from None
     if proc.returncode != 0:
+        if "No space left on device" in proc.stderr:  # the disk is full, not the input broken: not worth a retry
+            raise OSError(errno.ENOSPC, f"No space left on device (ffmpeg, while {what})")
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
         raise FarmError(f"ffmpeg failed while {what} (exit code {proc.returncode}). Its last words:\n{tail}")
     return proc.stderr

@@ -25,5 +25,39 @@ class SpecError(FarmError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (what is finished stays; the rest is canceled), but
-    reported with its own exit code, 143 (128 + 15)."""
+    """SIGTERM or SIGHUP (the terminal closed), handled as Ctrl-C is (what is finished stays;
+    the rest is canceled), but reported with its own exit code, 128 + the signal's number."""
+
+    def __init__(self, signum: int = 15):
+        import signal
+
+        super().__init__()
+        self.signal = signal.Signals(signum).name
+        self.code = 128 + signum
+        self.why = "terminated" if signum == signal.SIGTERM else f"terminated ({self.signal})"
+
+
+# What SQLite and the OS say when the disk under farm is full or failing.
+_FULL = ("database or disk is full", "disk i/o error")
+
+
+def storage_error(e: BaseException, where=None) -> FarmError | None:
+    """A FarmError (exit 1) for a full or failing disk, from the exception that met it: SQLite's
+    "database or disk is full" / "disk I/O error", or an OSError ENOSPC, EDQUOT or EIO; None
+    for anything else."""
+    import errno
+    import sqlite3
+
+    if isinstance(e, sqlite3.Error) and any(m in str(e).lower() for m in _FULL):
+        place = f"the queue database {where}" if where else "the queue database"
+        what = "full" if "full" in str(e).lower() else "failing (I/O error)"
+        return FarmError(f"The disk under {place} is {what}: SQLite said \"{e}\". Nothing was lost: finished "
+                         f"tasks are in the cache and the job is canceled, or resumes where it stopped. Free some "
+                         f"space (`farm gc --max-size` trims the cache) and render again.", code=1)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        what = "failing (I/O error)" if e.errno == errno.EIO else "full"
+        at = f" at {e.filename}" if e.filename else ""
+        return FarmError(f"The disk{at} is {what} ({e.strerror}). Nothing was lost: finished tasks are in the "
+                         f"cache and the job is canceled, or resumes where it stopped. Free some space (`farm gc "
+                         f"--max-size` trims the cache) and render again.", code=1)
+    return None

@@ -131,6 +131,18 @@ MIGRATIONS = [
     """
     ALTER TABLE workers ADD COLUMN node TEXT
     """,
+    # A job submitted by `farm render` is that render's own (`owner`: its worker's name): it is
+    # canceled when the render is gone (killed, its terminal closed, out of memory), never
+    # finished and published by `farm work` behind a newer render's back. `published` says how a
+    # done job ended: NULL until its publish ran, then 'published', 'superseded' (a job submitted
+    # later for the same output was published first: this one's video stays in the cache) or
+    # 'failed'. Jobs done before this migration count as published.
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN published TEXT;
+    UPDATE jobs SET published = 'published' WHERE state = 'done';
+    CREATE INDEX jobs_output ON jobs (output, id)
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -235,16 +247,19 @@ class Queue:
 
     # --- jobs -------------------------------------------------------------------------
 
-    def submit(self, plan, *, priority: int = 50, max_attempts: int = 3) -> int:
-        """Enqueue a plan as a new job with all its tasks and dependencies, atomically."""
+    def submit(self, plan, *, priority: int = 50, max_attempts: int = 3, owner: str | None = None) -> int:
+        """Enqueue a plan as a new job with all its tasks and dependencies, atomically.
+
+        `owner`: the registered worker of the `farm render` whose job this is; the job is
+        canceled when that worker is gone (see `_orphans`)."""
         spec, now = plan.spec, time.time()
         n = len(plan.tasks)
         # Plain INSERTs inside our own transaction: sqlite-utils' insert() commits on its own.
         with self.transaction():
             job = self.conn.execute(
                 "INSERT INTO jobs (name, spec_path, spec_digest, output, state, priority, tasks_total, tasks_left,"
-                " created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (spec.name, str(spec.path), spec.digest, str(spec.out), priority, n, n, now)).lastrowid
+                " created_at, owner) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (spec.name, str(spec.path), spec.digest, str(spec.out), priority, n, n, now, owner)).lastrowid
             ids = {}
             for t in plan.tasks:
                 ids[t.name] = self.conn.execute(
@@ -258,14 +273,16 @@ class Queue:
         return job
 
     def cancel(self, job: int, reason: str | None = None) -> bool:
-        now = time.time()
         with self.transaction():
-            n = self.conn.execute("UPDATE jobs SET state = 'canceled', error = coalesce(?, error), finished_at = ? "
-                                  "WHERE id = ? AND state IN ('queued', 'running')", (reason, now, job)).rowcount
-            if n:
-                self.conn.execute("UPDATE tasks SET state = 'canceled', lease_owner = NULL, lease_expires = NULL "
-                                  "WHERE job_id = ? AND state IN ('queued', 'running')", (job,))
-                self._event(job, None, "job.canceled", None, {"reason": reason} if reason else None)
+            return self._cancel(job, reason, time.time())
+
+    def _cancel(self, job: int, reason: str | None, now: float) -> bool:
+        n = self.conn.execute("UPDATE jobs SET state = 'canceled', error = coalesce(?, error), finished_at = ? "
+                              "WHERE id = ? AND state IN ('queued', 'running')", (reason, now, job)).rowcount
+        if n:
+            self.conn.execute("UPDATE tasks SET state = 'canceled', lease_owner = NULL, lease_expires = NULL "
+                              "WHERE job_id = ? AND state IN ('queued', 'running')", (job,))
+            self._event(job, None, "job.canceled", None, {"reason": reason} if reason else None)
         return bool(n)
 
     def retry(self, job: int) -> int:
@@ -323,6 +340,7 @@ class Queue:
         now = time.time()
         if now >= self._next_expiry:
             self._expire(now)
+            self._orphans(now)
             self._next_expiry = now + EXPIRY_EVERY
         cursor = self.conn.execute(CANDIDATES, {"now": now, "job": job, "worker": worker,
                                                 "block_after": BLOCK_AFTER, "window": AFFINITY_WINDOW})
@@ -355,6 +373,36 @@ class Queue:
             self._event(t["job_id"], t["id"], "task.lease_expired", t["worker"], {"state": t["state"]})
             if t["state"] == "failed":
                 self._fail_job(t["job_id"], f"{t['name']}: failed {t['name']} after its worker died repeatedly", now)
+
+    def sweep(self):
+        """Put back tasks whose lease ran out and cancel the jobs of renders that are gone, now
+        (claims do it at most once a second; `farm status` does it before it reports)."""
+        now = time.time()
+        with self.transaction():
+            self._expire(now)
+            self._orphans(now)
+
+    def _orphans(self, now: float):
+        """Cancel the jobs of `farm render`s that are gone, and forget their workers.
+
+        A render is gone when its heartbeat is older than its lease, or at once when it ran on
+        this host and its process no longer exists (SIGKILL, a closed terminal, the OOM killer).
+        Its job is canceled rather than left to `farm work`: finishing it would publish the
+        video of a spec the user may have edited and rendered again since. Its finished tasks
+        stay in the cache, so rendering the spec again resumes from them."""
+        host = socket.gethostname()
+        gone = [(name, pid) for name, pid, h, beat, lease in self.conn.execute(
+                    "SELECT name, pid, host, heartbeat_at, lease FROM workers WHERE role = 'render'")
+                if beat + lease < now or (h == host and not _alive(pid))]
+        for name, pid in gone:
+            self.conn.execute("DELETE FROM workers WHERE name = ?", (name,))
+            self._event(None, None, "worker.lost", name, {"pid": pid})
+        orphans = self.conn.execute(
+            "SELECT id, owner FROM jobs j WHERE owner IS NOT NULL AND state IN ('queued', 'running') "
+            "AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.name = j.owner)").fetchall()
+        for job, owner in orphans:
+            self._cancel(job, f"its `farm render` ({owner}) stopped before the job finished (killed, its terminal "
+                              f"closed, or out of memory); render the spec again to resume from the cache", now)
 
     def complete(self, task: dict, worker: str, *, cached: bool, seconds: float) -> bool:
         """Mark a task done if this worker still holds its lease *for this attempt*; the job is
@@ -551,9 +599,29 @@ class Queue:
                                                 "WHERE d.task_id = ? ORDER BY u.id", (task_id,))]
 
     def live_keys(self) -> set[str]:
-        """Keys of every task of a queued or running job: the cache entries `farm gc` keeps."""
+        """Keys of every task of a queued or running job, or of a done one not yet published
+        (publishing reads its assembly, and its contact sheet its keyframes): the cache entries
+        `farm gc` keeps."""
         return {k for (k,) in self.conn.execute(
-            "SELECT t.key FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE j.state IN ('queued', 'running')")}
+            "SELECT t.key FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE j.state IN ('queued', 'running') "
+            "OR (j.state = 'done' AND j.published IS NULL)")}
+
+    def newer_published(self, job: int) -> int | None:
+        """The id of a job submitted after this one for the same output that was published, or
+        None: this job may replace its output only while there is none."""
+        row = self.conn.execute("SELECT n.id FROM jobs o JOIN jobs n ON n.output = o.output AND n.id > o.id "
+                                "WHERE o.id = ? AND n.published = 'published' ORDER BY n.id DESC LIMIT 1",
+                                (job,)).fetchone()
+        return row[0] if row else None
+
+    def published(self, job: int, outcome: str, worker: str | None, data: dict) -> None:
+        """Record how a done job's publishing ended ('published', 'superseded' or 'failed'),
+        with its event (job.published, job.superseded, job.publish_failed)."""
+        event = {"published": "job.published", "superseded": "job.superseded", "failed": "job.publish_failed"}
+        with self.transaction():
+            self.conn.execute("UPDATE jobs SET published = ? WHERE id = ?", (outcome, job))
+            task = self.conn.execute("SELECT id FROM tasks WHERE job_id = ? AND kind = 'assemble'", (job,)).fetchone()
+            self._event(job, task[0] if task else None, event[outcome], worker, data)
 
     def next_wakeup(self, job: int) -> float | None:
         """When the earliest task of a job now backing off after a failure becomes claimable;
@@ -566,6 +634,19 @@ class Queue:
         return self.conn.execute("SELECT count(*) FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE "
                                  "t.state IN ('queued', 'running') AND j.state IN ('queued', 'running') "
                                  "AND j.paused = 0").fetchone()[0]
+
+
+def _alive(pid: int | None) -> bool:
+    """Is there a process with this id on this host? (Signal 0 checks without sending.)"""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _task(row) -> dict:

@@ -9,12 +9,13 @@ has one per variant), `render()` renders a spec without a sweep, and `submit()` 
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
 from . import home, manifest, plan as planner, publish as publisher, spec as specs
 from .cache import Cache
-from .errors import FarmError, Terminated
+from .errors import FarmError, Terminated, storage_error
 from .queue import TERMINAL, Queue
 from .worker import Worker
 
@@ -104,7 +105,6 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
     if queue.farm_paused():
         raise FarmError(f"The farm is paused (`farm pause`), so nothing would run {spec.name}: `farm resume` "
                         f"first.", code=1)
-    job = queue.submit(plan, priority=priority, max_attempts=_attempts(spec, retries))
     worker = worker or _own_worker(queue, progress)
 
     bar = None
@@ -117,15 +117,30 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
         if bar is not None and cached is not None:  # None: failed, and requeued or fatal
             bar.set_postfix_str(f"{task['name']}{' (cached)' if cached else ''}", refresh=False)
 
+    job = None
     try:
-        with worker:
+        with worker:  # registered before the job exists: a job whose owner is not registered is canceled
+            job = queue.submit(plan, priority=priority, max_attempts=_attempts(spec, retries), owner=worker.name)
             _follow(queue, job, worker, defer, on_task, bar)
         _published(queue, job, worker)
     except KeyboardInterrupt as e:
-        queue.cancel(job, "terminated" if isinstance(e, Terminated) else "interrupted")
-        what = "Terminated (SIGTERM)" if isinstance(e, Terminated) else "Interrupted"
+        if job is None:
+            raise
+        queue.cancel(job, e.why if isinstance(e, Terminated) else "interrupted")
+        what = f"Terminated ({e.signal})" if isinstance(e, Terminated) else "Interrupted"
         raise FarmError(f"{what}: job {job} canceled. Finished tasks are kept in the cache; "
-                        f"render again to resume from them.", code=143 if isinstance(e, Terminated) else 130) from None
+                        f"render again to resume from them.", code=e.code if isinstance(e, Terminated) else 130) \
+            from None
+    except Exception as e:  # noqa: BLE001 - only a full or failing disk is handled here
+        problem = storage_error(e, queue.path)
+        if problem is None:
+            raise
+        if job is not None:
+            try:
+                queue.cancel(job, problem.message)
+            except sqlite3.Error:
+                pass  # the database cannot be written either: the job's owner is gone, so the next claim cancels it
+        raise problem from None
     finally:
         if bar is not None:
             bar.close()
@@ -139,6 +154,10 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
 
     out = spec.out
     result = publisher.outcome(queue, job)
+    if result["event"] == publisher.SUPERSEDED:
+        raise FarmError(f"Job {job} ({spec.name}) rendered, but a newer render of {out} (job {result['data']['by']}) "
+                        f"was published first, so this one was not copied over it. Its video is in the cache: "
+                        f"render the spec again to publish it.", code=1)
     if result["event"] == publisher.FAILED:
         why = result["data"].get("error")
         if result["data"].get("stage") == "sidecars":

@@ -4,6 +4,7 @@ as plain dicts (printed as JSON for scripts, or as text for people)."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 from .queue import Queue
@@ -37,13 +38,24 @@ def job(queue: Queue, job_id: int, workers: int | None = None) -> dict | None:
         "spec": record["spec_path"],
         "tasks": {"total": record["tasks_total"], **counts, "cached": times["cached"]},
         "error": record["error"],
+        "published": record["published"],  # a done job: published, superseded, failed, or None (not yet)
         "created_at": record["created_at"],
         "elapsed": round(elapsed, 1),
         "eta": eta,
     }
 
 
+def sweep(queue: Queue):
+    """Before reporting, make the queue say what is true now: tasks of dead workers back in the
+    queue, jobs of renders that are gone canceled (`Queue.sweep`)."""
+    try:
+        queue.sweep()
+    except sqlite3.Error:
+        pass  # a read-only or full database: report it as it stands
+
+
 def farm(queue: Queue, recent: int = 20) -> dict:
+    sweep(queue)
     jobs = queue.jobs()
     live_jobs = [j for j in jobs if j["state"] in ("queued", "running")]
     ended = [j for j in jobs if j["state"] not in ("queued", "running")][-recent:]
@@ -65,6 +77,9 @@ def text_job(s: dict) -> str:
             f"  {s['elapsed']:.0f}s{eta}")
     if s["error"]:
         line += f"\n           error: {s['error']}"
+    if s["published"] == "superseded":
+        line += f"\n           not copied to {s['output']}: a newer render of it was published first (`farm logs " \
+                f"{s['job']}`); its video is in the cache"
     return line
 
 
