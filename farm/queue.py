@@ -505,6 +505,8 @@ class Queue:
         with self.transaction():
             self.conn.execute("UPDATE workers SET heartbeat_at = ?, models = ?, state = coalesce(?, state) "
                               "WHERE name = ?", (now, json.dumps(models), state, worker))
+            if task is not None:  # a busy worker claims nothing for a while: it looks for gone renders here
+                self._orphans(now)  # (so a task of a render that died is abandoned within a heartbeat)
             if task is not None and lease is not None:
                 held = bool(self.conn.execute(
                     "UPDATE tasks SET lease_expires = ? WHERE id = ? AND lease_owner = ? AND state = 'running' "

@@ -158,7 +158,7 @@ def test_sighup_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_
 
 def test_a_render_left_to_farm_work_is_canceled_when_the_render_dies(home_with_models, write_spec, farm_home):
     """With `farm work` running, a render waits for it; kill the render and the workers drop its job."""
-    work = start("work", "--cpu", "--workers", "1", "-q", start_new_session=True)
+    work = start("work", "--cpu", "--workers", "1", "--lease", "6", "-q", start_new_session=True)  # beats every 2 s
     try:
         deadline = time.time() + 60
         while not json.loads(farm("status", "--json").stdout)["workers"]:
@@ -170,7 +170,7 @@ def test_a_render_left_to_farm_work_is_canceled_when_the_render_dies(home_with_m
         assert not worker.startswith("render:")  # drawn by `farm work`
         proc.kill()
         proc.communicate()
-        deadline = time.time() + 30
+        deadline = time.time() + 20
         while job_states(farm_home) != {1: "canceled"}:
             assert time.time() < deadline, job_states(farm_home)
             time.sleep(0.3)
