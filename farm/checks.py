@@ -4,6 +4,8 @@ is validated by the same rules as the spec that would override it). Torch-free."
 from __future__ import annotations
 
 import difflib
+import os
+import reprlib
 
 MAX_SIDE = 8192  # pixels; a video model at 8K is already far beyond any GPU today
 DTYPES = ("float32", "float16", "bfloat16")
@@ -11,6 +13,78 @@ DTYPES = ("float32", "float16", "bfloat16")
 # (IndexError mid-render), and no model needs more than a few hundred.
 MAX_STEPS = 500
 MAX_PICTURE_SIDE = 16384  # a keyframe picture; larger ones are refused (a "decompression bomb" decodes to GBs)
+# A keyframe picture's file: the raw RGBA pixels of the largest picture accepted (16,384² x 4 B
+# = 1 GiB, an uncompressed TIFF) plus 16 MiB of metadata. Real pictures are far smaller.
+MAX_PICTURE_BYTES = MAX_PICTURE_SIDE ** 2 * 4 + (16 << 20)
+
+
+# A job spec's deepest value is 6 levels down (sweep."frames[0].motion.loras" = [[{ path = ... }]]);
+# tomli allows 400, and a value nested that deep makes deepcopy (each sweep variant), repr and
+# json.dumps (task params) pass Python's recursion limit (1,000 frames). 32 leaves room.
+MAX_DEPTH = 32
+# What farm writes beside an output, under names longer than its own: the longest is the
+# manifest's temporary name `.STEM.manifest.json.PID.part` (the stem plus 28 bytes with a
+# 7-digit pid); an output's name leaves that room under the filesystem's limit (NAME_MAX).
+OUT_NAME_HEADROOM = 32
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80  # a value echoed in a message: a 16 MB string stays one line
+_SHOWN.maxlist = _SHOWN.maxdict = 6
+_SHOWN.maxlevel = 3
+
+
+def shown(value) -> str:
+    """repr() of a user's value, shortened for a message (`'xxxxx...xxxx'`)."""
+    return _SHOWN.repr(value)
+
+
+def depth(value) -> int:
+    """How deeply tables and lists nest in a parsed TOML value (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+        else:
+            continue
+        deepest = max(deepest, d + 1)
+    return deepest
+
+
+def _limits(path: str) -> tuple[int, int]:
+    """NAME_MAX and PATH_MAX of the filesystem that would hold `path` (its nearest existing
+    folder's); 255 and 4096, Linux's usual values, where they cannot be read."""
+    probe = path
+    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
+def path_problem(value: str, base, headroom: int = 0) -> str | None:
+    """Why a path from a spec (relative to `base`) cannot name a file here: a NUL byte, a part
+    longer than the filesystem allows (`headroom`: bytes the last part must leave for names
+    farm derives from it), a path longer than PATH_MAX; None if it can. Checked before any
+    filesystem call, each of which would raise on such a path (ValueError, ENAMETOOLONG)."""
+    if "\0" in value:
+        return "the path holds a NUL byte (\\0), which no file name can"
+    full = os.path.join(os.fspath(base), os.path.expanduser(value))  # os.path's never raises on ~nosuchuser
+    name_max, path_max = _limits(full)
+    raw = os.fsencode(full)
+    parts = [p for p in raw.split(b"/") if p]
+    for i, part in enumerate(parts):
+        room = headroom if i == len(parts) - 1 else 0
+        if len(part) + room > name_max:
+            why = (f"; farm writes beside it under names up to {headroom} bytes longer" if room else "")
+            return (f"a file or folder name in it is {len(part)} bytes long ({shown(os.fsdecode(part))}); this "
+                    f"filesystem allows {name_max} bytes a name{why}")
+    if len(raw) + headroom > path_max:
+        return f"the path is {len(raw)} bytes long; this filesystem allows {path_max - headroom}"
+    return None
 
 
 def kind(v) -> str:
@@ -87,7 +161,7 @@ class Checker:
         size = table[key]
         if (not isinstance(size, list) or len(size) != 2
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)):
-            self.fail(prefix + key, f"expected [width, height] as two integers, got {size!r}")
+            self.fail(prefix + key, f"expected [width, height] as two integers, got {shown(size)}")
         elif not all(16 <= s <= MAX_SIDE for s in size):
             self.fail(prefix + key, f"each side must be between 16 and {MAX_SIDE} pixels, got {size}")
         else:
@@ -117,7 +191,7 @@ def preset_defaults(c: Checker, defaults, prefix: str):
     c.size(defaults, "size", prefix)
     dtype = c.string(defaults, "dtype", prefix)
     if dtype is not None and dtype not in DTYPES:
-        c.fail(prefix + "dtype", f"expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        c.fail(prefix + "dtype", f"expected one of {', '.join(DTYPES)}, got {shown(dtype)}")
     c.string(defaults, "scheduler", prefix)
     c.number(defaults, "max_sequence_length", prefix, 1, 4096, integer=True)
     for k in ("decode_timestep", "decode_noise_scale"):

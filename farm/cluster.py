@@ -299,7 +299,7 @@ class Driver:
                 self._done(slot, task, cached=True, seconds=0.0)
                 return
             inputs = self._inputs(task)
-        except OSError as e:
+        except (OSError, FarmError) as e:  # a picture gone, or no longer a regular file
             self.queue.fail(task, slot.name, *self._failure(task, e))
             return
         ref = slot.actor.run.remote(task, inputs)
@@ -311,7 +311,12 @@ class Driver:
         and a picture keyframe's picture."""
         p = task["params"]
         if task["kind"] == "keyframe":
-            return {"image": {"image": Path(p["image"]).read_bytes()}} if "image" in p else {}
+            if "image" not in p:
+                return {}
+            from . import files
+            from .checks import MAX_PICTURE_BYTES
+
+            return {"image": {"image": files.read_regular(p["image"], MAX_PICTURE_BYTES, "a keyframe picture")}}
         keys = self.queue.needs(task["id"])  # keyframes, and a chain's clips: whatever it depends on
         return {k: {f.name: f.read_bytes() for f in self.cache.files(k)} for k in keys}
 

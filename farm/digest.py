@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from . import home
+from . import files, home
 
 _DIGESTS: dict[tuple, str] = {}
 # Files this large (single-file checkpoints: 2-25 GB, hashed at about 1 GB/s) are hashed once
@@ -24,14 +24,14 @@ def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, hashed once per process (by path, size and times), and for a
     large file once per machine."""
     path = Path(path).resolve()
-    st = path.stat()
+    st = files.regular_stat(path)  # a FIFO or device would be read forever
     memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
     if memo not in _DIGESTS:
         kept = home.home() / "digests" / hashlib.sha256(repr(memo).encode()).hexdigest()
         digest = _read_memo(kept) if st.st_size >= MEMO_BYTES else None
         if digest is None:
             h = hashlib.sha256()
-            with open(path, "rb") as f:
+            with files.open_regular(path) as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
             digest = h.hexdigest()
@@ -68,7 +68,7 @@ def folder_digest(path: Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         size = f.stat().st_size
         h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
-        with open(f, "rb") as fh:
+        with files.open_regular(f) as fh:  # is_file() above, but it may be a FIFO by now
             if size <= 2 << 20:
                 h.update(fh.read())
             else:

@@ -4,16 +4,91 @@
 a contact sheet, a review page): write under a temporary name in the same folder, fsync it,
 rename it into place, fsync the folder. `sync_tree` does the same for a folder about to be
 renamed into place (a cache entry, a PNG sequence). `digest` is the one file hasher.
+
+`open_regular` is the one way farm opens a file a user named (a spec, a picture, a LoRA, a
+preset, a model folder's configs): regular files only, each read with a size bound.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import FarmError
+from .units import human
+
 CHUNK = 1 << 20
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(path, mode: int) -> FarmError:
+    what = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    return FarmError(f"{path} is {what}, not a file: farm reads only regular files (a read from a pipe, "
+                     f"device or socket can wait forever or never end).", code=2)
+
+
+def regular_stat(path) -> os.stat_result:
+    """os.stat of a file a user named (symlinks followed); FarmError (exit 2) unless it is a
+    regular file. OSError (missing, unreadable) passes through for the caller to word."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    return st
+
+
+@contextmanager
+def open_regular(path, limit: int | None = None, what: str = "the file"):
+    """Open a file a user named for reading, in binary; FarmError (exit 2) if it is not a
+    regular file or is larger than `limit` bytes.
+
+    Checked twice: os.stat before opening (opening some devices acts: /dev/watchdog arms a
+    reboot, a tape rewinds), and fstat of the open descriptor, for a path swapped for a FIFO in
+    between; O_NONBLOCK makes that open return at once where a plain one waits for a writer.
+    A regular file always ends; `read_regular` also bounds a file that grows after the check."""
+    regular_stat(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        if limit is not None and st.st_size > limit:
+            raise FarmError(f"{path} is {human(st.st_size)}; {what} may be at most {human(limit)}.", code=2)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def read_regular(path, limit: int, what: str = "the file") -> bytes:
+    """The bytes of a file a user named, refused (FarmError, exit 2) if it is not a regular
+    file or holds more than `limit` bytes (also when it grew past it after the check)."""
+    with open_regular(path, limit, what) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FarmError(f"{path} grew past {human(limit)} while farm read it; {what} may be at most "
+                        f"{human(limit)}.", code=2)
+    return data
+
+
+# A model folder's JSON configs (model_index.json, config.json) are a few KB (SDXL's UNet
+# config: 1.8 KB); 1 MiB bounds what a stray or hostile file makes farm parse.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_json(path, limit: int = MAX_CONFIG_BYTES):
+    """A user's JSON config file (a regular file of at most `limit` bytes), parsed.
+    FarmError if it is not a regular file or too large; OSError and ValueError pass through."""
+    import json
+
+    return json.loads(read_regular(path, limit, "a JSON config file"))
 
 
 def digest(path: Path) -> str:

@@ -36,6 +36,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
 from .errors import FarmError
 from .placement import (DENOISERS, FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
                         cuda_capabilities, place, quantization_config, set_tiling)
@@ -150,25 +151,33 @@ def needs(pipeline: str, name: str | None = None, folder: Path | None = None) ->
 def folder_params(folder: Path) -> dict[str, float]:
     """Parameters per component of a diffusers folder, read from the safetensors headers (a
     few KB each: no weights are loaded)."""
-    index = json.loads((folder / "model_index.json").read_text())
+    index = files.read_json(folder / "model_index.json")
     out = {}
     for part, value in index.items():
         if not (isinstance(value, list) and value[0]) or not (folder / part).is_dir():
             continue
-        files = sorted((folder / part).glob("*.safetensors"))
-        plain = [f for f in files if not VARIANT.search(f.name)]
-        files = plain or files  # a hub repo may hold the weights twice: full and an fp16 variant
-        if files:
-            out[part] = float(sum(_safetensors_params(f) for f in files))
+        weights = sorted((folder / part).glob("*.safetensors"))
+        plain = [f for f in weights if not VARIANT.search(f.name)]
+        weights = plain or weights  # a hub repo may hold the weights twice: full and an fp16 variant
+        if weights:
+            out[part] = float(sum(_safetensors_params(f) for f in weights))
     return out
 
 
 VARIANT = re.compile(r"\.(fp16|bf16|fp32|fp8)[.-]")
 
 
+# safetensors refuses headers over 100,000,000 bytes (MAX_HEADER_SIZE in its Rust core); a
+# length past it is a damaged or hostile file, not one to allocate for.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
 def _safetensors_params(path: Path) -> int:
-    with open(path, "rb") as f:
+    with files.open_regular(path) as f:
         (length,) = struct.unpack("<Q", f.read(8))
+        if length > MAX_SAFETENSORS_HEADER:
+            raise FarmError(f"{path}: its safetensors header claims {length:,} bytes; safetensors allows at most "
+                            f"{MAX_SAFETENSORS_HEADER:,}.", code=2)
         header = json.loads(f.read(length))
     return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
 
@@ -178,7 +187,7 @@ def _tile(family: dict, folder: Path | None) -> int:
     AutoencoderKL tiles at `sample_size`; CogVideoX at half its sample size), else the family's."""
     config = Path(folder) / "vae" / "config.json" if folder else None
     if config is not None and config.is_file():
-        cfg = json.loads(config.read_text())
+        cfg = files.read_json(config)
         if cfg.get("_class_name") == "AutoencoderKL" and cfg.get("sample_size"):
             size = cfg["sample_size"]
             return int(size[0] if isinstance(size, list) else size)

@@ -17,7 +17,7 @@ import time
 
 import tomli
 
-from . import home
+from . import files, home
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
@@ -33,9 +33,8 @@ def configured_max_size() -> int | None:
     if not path.is_file():
         return None
     try:
-        with open(path, "rb") as f:
-            value = tomli.load(f).get("cache_max_size")
-    except (OSError, tomli.TOMLDecodeError) as e:
+        value = tomli.loads(files.read_regular(path, 1 << 20, "config.toml").decode()).get("cache_max_size")
+    except (OSError, UnicodeDecodeError, RecursionError, tomli.TOMLDecodeError) as e:
         raise FarmError(f"{path} is not readable TOML: {e}", code=2) from None
     return None if value is None else parse_size(value, f"{path}: cache_max_size")
 

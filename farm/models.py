@@ -26,7 +26,8 @@ from pathlib import Path
 
 import tomli
 
-from . import home, tiny
+from . import files, home, tiny
+from .checks import MAX_DEPTH, depth, path_problem, shown
 from .acceleration.settings import check_features, check_threshold
 from .digest import file_digest, folder_digest
 from .quiet import silence_loaded
@@ -104,16 +105,27 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.toml"))
 
 
+# The shipped presets are under 2 KB each; 1 MiB bounds what a stray file in FARM_PRESETS costs.
+MAX_PRESET_BYTES = 1 << 20
+
+
 def load_preset(name: str) -> dict:
     path = presets_dir() / f"{name}.toml"
     try:
-        with open(path, "rb") as f:
-            data = tomli.load(f)
-    except tomli.TOMLDecodeError as e:
+        data = tomli.loads(files.read_regular(path, MAX_PRESET_BYTES, "a preset").decode("utf-8"))
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as e:
         raise FarmError(f"The preset file {path} is not valid TOML: {e}", code=2) from None
+    except OSError as e:
+        raise FarmError(f"Cannot read the preset file {path} ({e.strerror or e}).", code=2) from None
+    except RecursionError:  # tomli's limit on nesting (400 levels)
+        data = None
+    if data is None or depth(data) > MAX_DEPTH:
+        raise FarmError(f"The preset file {path} nests tables and lists more than {MAX_DEPTH} levels deep.", code=2)
     for key in ("role", "pipeline", "source"):
         if key not in data:
             raise FarmError(f"The preset file {path} lacks the key `{key}`.", code=2)
+        if not isinstance(data[key], str) or not data[key]:
+            raise FarmError(f"The preset file {path}: `{key}` must be a non-empty string.", code=2)
     unknown = [k for k in data if k not in PRESET_KEYS]
     if unknown:
         raise FarmError(f"The preset file {path} has unknown keys: {', '.join(unknown)} "
@@ -187,11 +199,13 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
         return ModelRef(name, "motion", "ffmpeg", name, f"ffmpeg:{name}")
     if name in preset_names():
         return _resolve_preset(name, load_preset(name))
+    if not name or (problem := path_problem(name, base or ".")):
+        raise FarmError(f"model {shown(name)}: {problem or 'empty name'}", code=2)
     if name.endswith((".safetensors", ".ckpt")):
         raise FarmError(f"model {name!r}: a single-file checkpoint is named through a preset (`source` = the file, "
                         f"`pipeline`, `config`; see the README), as its pipeline class and configs cannot be read "
                         f"from the file offline.", code=2)
-    path = Path(name).expanduser()
+    path = Path(os.path.expanduser(name))  # Path.expanduser raises on ~nosuchuser
     if base is not None and not path.is_absolute():
         path = base / path
     if path.exists():
@@ -223,12 +237,14 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
         if recipe not in tiny.BUILDERS:
             raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
         return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.recipe_version(recipe)}", None, **extra)
+    if problem := path_problem(source, presets_dir()):
+        raise FarmError(f"Preset {name!r}: source: {problem}", code=2)
     if source.endswith(".safetensors"):
         return _resolve_single_file(name, preset, extra)
     hub = f"{source}@{preset['revision']}" if preset.get("revision") and "@" not in source else source
     # The preset's class wins over the one the weights' model_index.json names: LTX-Video's
     # repos name LTXPipeline, whose components LTXConditionPipeline loads as they are.
-    folder = Path(source).expanduser()
+    folder = Path(os.path.expanduser(source))
     folder = folder if folder.is_absolute() else presets_dir() / folder
     if folder.exists() or not is_hub_id(hub):
         try:
@@ -246,7 +262,7 @@ def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:
     whole pipeline (SD/SDXL checkpoints), or with `component = "transformer"` (or "unet")
     only the denoiser, as Flux, Wan and LTX fine-tunes are shared; the rest of the pipeline
     then comes from `config`, so its identity is part of the model's."""
-    path = Path(preset["source"]).expanduser()
+    path = Path(os.path.expanduser(preset["source"]))
     if not path.is_absolute():
         path = presets_dir() / path
     if not path.is_file():
@@ -258,7 +274,7 @@ def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:
     folder = local_path(config)
     component = preset.get("component")
     if component is not None:
-        index = json.loads((folder / "model_index.json").read_text())
+        index = files.read_json(folder / "model_index.json")
         if component not in index or not isinstance(index[component], list):
             parts = ", ".join(k for k, v in index.items() if isinstance(v, list) and v[0])
             raise FarmError(f"Preset {name!r}: component {component!r} is not part of {config.name} ({parts}).", code=2)
@@ -276,8 +292,8 @@ def is_hub_id(name: str) -> bool:
 
 def _pipeline_class(model_index: Path) -> str:
     try:
-        return json.loads(model_index.read_text())["_class_name"]
-    except (OSError, ValueError, KeyError):
+        return files.read_json(model_index)["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise FarmError(f"{model_index} is not a diffusers model_index.json with a `_class_name`.", code=2) from None
 
 
@@ -299,9 +315,13 @@ def _resolve_folder(name: str, path: Path, pipeline: str | None = None) -> Model
 
 def _resolve_hub(name: str, pipeline: str | None = None, preset: tuple[str, dict] | None = None) -> ModelRef:
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
     repo, _, revision = name.partition("@")
-    found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None, cache_dir=hub_cache())
+    try:
+        found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None, cache_dir=hub_cache())
+    except HFValidationError as e:  # the hub's own rules for a repo id (at most 96 characters, ...)
+        raise FarmError(f"model {shown(name)} is not a valid hub id: {e}", code=2) from None
     if not isinstance(found, str) and preset is not None:
         label, data = preset
         twin = f" To smoke-test the family without weights, use its tiny twin {data['twin']!r}." \
@@ -410,12 +430,12 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
         if ref.config:
             raise FarmError(f"model {ref.name!r}: quantize is not wired for single-file checkpoints yet; save the "
                             f"pipeline as a diffusers folder (save_pretrained) and point the preset at it.", code=2)
-        index = json.loads((path / "model_index.json").read_text())
+        index = files.read_json(path / "model_index.json")
         parts = [p for p in placing.DENOISERS if isinstance(index.get(p), list) and index[p][0]]
         extra["quantization_config"] = placing.quantization_config(quantize, parts)
     try:
         if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder
-            index = json.loads((Path(ref.config) / "model_index.json").read_text())
+            index = files.read_json(Path(ref.config) / "model_index.json")
             part_cls = getattr(diffusers, index[ref.component][1])
             part = part_cls.from_single_file(str(path), config=ref.config, subfolder=ref.component,
                                              torch_dtype=dtype, local_files_only=True)
@@ -509,7 +529,11 @@ def use_loras(pipe, loras: list[dict]):
         name = "lora_" + lora["sha256"][:16]
         if name not in loaded:
             path = Path(lora["path"])
-            if path.is_file() and file_digest(path) != lora["sha256"]:  # what the task's key says it applies
+            try:  # what the task's key says it applies; file_digest refuses a FIFO
+                changed = not path.is_dir() and file_digest(path) != lora["sha256"]
+            except OSError as e:
+                raise FarmError(f"Cannot read the LoRA {path} ({e.strerror or e}).", code=2) from None
+            if changed:
                 raise FarmError(f"The LoRA {path} changed after the job was planned; render the spec again to "
                                 f"use it as it is now.", code=2)
             try:

@@ -12,9 +12,11 @@ anything runs, and again just before a PNG folder is swapped in.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+
+from . import files
+from .errors import FarmError
 
 MARKER = ".farm-output"  # inside a PNG-sequence folder farm wrote
 
@@ -31,9 +33,11 @@ def manifest_path(output: str | Path) -> Path:
 
 def _manifest_names(manifest: Path, output: Path) -> bool:
     try:
-        data = json.loads(manifest.read_text())
+        # Beside the output, where anyone may have put a FIFO: open_regular refuses it (FarmError)
+        # rather than wait on it; farm's manifests are a few KB.
+        data = files.read_json(manifest)
         return Path(data["video"]["path"]).resolve() == output.resolve()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, FarmError):
         return False
 
 

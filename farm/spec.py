@@ -15,8 +15,9 @@ from pathlib import Path
 
 import tomli
 
-from . import digest, home, models, outputs, sweep, timing, units
-from .checks import MAX_PICTURE_SIDE, MAX_STEPS, Checker as _Checker, kind as _kind
+from . import digest, files, home, models, outputs, sweep, timing, units
+from .checks import (MAX_DEPTH, MAX_PICTURE_BYTES, MAX_PICTURE_SIDE, MAX_STEPS, OUT_NAME_HEADROOM,
+                     Checker as _Checker, depth, kind as _kind, path_problem, shown)
 from .encode import CODECS
 from .errors import FarmError, SpecError
 
@@ -28,6 +29,10 @@ MAX_FRAME_SECONDS = 600.0
 MAX_TOTAL_FRAMES = 500_000
 MAX_FRAMES = 10_000
 MAX_SEED = 2**63 - 1
+# A LoRA file: rank 128 over every attention and MLP layer of Wan's 14B transformer in bf16 is
+# ~1.2 GB, the largest in the families farm drives; 4 GiB leaves room, and keeps a full
+# checkpoint (10-25 GB) named as a LoRA from being hashed at every render.
+MAX_LORA_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -114,16 +119,16 @@ class Spec:
 def read(path: Path) -> tuple[dict, str, bytes]:
     """Read and parse the TOML file, turning every way it can fail into a FarmError."""
     path = Path(path)
-    if not path.exists():
-        raise FarmError(f"{path}: no such file. Give the path of a job spec (a .toml file).", code=2)
-    if path.is_dir():
-        raise FarmError(f"{path} is a folder, not a job spec. Give the path of a .toml file.", code=2)
     try:
-        size = path.stat().st_size
+        if os.path.isdir(path):
+            raise FarmError(f"{path} is a folder, not a job spec. Give the path of a .toml file.", code=2)
+        size = files.regular_stat(path).st_size  # a FIFO or device is refused: reading it could block forever
         if size > MAX_SPEC_BYTES:  # parsing a 200 MB "spec" would take minutes and GBs before any check
             raise FarmError(f"{path} is {size / 1e6:.0f} MB; a job spec may be at most {MAX_SPEC_BYTES >> 20} MB "
                             f"(prompts are at most {MAX_PROMPT:,} characters each).", code=2)
-        raw = path.read_bytes()
+        raw = files.read_regular(path, MAX_SPEC_BYTES, "a job spec")
+    except FileNotFoundError:
+        raise FarmError(f"{path}: no such file. Give the path of a job spec (a .toml file).", code=2) from None
     except OSError as e:
         raise FarmError(f"{path}: cannot read the job spec ({e.strerror or e}).", code=2) from None
     if not raw.strip():
@@ -138,6 +143,11 @@ def read(path: Path) -> tuple[dict, str, bytes]:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as e:
         raise FarmError(f"{path}: TOML syntax error: {e}.", code=2) from None
+    except RecursionError:  # tomli's own limit: inline arrays and tables nested past 400 levels
+        data = None
+    if data is None or depth(data) > MAX_DEPTH:
+        raise FarmError(f"{path}: tables and lists nested more than {MAX_DEPTH} levels deep; a job spec's deepest "
+                        f"value is 6 levels down (a sweep of frames[0].motion.loras).", code=2)
     return data, text, raw
 
 
@@ -219,7 +229,7 @@ def load_all(path: str | Path, *, force: bool = False) -> list[Spec]:
 def _culprit(failing: list, total: int) -> str:
     """The swept values that all failing variants share: what to fix."""
     shared = [(k, v) for k, v in failing[0].values if all((k, v) in f.values for f in failing)]
-    which = ", ".join(f"{k}={v!r}" for k, v in shared) or "; ".join(f.describe() for f in failing)
+    which = ", ".join(f"{k}={shown(v)}" for k, v in shared) or "; ".join(f.describe() for f in failing)
     return f"sweep {which} ({len(failing)} of {total} variants)"
 
 
@@ -295,13 +305,19 @@ class _Reader:
         seed = c.number(shot, "seed", p, 0, MAX_SEED, default=0, integer=True)
         codec = c.string(shot, "codec", p, default="h264")
         if codec not in CODECS:
-            c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {codec!r}")
+            c.fail("shot.codec", f"expected one of {', '.join(CODECS)}, got {shown(codec)}")
             codec = "h264"
         default_out = f"renders/{file_name(name)}" + ("" if codec == "png" else ".mp4")
-        out = Path(os.path.abspath(self.base / Path(c.string(shot, "out", p, default=default_out)).expanduser()))
-        if out.suffix.lower() not in CODECS[codec].containers:
+        given = c.string(shot, "out", p, default=default_out)
+        if problem := path_problem(given, self.base, OUT_NAME_HEADROOM):
+            c.fail("shot.out", problem)
+            given = default_out
+        out = Path(os.path.abspath(self.base / os.path.expanduser(given)))
+        if out == out.parent:
+            c.fail("shot.out", f"{out} is the root folder; give a {'folder' if codec == 'png' else 'file'} path")
+        elif out.suffix.lower() not in CODECS[codec].containers:
             want = "a folder path with no extension" if codec == "png" else " or ".join(CODECS[codec].containers)
-            c.fail("shot.out", f"codec {codec} writes {want}, got {out.name!r}")
+            c.fail("shot.out", f"codec {codec} writes {want}, got {shown(out.name)}")
         elif codec != "png" and out.is_dir():
             c.fail("shot.out", f"{out} is an existing folder; give a file name")
         quality = c.number(shot, "quality", p, 0, 63, integer=True)
@@ -346,8 +362,10 @@ class _Reader:
         image = None
         if "image" in fr:
             rel = c.string(fr, "image", p)
-            if rel is not None:
-                image = _check_image(c, p + "image", self.base / Path(rel).expanduser())
+            if rel is not None and (problem := path_problem(rel, self.base)):
+                c.fail(p + "image", problem)
+            elif rel is not None:
+                image = _check_image(c, p + "image", self.base / os.path.expanduser(rel))
             if "prompt" in fr:
                 c.fail(p + "image", "give either `prompt` or `image`, not both")
         elif "prompt" not in fr:
@@ -439,7 +457,10 @@ class _Reader:
             scale = float(c.number(lo, "scale", key + ".", -10, 10, default=1.0))
             if rel is None:
                 continue
-            path = (self.base / Path(rel).expanduser()).resolve()
+            if problem := path_problem(rel, self.base):
+                c.fail(key + ".path", problem)
+                continue
+            path = (self.base / os.path.expanduser(rel)).resolve()
             if (path, scale) not in self._loras:
                 self._loras[(path, scale)] = _check_lora(c, key + ".path", path, scale)
             if self._loras[(path, scale)] is not None:
@@ -529,18 +550,29 @@ def _accelerated(ref: models.ModelRef | None, settings: dict) -> models.ModelRef
 
 def _check_lora(c: _Checker, key: str, path: Path, scale: float) -> Lora | None:
     if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if len(files) != 1:
-            c.fail(key, f"{path} is a folder with {len(files)} .safetensors files; name the LoRA file itself")
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            c.fail(key, f"{path} is a folder with {len(found)} .safetensors files; name the LoRA file itself")
             return None
-        path = files[0]
-    if not path.is_file():
+        path = found[0]
+    if not path.exists():
         c.fail(key, f"no such LoRA file: {path}")
         return None
     if path.suffix != ".safetensors":
         c.fail(key, f"{path.name}: farm loads LoRAs from .safetensors files only (pickled .bin/.pt files can run code)")
         return None
-    return Lora(path, digest.file_digest(path), scale)
+    try:
+        size = files.regular_stat(path).st_size
+        if size > MAX_LORA_BYTES:
+            c.fail(key, f"{path} is {units.human(size)}; a LoRA may be at most {units.human(MAX_LORA_BYTES)} (is it a "
+                        f"whole checkpoint? Those are named through a preset)")
+            return None
+        return Lora(path, digest.file_digest(path), scale)
+    except FarmError as e:
+        c.fail(key, e.message)
+    except OSError as e:
+        c.fail(key, f"cannot read the LoRA {path} ({e.strerror or e})")
+    return None
 
 
 def _check_image(c: _Checker, key: str, path: Path) -> Path | None:
@@ -555,13 +587,16 @@ def _check_image(c: _Checker, key: str, path: Path) -> Path | None:
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # read the header's size ourselves: opening decodes nothing yet
     try:
-        with Image.open(path) as im:
+        with files.open_regular(path, MAX_PICTURE_BYTES, "a keyframe picture") as f, Image.open(f) as im:
             w, h = im.size
             if max(w, h) > MAX_PICTURE_SIDE:
                 c.fail(key, f"{path} is {w}x{h} pixels; pictures may be at most {MAX_PICTURE_SIDE} pixels a side "
                             f"(scale it down first)")
                 return None
             im.verify()
+    except FarmError as e:
+        c.fail(key, e.message)
+        return None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         c.fail(key, f"{path} is not a readable image ({e})")
         return None
@@ -575,7 +610,8 @@ def _check_outputs(specs: list[Spec], path: Path, text: str, force: bool):
     c = _Checker(path, _line_index(text))
     seen = set()
     for spec in specs:
-        for problem in outputs.problems(spec.out, spec.codec, path.parent, force or spec.overwrite):
+        long = path_problem(str(spec.out), "/", OUT_NAME_HEADROOM)  # a sweep's labels lengthen the name
+        for problem in [long] if long else outputs.problems(spec.out, spec.codec, path.parent, force or spec.overwrite):
             if problem not in seen:
                 seen.add(problem)
                 c.fail("shot.out", problem)
@@ -614,7 +650,7 @@ def file_name(name: str) -> str:
 def _retime(c: _Checker, table: dict, prefix: str, default: str) -> str:
     value = c.string(table, "retime", prefix, default=default)
     if value not in timing.RETIME:
-        c.fail(prefix + "retime", f"expected one of {', '.join(map(repr, timing.RETIME))}, got {value!r}")
+        c.fail(prefix + "retime", f"expected one of {', '.join(map(repr, timing.RETIME))}, got {shown(value)}")
         return default
     return value
 

@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import shown
+
 MAX_VARIANTS = 1000  # a product of a few lists grows fast; more than this is a typo, not a plan
 TOP = ("shot", "keyframes", "motion", "frames")
 _STEP = re.compile(r"([A-Za-z_][\w-]*)(?:\[(\d+)\])?")
@@ -32,7 +34,7 @@ class Variant:
     data: dict
 
     def describe(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.values)
+        return ", ".join(f"{k}={shown(v)}" for k, v in self.values)
 
 
 def parse_path(path: str) -> list[str | int] | None:

@@ -24,12 +24,14 @@ validation calls `problems()`, the plan calls `segment()`, the worker calls `ret
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
+
+from . import files
+from .errors import FarmError
 
 RETIME = ("interpolate", "blend", "nearest")  # the first is the default
 DEFAULT_RETIME = RETIME[0]
@@ -84,8 +86,8 @@ def _read_config(folder: str) -> dict:
         path = Path(folder) / part / "config.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
+                return files.read_json(path)
+            except (OSError, ValueError, FarmError):
                 return {}
     return {}
 

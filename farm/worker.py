@@ -385,11 +385,12 @@ def _picture(params: dict):
 
     from PIL import Image
 
-    from .checks import MAX_PICTURE_SIDE
+    from . import files
+    from .checks import MAX_PICTURE_BYTES, MAX_PICTURE_SIDE
 
     path = Path(params["image"])
-    try:
-        data = path.read_bytes()
+    try:  # a regular file only: the picture may have been swapped for a FIFO since validation
+        data = files.read_regular(path, MAX_PICTURE_BYTES, "a keyframe picture")
     except OSError as e:
         raise FarmError(f"Cannot read the picture of frames[{params['frame']}], {path} ({e.strerror or e}).",
                         code=2) from None

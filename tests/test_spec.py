@@ -127,10 +127,10 @@ def test_folder_missing_and_unreadable(tmp_path, monkeypatch):
     path = tmp_path / "locked.toml"
     path.write_text("[shot]\n")
 
-    def denied(self):
+    def denied(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(type(path), "read_bytes", denied)
+    monkeypatch.setattr(spec.files, "read_regular", denied)  # the one way spec reads a user's file
     with pytest.raises(FarmError, match="cannot read the job spec \\(Permission denied\\)"):
         spec.load(path)
 
