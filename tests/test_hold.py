@@ -233,3 +233,33 @@ def test_a_full_disk_is_an_error_that_loses_nothing(small_disk, write_spec, monk
     again = farm("render", path, "--json", "-q")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["frames"] == 18
+
+
+# --- gc and publishing --------------------------------------------------------------------------
+
+
+def test_gc_keeps_a_done_jobs_entries_until_it_is_published(home_with_models, write_spec, farm_home, cli,
+                                                            monkeypatch):
+    """`farm gc` (or a worker pruning to cache_max_size) between a job's `done` and its publish
+    used to remove what publish reads: the video, or the keyframes its contact sheet shows."""
+    from farm import publish as publisher, worker as workers
+    from farm.cache import Cache
+
+    monkeypatch.setattr(workers, "publish", lambda *a, **k: None)  # the publishing worker is slow: not yet
+    path = write_spec(SMALL)
+    assert farm("submit", path).returncode == 0
+    queue, cache = Queue(farm_home / "queue.db"), Cache(farm_home / "cache")
+    with workers.Worker(queue, cache) as w:
+        w.drain()
+    assert queue.job(1)["state"] == "done" and queue.job(1)["published"] is None
+
+    code, out, err = cli("gc", "--max-size", "0", "--json")
+    assert code == 0, err
+    assert json.loads(out)["removed"] == 0 and json.loads(out)["protected"] == len(queue.tasks(1))
+
+    sidecars = publisher.publish(queue, cache, 1, "late")
+    assert sidecars is not None and queue.job(1)["published"] == "published"
+    data = json.loads(Path(sidecars["manifest"]).read_text())
+    assert data["video"]["frames"] == 18
+    code, out, _ = cli("gc", "--max-size", "0", "--json")  # published: now it may go
+    assert json.loads(out)["removed"] == len({t["key"] for t in queue.tasks(1)})
