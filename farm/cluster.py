@@ -50,9 +50,21 @@ class ModelMissing(FarmError):
     retry = True
 
 
-def connect(address: str, *, cpus: int | None = None, quiet: bool = False):
+def connect(address: str, *, cpus: int | None = None):
     """Import Ray and connect: `local` starts a Ray instance on this machine, `auto` joins the
-    cluster this machine is part of (`ray start`), anything else is a cluster address."""
+    cluster this machine is part of (`ray start`), anything else is a cluster address.
+
+    A Ray of this machine's own (`local`, or an address on the loopback) listens on 127.0.0.1
+    only. Ray's own logs (its raylets' `[state-dump]`s, its workers' output) stay in its log
+    folder (/tmp/ray/session_latest/logs) unless FARM_DEBUG is set."""
+    loopback = address == "local" or _is_loopback(address)
+    if loopback and "ray" not in sys.modules:
+        # Ray's switch for a node that is not part of a cluster (its default on macOS and
+        # Windows): its node IP address is 127.0.0.1 and its servers listen there. On Linux,
+        # ray.init rewrites `_node_ip_address="127.0.0.1"` to the machine's network address
+        # (192.0.2.2 here, with the GCS and raylet listening on every interface), and a cluster
+        # started on 127.0.0.1 cannot be joined. Read once, when Ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -60,15 +72,35 @@ def connect(address: str, *, cpus: int | None = None, quiet: bool = False):
                         "and on every worker node).", code=2) from None
     if ray.is_initialized():
         return ray
+    debug = bool(os.environ.get("FARM_DEBUG"))
+    logs = {"log_to_driver": debug, "logging_level": "INFO" if debug else "ERROR"}
     try:
         if address == "local":
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=not quiet, logging_level="ERROR")
+            ray.init(num_cpus=cpus, include_dashboard=False, **logs)
         else:
-            ray.init(address=address, log_to_driver=not quiet, logging_level="ERROR")
+            ray.init(address=address, **logs)
     except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError...: all mean "no cluster there"
         raise FarmError(f"Could not connect to the Ray cluster at {address!r}: {e}. Start one with "
                         f"`ray start --head` (see README: Many machines), or use --ray local.", code=2) from None
+    if not debug:
+        # log_to_driver=False keeps the workers' and raylets' logs out, but not what Ray publishes
+        # to every driver, which it prints on stdout whatever log_to_driver says: a lost node's
+        # agent published "(raylet) Raylet is terminated ... Last 20 lines of the Raylet logs:
+        # [state-dump] ..." into `farm work`'s output (issue 18). Ray has no public switch for
+        # it; this is the one its own debugger (ray.util.rpdb) turns off while a breakpoint is
+        # open. The message stays in Ray's logs (raylet.out).
+        ray._private.worker._worker_logs_enabled = False
     return ray
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- the actor: one GPU (or CPU) of the cluster ---------------------------------------------
@@ -474,8 +506,7 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
 
     from . import home
 
-    ray = connect(address, cpus=max(os.cpu_count() or 1, workers) if cpu or address == "local" else None,
-                  quiet=not progress)
+    ray = connect(address, cpus=max(os.cpu_count() or 1, workers) if cpu or address == "local" else None)
     gpus = 0 if cpu else int(ray.cluster_resources().get("GPU", 0))
     actors = gpus or workers
     env = {"FARM_HOME": str(home.home())} if address == "local" else {}  # this machine's, for its own actors

@@ -18,6 +18,12 @@ import pytest
 from conftest import SMALL
 from test_farm import in_flight, wait_for
 
+# Ray started by the tests (and by `--ray local`) listens on the loopback address only: the
+# simulated cluster's nodes by their own option; Ray in this process as farm.cluster.connect
+# starts it (set here too, before any test imports Ray, whichever test runs first)
+LOOPBACK = {"node_ip_address": "127.0.0.1"}
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is an optional extra: pip install 'farm[ray]'")
 
@@ -89,10 +95,15 @@ def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cl
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance for the tests below (2 CPUs: two CPU actors)."""
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'farm[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
+    """One local Ray instance for the tests below (2 CPUs: two CPU actors), started as
+    `farm work --ray local` starts its own."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is an optional extra: pip install 'farm[ray]'")
+    from farm.cluster import connect
+
+    yield connect("local", cpus=2)
+    import ray
+
     ray.shutdown()
 
 
@@ -272,3 +283,54 @@ def test_a_chain_of_clips_renders_through_ray_as_it_does_here(ray_local, built_m
     clips = [w for (w,) in conn.execute("SELECT worker FROM tasks WHERE job_id = ? AND kind = 'clip'", (job,))]
     assert len(clips) == 2 and all(w.startswith("ray:") for w in clips)
     assert sha(path.parent / "out" / "chain.mp4") == clean
+
+
+def ray_local_cli(home):
+    """`farm work --ray local --cpu --workers 2` started in its own process (its environment
+    without the tests' Ray settings: farm's own apply), once its two actors are workers:
+    (process, `farm status --json` then)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env["FARM_HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+    def two_workers():
+        out = subprocess.run([sys.executable, "-m", "farm.cli", "status", "--json"], capture_output=True, text=True,
+                             env=env).stdout
+        status = json.loads(out) if out else {"workers": []}
+        return len(status["workers"]) == 2 and status
+
+    try:
+        return proc, wait_for(two_workers, timeout=180, proc=proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def is_loopback(ip):
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+@needs_ray
+def test_ray_local_listens_on_the_loopback_only(tmp_path):
+    import psutil
+
+    proc, status = ray_local_cli(tmp_path / "home")
+    try:
+        ray = psutil.Process(proc.pid).children(recursive=True)
+        listening = set()
+        for p in ray:
+            try:
+                listening |= {c.laddr.ip for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                pass
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert listening  # the GCS, the raylet, the agents...
+    assert all(is_loopback(ip) for ip in listening), listening  # not 0.0.0.0, ::, nor the machine's address
+
