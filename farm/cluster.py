@@ -241,25 +241,25 @@ class Driver:
                 for slot in self.slots:
                     if slot.retry_at is not None and time.time() >= slot.retry_at:
                         slot.retry_at, slot.probe = None, slot.actor.info.remote()
-                refs = [r for s in self.slots for r in s.flight] + [s.probe for s in self.slots if s.probe]
-                waiting = any(s.retry_at is not None for s in self.slots)
-                busy = bool(refs) or bool(self.head) or waiting
+                flights = [r for s in self.slots for r in s.flight]
+                # Work in hand is tasks in flight and assemblies; an actor starting or restarting is
+                # not: one whose node was lost may never be placed again (its probe waits forever,
+                # 400 s and counting in issue 18), and a drained queue must still end --until-empty.
+                busy = bool(flights) or bool(self.head)
                 if self.abort or (self.stopping and (not busy or time.time() >= deadline)):
                     break
                 if not any(s.alive or s.probe or s.retry_at for s in self.slots):
                     raise FarmError("Every Ray actor died repeatedly; stopping. Their tasks go back to the queue "
                                     "when their leases run out.")
-                if not busy and not self.stopping:
-                    if self.until_empty and self.queue.pending() == 0:
-                        break
-                    time.sleep(self.poll)
-                    continue
-                if refs:
+                if not busy and not self.stopping and self.until_empty and self.queue.pending() == 0:
+                    break
+                refs = flights + [s.probe for s in self.slots if s.probe]
+                if refs:  # a result, or an actor (re)started; at most a poll's wait when idle
                     ready, _ = ray.wait(refs, num_returns=1, timeout=0.05 if self.head else self.poll)
                     for ref in ready:
                         self._collect(ref)
                 else:
-                    time.sleep(0.05)
+                    time.sleep(0.05 if self.head else self.poll)
         finally:
             self._shutdown()
         return 130 if self.abort else 0

@@ -285,6 +285,69 @@ def test_a_chain_of_clips_renders_through_ray_as_it_does_here(ray_local, built_m
     assert sha(path.parent / "out" / "chain.mp4") == clean
 
 
+def running_on(db, node):
+    """The name of a task running on an actor of Ray node `node`, else None."""
+    try:
+        conn = sqlite3.connect(db)
+        row = conn.execute("SELECT t.name FROM workers w JOIN tasks t ON t.lease_owner = w.name "
+                           "WHERE w.node = ? AND t.state = 'running'", (node,)).fetchone()
+        conn.close()
+        return row and row[0]
+    except sqlite3.OperationalError:
+        return None
+
+
+@needs_ray
+def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models, write_spec, cli, tmp_path,
+                                                                    monkeypatch):
+    """Two nodes of one CPU each (Ray's own simulated cluster), an actor on each; the second
+    node removed while its actor runs a task. The task runs again on the head's actor, the job
+    is published, and `--until-empty` ends: the actor that Ray cannot place again anywhere is
+    not waited for. Nothing of Ray's own logs reaches farm's output."""
+    from ray.cluster_utils import Cluster
+
+    path = write_spec(SLOW_FIRST)
+    (home,) = homes(built_models, tmp_path, "ray")
+    monkeypatch.setenv("FARM_HOME", str(home))
+    code, out, err = cli("submit", path, "--json")
+    assert code == 0, err
+    job = json.loads(out)["job"]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, **LOOPBACK})
+    proc = None
+    try:
+        second = cluster.add_node(num_cpus=1, **LOOPBACK)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FARM_DEBUG")}
+        env["FARM_TORCH_THREADS"] = "1"  # two actors on two cores
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", cluster.address, "--cpu",
+                                 "--workers", "2", "--until-empty", "--lease", "5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        db = home / "queue.db"
+        lost = wait_for(lambda: running_on(db, second.node_id), timeout=180, proc=proc)
+        cluster.remove_node(second, allow_graceful=False)  # the node is lost, as a machine that goes away
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"farm work --until-empty did not end after its node was lost:\n{err[-3000:]}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cluster.shutdown()
+    assert proc.returncode == 0, err
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
+    events = [e for (e,) in conn.execute("SELECT e.event FROM events e JOIN tasks t ON t.id = e.task_id "
+                                         "WHERE t.job_id = ? AND t.name = ? ORDER BY e.id", (job, lost))]
+    assert events[:3] == ["task.started", "task.lease_expired", "task.started"] and events[-1] == "task.done"
+    assert (path.parent / "out" / "small.mp4").stat().st_size > 0
+    # farm's own lines only: its messages and its progress lines, none of Ray's logs ([state-dump], (raylet) ...)
+    assert out == ""
+    foreign = [line for line in err.splitlines() if line and not line.startswith(("farm: ", "[ray:"))]
+    assert foreign == [], "\n".join(foreign[:20])
+
+
 def ray_local_cli(home):
     """`farm work --ray local --cpu --workers 2` started in its own process (its environment
     without the tests' Ray settings: farm's own apply), once its two actors are workers:
