@@ -52,11 +52,13 @@ class ModelMissing(FarmError):
 
 def connect(address: str, *, cpus: int | None = None):
     """Import Ray and connect: `local` starts a Ray instance on this machine, `auto` joins the
-    cluster this machine is part of (`ray start`), anything else is a cluster address.
+    cluster this machine is part of (`ray start`), anything else is a cluster address. End
+    with `disconnect()`.
 
     A Ray of this machine's own (`local`, or an address on the loopback) listens on 127.0.0.1
     only. Ray's own logs (its raylets' `[state-dump]`s, its workers' output) stay in its log
     folder (/tmp/ray/session_latest/logs) unless FARM_DEBUG is set."""
+    global _watcher
     loopback = address == "local" or _is_loopback(address)
     if loopback and "ray" not in sys.modules:
         # Ray's switch for a node that is not part of a cluster (its default on macOS and
@@ -82,6 +84,8 @@ def connect(address: str, *, cpus: int | None = None):
     except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError...: all mean "no cluster there"
         raise FarmError(f"Could not connect to the Ray cluster at {address!r}: {e}. Start one with "
                         f"`ray start --head` (see README: Many machines), or use --ray local.", code=2) from None
+    if address == "local":
+        _watcher = _watch()
     if not debug:
         # log_to_driver=False keeps the workers' and raylets' logs out, but not what Ray publishes
         # to every driver, which it prints on stdout whatever log_to_driver says: a lost node's
@@ -93,6 +97,18 @@ def connect(address: str, *, cpus: int | None = None):
     return ray
 
 
+def disconnect():
+    """Leave Ray; a Ray started by `connect("local")` ends with every process it started."""
+    global _watcher
+    import ray
+
+    ray.shutdown()
+    if _watcher is not None:
+        _watcher.stdin.close()  # what ray.shutdown left running, the watcher ends now
+        _watcher.wait(timeout=10)
+        _watcher = None
+
+
 def _is_loopback(address: str) -> bool:
     import ipaddress
 
@@ -101,6 +117,45 @@ def _is_loopback(address: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# A local Ray's daemons get the kernel's parent-death signal from ray.init (Ray's fate sharing),
+# but the raylet's own children do not: after a SIGKILL of the driver, its dashboard agent and
+# runtime-env agent (about 170 MB together) lived on for 60 s, reporting the raylet's death to a
+# GCS already gone with a 60-s timeout. A watcher of ours, in a session of its own (a Ctrl-C at
+# the terminal is not for it), is given the processes Ray started and kills those still running
+# when this process's end of its pipe closes: on any exit of the driver, SIGKILL included.
+# Processes are told apart by their start time (/proc/PID/stat field 22, read by the watcher as it
+# starts), not by a pid that may be reused.
+WATCHER = """
+import os, signal, sys
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+ours = [(int(pid), started(pid)) for pid in sys.argv[1:]]
+sys.stdin.buffer.read()
+for pid, start in ours:
+    if start is not None and started(pid) == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+_watcher = None
+
+
+def _watch():
+    """Start the watcher over every process this one has started so far (Ray's, after ray.init)."""
+    import subprocess
+
+    import psutil  # Ray's own (vendored in ray/thirdparty_files, on the path once ray is imported)
+
+    ours = [str(p.pid) for p in psutil.Process().children(recursive=True)]
+    return subprocess.Popen([sys.executable, "-c", WATCHER, *ours], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 # --- the actor: one GPU (or CPU) of the cluster ---------------------------------------------
@@ -533,4 +588,4 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
         for s, handler in old.items():
             signal.signal(s, handler)
         if address == "local":
-            ray.shutdown()
+            disconnect()

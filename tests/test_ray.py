@@ -99,12 +99,10 @@ def ray_local():
     `farm work --ray local` starts its own."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("Ray is an optional extra: pip install 'farm[ray]'")
-    from farm.cluster import connect
+    from farm.cluster import connect, disconnect
 
     yield connect("local", cpus=2)
-    import ray
-
-    ray.shutdown()
+    disconnect()
 
 
 def driver_for(home, **kwargs):
@@ -397,3 +395,38 @@ def test_ray_local_listens_on_the_loopback_only(tmp_path):
     assert listening  # the GCS, the raylet, the agents...
     assert all(is_loopback(ip) for ip in listening), listening  # not 0.0.0.0, ::, nor the machine's address
 
+
+@needs_ray
+def test_a_killed_ray_driver_leaves_no_process_and_its_actors_show_lost(tmp_path, cli, monkeypatch):
+    import psutil
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FARM_HOME", str(home))
+    proc, status = ray_local_cli(home)
+    assert [w["state"] for w in status["workers"]] == ["working", "working"]
+    ray = psutil.Process(proc.pid).children(recursive=True)  # the GCS, the raylet, its agents, the actors...
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # at once, not when their heartbeats are a lease (60 s) old
+    states = [w["state"] for w in json.loads(cli("status", "--json")[1])["workers"]]
+    text = cli("status")[1]
+
+    def left():
+        running = []
+        for p in ray:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    running.append(p)
+            except psutil.Error:
+                pass
+        return running
+
+    try:
+        wait_for(lambda: not left(), timeout=15)  # Ray's agents lived 60 s on
+    except AssertionError:
+        pass
+    stayed = [(p.pid, p.name()) for p in left()]
+    for p in left():  # leave nothing behind on this machine either way
+        p.kill()
+    assert states == ["lost", "lost"] and text.count("lost") == 2, text
+    assert stayed == []
