@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from test_farm import in_flight, wait_for
+from test_farm import SLOW_SEGMENTS, in_flight, wait_for
 
 # Ray started by the tests (and by `--ray local`) listens on the loopback address only: the
 # simulated cluster's nodes by their own option; Ray in this process as farm.cluster.connect
@@ -283,12 +283,12 @@ def test_a_chain_of_clips_renders_through_ray_as_it_does_here(ray_local, built_m
     assert sha(path.parent / "out" / "chain.mp4") == clean
 
 
-def running_on(db, node):
-    """The name of a task running on an actor of Ray node `node`, else None."""
+def running_on(db, node, kind):
+    """The name of a task of this kind running on an actor of Ray node `node`, else None."""
     try:
         conn = sqlite3.connect(db)
         row = conn.execute("SELECT t.name FROM workers w JOIN tasks t ON t.lease_owner = w.name "
-                           "WHERE w.node = ? AND t.state = 'running'", (node,)).fetchone()
+                           "WHERE w.node = ? AND t.state = 'running' AND t.kind = ?", (node, kind)).fetchone()
         conn.close()
         return row and row[0]
     except sqlite3.OperationalError:
@@ -304,7 +304,7 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
     not waited for. Nothing of Ray's own logs reaches farm's output."""
     from ray.cluster_utils import Cluster
 
-    path = write_spec(SLOW_FIRST)
+    path = write_spec(SLOW_SEGMENTS)  # a segment of 100 steps is still running when its node goes
     (home,) = homes(built_models, tmp_path, "ray")
     monkeypatch.setenv("FARM_HOME", str(home))
     code, out, err = cli("submit", path, "--json")
@@ -317,10 +317,10 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FARM_DEBUG")}
         env["FARM_TORCH_THREADS"] = "1"  # two actors on two cores
         proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", cluster.address, "--cpu",
-                                 "--workers", "2", "--until-empty", "--lease", "5"],
+                                 "--workers", "2", "--until-empty", "--lease", "8"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         db = home / "queue.db"
-        lost = wait_for(lambda: running_on(db, second.node_id), timeout=180, proc=proc)
+        lost = wait_for(lambda: running_on(db, second.node_id, "segment"), timeout=180, proc=proc)
         cluster.remove_node(second, allow_graceful=False)  # the node is lost, as a machine that goes away
         try:
             out, err = proc.communicate(timeout=240)
