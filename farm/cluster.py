@@ -50,9 +50,23 @@ class ModelMissing(FarmError):
     retry = True
 
 
-def connect(address: str, *, cpus: int | None = None, quiet: bool = False):
+def connect(address: str, *, cpus: int | None = None):
     """Import Ray and connect: `local` starts a Ray instance on this machine, `auto` joins the
-    cluster this machine is part of (`ray start`), anything else is a cluster address."""
+    cluster this machine is part of (`ray start`), anything else is a cluster address. End
+    with `disconnect()`.
+
+    A Ray of this machine's own (`local`, or an address on the loopback) listens on 127.0.0.1
+    only. Ray's own logs (its raylets' `[state-dump]`s, its workers' output) stay in its log
+    folder (/tmp/ray/session_latest/logs) unless FARM_DEBUG is set."""
+    global _watcher
+    loopback = address == "local" or _is_loopback(address)
+    if loopback and "ray" not in sys.modules:
+        # Ray's switch for a node that is not part of a cluster (its default on macOS and
+        # Windows): its node IP address is 127.0.0.1 and its servers listen there. On Linux,
+        # ray.init rewrites `_node_ip_address="127.0.0.1"` to the machine's network address
+        # (192.0.2.2 here, with the GCS and raylet listening on every interface), and a cluster
+        # started on 127.0.0.1 cannot be joined. Read once, when Ray is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -60,15 +74,88 @@ def connect(address: str, *, cpus: int | None = None, quiet: bool = False):
                         "and on every worker node).", code=2) from None
     if ray.is_initialized():
         return ray
+    debug = bool(os.environ.get("FARM_DEBUG"))
+    logs = {"log_to_driver": debug, "logging_level": "INFO" if debug else "ERROR"}
     try:
         if address == "local":
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=not quiet, logging_level="ERROR")
+            ray.init(num_cpus=cpus, include_dashboard=False, **logs)
         else:
-            ray.init(address=address, log_to_driver=not quiet, logging_level="ERROR")
+            ray.init(address=address, **logs)
     except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError...: all mean "no cluster there"
         raise FarmError(f"Could not connect to the Ray cluster at {address!r}: {e}. Start one with "
                         f"`ray start --head` (see README: Many machines), or use --ray local.", code=2) from None
+    if address == "local":
+        _watcher = _watch()
+    if not debug:
+        # log_to_driver=False keeps the workers' and raylets' logs out, but not what Ray publishes
+        # to every driver, which it prints on stdout whatever log_to_driver says: a lost node's
+        # agent published "(raylet) Raylet is terminated ... Last 20 lines of the Raylet logs:
+        # [state-dump] ..." into `farm work`'s output (issue 18). Ray has no public switch for
+        # it; this is the one its own debugger (ray.util.rpdb) turns off while a breakpoint is
+        # open. The message stays in Ray's logs (raylet.out).
+        ray._private.worker._worker_logs_enabled = False
     return ray
+
+
+def disconnect():
+    """Leave Ray; a Ray started by `connect("local")` ends with every process it started."""
+    global _watcher
+    import ray
+
+    ray.shutdown()
+    if _watcher is not None:
+        _watcher.stdin.close()  # what ray.shutdown left running, the watcher ends now
+        _watcher.wait(timeout=10)
+        _watcher = None
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# A local Ray's daemons get the kernel's parent-death signal from ray.init (Ray's fate sharing),
+# but the raylet's own children do not: after a SIGKILL of the driver, its dashboard agent and
+# runtime-env agent (about 170 MB together) lived on for 60 s, reporting the raylet's death to a
+# GCS already gone with a 60-s timeout. A watcher of ours, in a session of its own (a Ctrl-C at
+# the terminal is not for it), is given the processes Ray started and kills those still running
+# when this process's end of its pipe closes: on any exit of the driver, SIGKILL included.
+# Processes are told apart by their start time (/proc/PID/stat field 22, read by the watcher as it
+# starts), not by a pid that may be reused.
+WATCHER = """
+import os, signal, sys
+def started(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+ours = [(int(pid), started(pid)) for pid in sys.argv[1:]]
+sys.stdin.buffer.read()
+for pid, start in ours:
+    if start is not None and started(pid) == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+_watcher = None
+
+
+def _watch():
+    """Start the watcher over every process this one has started so far (Ray's, after ray.init)."""
+    import subprocess
+
+    import psutil  # Ray's own (vendored in ray/thirdparty_files, on the path once ray is imported)
+
+    ours = [str(p.pid) for p in psutil.Process().children(recursive=True)]
+    return subprocess.Popen([sys.executable, "-c", WATCHER, *ours], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 # --- the actor: one GPU (or CPU) of the cluster ---------------------------------------------
@@ -209,25 +296,25 @@ class Driver:
                 for slot in self.slots:
                     if slot.retry_at is not None and time.time() >= slot.retry_at:
                         slot.retry_at, slot.probe = None, slot.actor.info.remote()
-                refs = [r for s in self.slots for r in s.flight] + [s.probe for s in self.slots if s.probe]
-                waiting = any(s.retry_at is not None for s in self.slots)
-                busy = bool(refs) or bool(self.head) or waiting
+                flights = [r for s in self.slots for r in s.flight]
+                # Work in hand is tasks in flight and assemblies; an actor starting or restarting is
+                # not: one whose node was lost may never be placed again (its probe waits forever,
+                # 400 s and counting in issue 18), and a drained queue must still end --until-empty.
+                busy = bool(flights) or bool(self.head)
                 if self.abort or (self.stopping and (not busy or time.time() >= deadline)):
                     break
                 if not any(s.alive or s.probe or s.retry_at for s in self.slots):
                     raise FarmError("Every Ray actor died repeatedly; stopping. Their tasks go back to the queue "
                                     "when their leases run out.")
-                if not busy and not self.stopping:
-                    if self.until_empty and self.queue.pending() == 0:
-                        break
-                    time.sleep(self.poll)
-                    continue
-                if refs:
+                if not busy and not self.stopping and self.until_empty and self.queue.pending() == 0:
+                    break
+                refs = flights + [s.probe for s in self.slots if s.probe]
+                if refs:  # a result, or an actor (re)started; at most a poll's wait when idle
                     ready, _ = ray.wait(refs, num_returns=1, timeout=0.05 if self.head else self.poll)
                     for ref in ready:
                         self._collect(ref)
                 else:
-                    time.sleep(0.05)
+                    time.sleep(0.05 if self.head else self.poll)
         finally:
             self._shutdown()
         return 130 if self.abort else 0
@@ -479,8 +566,7 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
 
     from . import home
 
-    ray = connect(address, cpus=max(os.cpu_count() or 1, workers) if cpu or address == "local" else None,
-                  quiet=not progress)
+    ray = connect(address, cpus=max(os.cpu_count() or 1, workers) if cpu or address == "local" else None)
     gpus = 0 if cpu else int(ray.cluster_resources().get("GPU", 0))
     actors = gpus or workers
     env = {"FARM_HOME": str(home.home())} if address == "local" else {}  # this machine's, for its own actors
@@ -507,4 +593,4 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
         for s, handler in old.items():
             signal.signal(s, handler)
         if address == "local":
-            ray.shutdown()
+            disconnect()

@@ -143,6 +143,13 @@ MIGRATIONS = [
     UPDATE jobs SET published = 'published' WHERE state = 'done';
     CREATE INDEX jobs_output ON jobs (output, id)
     """,
+    # The process that heartbeats for a worker when it is not the worker itself: a Ray actor's
+    # driver (`farm work --ray`), whose death `farm status` sees on its host at once; NULL for
+    # local workers.
+    """
+    ALTER TABLE workers ADD COLUMN driver_pid INTEGER;
+    ALTER TABLE workers ADD COLUMN driver_host TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -393,7 +400,7 @@ class Queue:
         host = socket.gethostname()
         gone = [(name, pid) for name, pid, h, beat, lease in self.conn.execute(
                     "SELECT name, pid, host, heartbeat_at, lease FROM workers WHERE role = 'render'")
-                if beat + lease < now or (h == host and not _alive(pid))]
+                if beat + lease < now or (h == host and not alive(pid))]
         for name, pid in gone:
             self.conn.execute("DELETE FROM workers WHERE name = ?", (name,))
             self._event(None, None, "worker.lost", name, {"pid": pid})
@@ -487,13 +494,16 @@ class Queue:
 
     def register(self, worker: str, *, device: str, lease: float, role: str = "farm", pid: int | None = None,
                  host: str | None = None, node: str | None = None):
-        """A worker starts: this process, or (for a Ray driver's actors) the given pid, host and node."""
+        """A worker starts: this process, or (for a Ray driver's actors) the given pid, host and
+        node, with this process recorded as the driver that heartbeats for it."""
         now = time.time()
+        driver = (os.getpid(), socket.gethostname()) if pid else (None, None)
         pid, host = pid or os.getpid(), host or socket.gethostname()
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO workers (name, pid, host, node, device, lease, started_at, heartbeat_at, role) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (worker, pid, host, node, device, lease, now, now, role))
+                "INSERT OR REPLACE INTO workers (name, pid, host, node, device, lease, started_at, heartbeat_at, role, "
+                "driver_pid, driver_host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker, pid, host, node, device, lease, now, now, role, *driver))
             self._event(None, None, "worker.started", worker,
                         {"device": device, "pid": pid, **({"node": node} if node else {})})
 
@@ -638,7 +648,7 @@ class Queue:
                                  "AND j.paused = 0").fetchone()[0]
 
 
-def _alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> bool:
     """Is there a process with this id on this host? (Signal 0 checks without sending.)"""
     if not pid:
         return False

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from test_farm import in_flight, wait_for
+from test_farm import SLOW_SEGMENTS, in_flight, wait_for
+
+# Ray started by the tests (and by `--ray local`) listens on the loopback address only: the
+# simulated cluster's nodes by their own option; Ray in this process as farm.cluster.connect
+# starts it (set here too, before any test imports Ray, whichever test runs first)
+LOOPBACK = {"node_ip_address": "127.0.0.1"}
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is an optional extra: pip install 'farm[ray]'")
@@ -89,11 +95,14 @@ def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cl
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance for the tests below (2 CPUs: two CPU actors)."""
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'farm[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+    """One local Ray instance for the tests below (2 CPUs: two CPU actors), started as
+    `farm work --ray local` starts its own."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is an optional extra: pip install 'farm[ray]'")
+    from farm.cluster import connect, disconnect
+
+    yield connect("local", cpus=2)
+    disconnect()
 
 
 def driver_for(home, **kwargs):
@@ -272,3 +281,152 @@ def test_a_chain_of_clips_renders_through_ray_as_it_does_here(ray_local, built_m
     clips = [w for (w,) in conn.execute("SELECT worker FROM tasks WHERE job_id = ? AND kind = 'clip'", (job,))]
     assert len(clips) == 2 and all(w.startswith("ray:") for w in clips)
     assert sha(path.parent / "out" / "chain.mp4") == clean
+
+
+def running_on(db, node, kind):
+    """The name of a task of this kind running on an actor of Ray node `node`, else None."""
+    try:
+        conn = sqlite3.connect(db)
+        row = conn.execute("SELECT t.name FROM workers w JOIN tasks t ON t.lease_owner = w.name "
+                           "WHERE w.node = ? AND t.state = 'running' AND t.kind = ?", (node, kind)).fetchone()
+        conn.close()
+        return row and row[0]
+    except sqlite3.OperationalError:
+        return None
+
+
+@needs_ray
+def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models, write_spec, cli, tmp_path,
+                                                                    monkeypatch):
+    """Two nodes of one CPU each (Ray's own simulated cluster), an actor on each; the second
+    node removed while its actor runs a task. The task runs again on the head's actor, the job
+    is published, and `--until-empty` ends: the actor that Ray cannot place again anywhere is
+    not waited for. Nothing of Ray's own logs reaches farm's output."""
+    from ray.cluster_utils import Cluster
+
+    path = write_spec(SLOW_SEGMENTS)  # a segment of 100 steps is still running when its node goes
+    (home,) = homes(built_models, tmp_path, "ray")
+    monkeypatch.setenv("FARM_HOME", str(home))
+    code, out, err = cli("submit", path, "--json")
+    assert code == 0, err
+    job = json.loads(out)["job"]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, **LOOPBACK})
+    proc = None
+    try:
+        second = cluster.add_node(num_cpus=1, **LOOPBACK)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FARM_DEBUG")}
+        env["FARM_TORCH_THREADS"] = "1"  # two actors on two cores
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", cluster.address, "--cpu",
+                                 "--workers", "2", "--until-empty", "--lease", "8"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        db = home / "queue.db"
+        lost = wait_for(lambda: running_on(db, second.node_id, "segment"), timeout=180, proc=proc)
+        cluster.remove_node(second, allow_graceful=False)  # the node is lost, as a machine that goes away
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"farm work --until-empty did not end after its node was lost:\n{err[-3000:]}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cluster.shutdown()
+    assert proc.returncode == 0, err
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
+    events = [e for (e,) in conn.execute("SELECT e.event FROM events e JOIN tasks t ON t.id = e.task_id "
+                                         "WHERE t.job_id = ? AND t.name = ? ORDER BY e.id", (job, lost))]
+    assert events[:3] == ["task.started", "task.lease_expired", "task.started"] and events[-1] == "task.done"
+    assert (path.parent / "out" / "small.mp4").stat().st_size > 0
+    # farm's own lines only: its messages and its progress lines, none of Ray's logs ([state-dump], (raylet) ...)
+    assert out == ""
+    foreign = [line for line in err.splitlines() if line and not line.startswith(("farm: ", "[ray:"))]
+    assert foreign == [], "\n".join(foreign[:20])
+
+
+def ray_local_cli(home):
+    """`farm work --ray local --cpu --workers 2` started in its own process (its environment
+    without the tests' Ray settings: farm's own apply), once its two actors are workers:
+    (process, `farm status --json` then)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env["FARM_HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+    def two_workers():
+        out = subprocess.run([sys.executable, "-m", "farm.cli", "status", "--json"], capture_output=True, text=True,
+                             env=env).stdout
+        status = json.loads(out) if out else {"workers": []}
+        return len(status["workers"]) == 2 and status
+
+    try:
+        return proc, wait_for(two_workers, timeout=180, proc=proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def is_loopback(ip):
+    import ipaddress
+
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+@needs_ray
+def test_ray_local_listens_on_the_loopback_only(tmp_path):
+    import psutil
+
+    proc, status = ray_local_cli(tmp_path / "home")
+    try:
+        ray = psutil.Process(proc.pid).children(recursive=True)
+        listening = set()
+        for p in ray:
+            try:
+                listening |= {c.laddr.ip for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+            except psutil.Error:
+                pass
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert listening  # the GCS, the raylet, the agents...
+    assert all(is_loopback(ip) for ip in listening), listening  # not 0.0.0.0, ::, nor the machine's address
+
+
+@needs_ray
+def test_a_killed_ray_driver_leaves_no_process_and_its_actors_show_lost(tmp_path, cli, monkeypatch):
+    import psutil
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FARM_HOME", str(home))
+    proc, status = ray_local_cli(home)
+    assert [w["state"] for w in status["workers"]] == ["working", "working"]
+    ray = psutil.Process(proc.pid).children(recursive=True)  # the GCS, the raylet, its agents, the actors...
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # at once, not when their heartbeats are a lease (60 s) old
+    states = [w["state"] for w in json.loads(cli("status", "--json")[1])["workers"]]
+    text = cli("status")[1]
+
+    def left():
+        running = []
+        for p in ray:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    running.append(p)
+            except psutil.Error:
+                pass
+        return running
+
+    try:
+        wait_for(lambda: not left(), timeout=15)  # Ray's agents lived 60 s on
+    except AssertionError:
+        pass
+    stayed = [(p.pid, p.name()) for p in left()]
+    for p in left():  # leave nothing behind on this machine either way
+        p.kill()
+    assert states == ["lost", "lost"] and text.count("lost") == 2, text
+    assert stayed == []
