@@ -36,9 +36,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import files
+from . import families, files
 from .errors import FarmError
-from .placement import (DENOISERS, FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
+from .placement import (FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
                         cuda_capabilities, place, quantization_config, set_tiling)
 from .units import human
 
@@ -55,30 +55,8 @@ UNET_LINEAR = 0.6
 HEADROOM = 1.15
 CUDA_RESERVE = 1 << 30  # cuBLAS/cuDNN workspaces and the CUDA context's growth
 
-# The family rules. spatial/temporal: the VAE's compression; patch: the denoiser's (t, h, w)
-# patch; decode_frames: output frames the VAE decodes at once (0: all; Wan's causal VAE decodes
-# one latent frame, 4 frames, at a time with a feature cache, CogVideoX's 2 latent frames, LTX's
-# all of them unless tiled, then 16); tile: the default tile side, in pixels, when the VAE's
-# config does not say. token_bytes / decode_bytes / ref_params / ref_vae: the rule of the family's
-# preset, used for a model without a [fit] table, scaled by the square root of its denoiser's
-# (and VAE's) size against ref_params (ref_vae), in billions: a network's width grows about as
-# the root of its size (so a twin's rule is a twin's, not its family's).
-FAMILIES = {
-    "StableDiffusionPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 1, 1), "decode_frames": 1, "tile": 512,
-                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 0.86, "ref_vae": 0.084},
-    "StableDiffusionXLPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 1, 1), "decode_frames": 1, "tile": 1024,
-                                  "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.57, "ref_vae": 0.084},
-    "StableDiffusion3Pipeline": {"spatial": 8, "temporal": 1, "patch": (1, 2, 2), "decode_frames": 1, "tile": 1024,
-                                 "token_bytes": 200e3, "decode_bytes": 3500, "ref_params": 2.47, "ref_vae": 0.084},
-    "FluxPipeline": {"spatial": 8, "temporal": 1, "patch": (1, 2, 2), "decode_frames": 1, "tile": 1024,
-                     "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 11.9, "ref_vae": 0.084},
-    "WanImageToVideoPipeline": {"spatial": 8, "temporal": 4, "patch": (1, 2, 2), "decode_frames": 4, "tile": 256,
-                                "token_bytes": 150e3, "decode_bytes": 3500, "ref_params": 14.3, "ref_vae": 0.127},
-    "LTXConditionPipeline": {"spatial": 32, "temporal": 8, "patch": (1, 1, 1), "decode_frames": 0, "tiled_frames": 16,
-                             "tile": 512, "token_bytes": 100e3, "decode_bytes": 400, "ref_params": 1.9, "ref_vae": 0.42},
-    "CogVideoXImageToVideoPipeline": {"spatial": 8, "temporal": 4, "patch": (2, 2, 2), "decode_frames": 8,
-                                      "tile": 300, "token_bytes": 200e3, "decode_bytes": 4500, "ref_params": 5.6, "ref_vae": 0.216},
-}
+# Each family's memory rule (spatial and temporal compression, patch, VAE decode and tile,
+# activation figures) is its own: farm/families/, `Family.memory`.
 FIT_KEYS = ("params", "token_bytes", "decode_bytes", "patch", "checks")
 
 
@@ -125,8 +103,7 @@ def preset_fit(name: str | None) -> dict:
 def needs(pipeline: str, name: str | None = None, folder: Path | None = None) -> Needs:
     """What the model needs: measured from its folder's safetensors headers when it is on this
     machine (exact parameter counts), else from its preset's [fit] table."""
-    family = FAMILIES.get(pipeline)
-    if family is None:
+    if families.family(pipeline) is None:
         raise FarmError(f"farm has no memory rule for {pipeline}.", code=2)
     fit = preset_fit(name)
     params, source = {}, "family rule"
@@ -137,15 +114,17 @@ def needs(pipeline: str, name: str | None = None, folder: Path | None = None) ->
     if not params:
         raise FarmError(f"model {name or pipeline!r}: no weights on this machine and no [fit] params in its preset, "
                         f"so its memory cannot be estimated.", code=2)
+    family = families.family(pipeline, params)
+    rule = family.memory
     if "token_bytes" in fit:
-        token_bytes, decode_bytes = float(fit["token_bytes"]), float(fit.get("decode_bytes", family["decode_bytes"]))
-    else:  # scale the family's rule to this denoiser's size
-        size = sum(v for k, v in params.items() if k in DENOISERS) / 1e9 / (2 if "transformer_2" in params else 1)
-        scale = math.sqrt(max(size, 1e-9) / family["ref_params"])
-        vae_scale = min(1.0, math.sqrt(params.get("vae", family["ref_vae"] * 1e9) / 1e9 / family["ref_vae"]))
-        token_bytes, decode_bytes = family["token_bytes"] * scale, family["decode_bytes"] * vae_scale
-    return Needs(pipeline, params, token_bytes, decode_bytes, tuple(fit.get("patch", family["patch"])),
-                 _tile(family, folder), source)
+        token_bytes, decode_bytes = float(fit["token_bytes"]), float(fit.get("decode_bytes", rule.decode_bytes))
+    else:  # scale the family's rule to this denoiser's size (one expert's, where experts take turns)
+        size = sum(v for k, v in params.items() if k in family.denoisers) / 1e9 / rule.experts
+        scale = math.sqrt(max(size, 1e-9) / rule.ref_params)
+        vae_scale = min(1.0, math.sqrt(params.get("vae", rule.ref_vae * 1e9) / 1e9 / rule.ref_vae))
+        token_bytes, decode_bytes = rule.token_bytes * scale, rule.decode_bytes * vae_scale
+    return Needs(pipeline, params, token_bytes, decode_bytes, tuple(fit.get("patch", rule.patch)),
+                 _tile(rule, folder), source)
 
 
 def folder_params(folder: Path) -> dict[str, float]:
@@ -182,7 +161,7 @@ def _safetensors_params(path: Path) -> int:
     return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
 
 
-def _tile(family: dict, folder: Path | None) -> int:
+def _tile(rule: families.Memory, folder: Path | None) -> int:
     """The VAE's tile side in pixels: its config's sample size where tiling uses it (SD-family
     AutoencoderKL tiles at `sample_size`; CogVideoX at half its sample size), else the family's."""
     config = Path(folder) / "vae" / "config.json" if folder else None
@@ -193,7 +172,7 @@ def _tile(family: dict, folder: Path | None) -> int:
             return int(size[0] if isinstance(size, list) else size)
         if cfg.get("_class_name") == "AutoencoderKLCogVideoX" and cfg.get("sample_height"):
             return int(math.sqrt(cfg["sample_height"] // 2 * cfg["sample_width"] // 2))
-    return family["tile"]
+    return rule.tile
 
 
 # --- the estimate -------------------------------------------------------------------------
@@ -239,7 +218,8 @@ def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: st
              exclude: tuple[str, ...] = (), untiled: bool = False, label: str = "") -> Estimate:
     """Peak memory of one call at this size and frame count, for every placement (`untiled`:
     the offloading ones without VAE tiling, as some published figures were measured)."""
-    family = FAMILIES[need.pipeline]
+    family = families.family(need.pipeline, need.params)
+    rule, denoisers = family.memory, family.denoisers
     nbytes = DTYPE_BYTES.get(dtype, 2)
     vbytes = DTYPE_BYTES.get(vae_dtype or dtype, 2)
     weights = {}
@@ -247,24 +227,24 @@ def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: st
         if part in exclude:
             continue
         each = vbytes if part == "vae" else nbytes
-        if quantize and part in DENOISERS:  # torchao quantizes Linear layers: a UNet's convolutions stay
+        if quantize and part in denoisers:  # torchao quantizes Linear layers: a UNet's convolutions stay
             each = 1 if part != "unet" else UNET_LINEAR + (1 - UNET_LINEAR) * nbytes
         weights[part] = round(count * each)
-    video = family["temporal"] > 1
+    video = rule.temporal > 1
     pt, ph, pw = need.patch
-    latent_frames = (math.ceil((frames - 1) / family["temporal"]) + 1) if video else 1
-    tokens = (math.ceil(latent_frames / pt) * math.ceil(height / family["spatial"] / ph)
-              * math.ceil(width / family["spatial"] / pw))
+    latent_frames = (math.ceil((frames - 1) / rule.temporal) + 1) if video else 1
+    tokens = (math.ceil(latent_frames / pt) * math.ceil(height / rule.spatial / ph)
+              * math.ceil(width / rule.spatial / pw))
     denoise = int(tokens * need.token_bytes * batch * nbytes / 2)
-    at_once = family["decode_frames"] or frames if video else 1
+    at_once = rule.decode_frames or frames if video else 1
     decode = int(width * height * min(at_once, frames) * need.decode_bytes * batch * vbytes / 2)
-    tiled_frames = family.get("tiled_frames", at_once) if video else 1
+    tiled_frames = (at_once if rule.tiled_frames is None else rule.tiled_frames) if video else 1
     tiled = int(min(width * height, need.tile ** 2) * min(tiled_frames, frames) * need.decode_bytes * vbytes / 2)
     tiled = decode if untiled else min(tiled, decode)
 
     total = sum(weights.values())
-    text = [w for k, w in weights.items() if k not in DENOISERS and k != "vae"]
-    dens = [w for k, w in weights.items() if k in DENOISERS]
+    text = [w for k, w in weights.items() if k not in denoisers and k != "vae"]
+    dens = [w for k, w in weights.items() if k in denoisers]
     vae = weights.get("vae", 0)
     largest_layer = max(weights.values(), default=0) // 40  # a transformer block or UNet stage
     peaks = {
@@ -332,24 +312,20 @@ def choose(est: Estimate, free: int, device: str, *, floor: dict | None = None, 
 
 def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
     """(width, height, frames the model generates in one call) of a keyframe, segment or clip task."""
-    from . import models
-
     if kind == "clip":  # one clip of a chain: its own frame count
         return params["width"], params["height"], params["frames"]
     if kind != "segment":
         return params["width"], params["height"], 1
     if "clips" in params:  # frames at the model's rate, per call
         return params["width"], params["height"], max(params["clips"])
-    family = params["model"]["pipeline"]
-    ends = models.PIPELINES[family].get("last_frame", False)
-    return params["width"], params["height"], frame_rule(family, params["frames"] + 1 if ends else params["frames"])
+    rule = families.family(params["model"]["pipeline"]).shape({})
+    return params["width"], params["height"], frame_rule(rule, params["frames"] + 1 if rule.ends else params["frames"])
 
 
-def frame_rule(family: str, wanted: int) -> int:
-    """The smallest frame count >= wanted that the family generates (Wan 4k+1, LTX 8k+1)."""
-    from . import models
-
-    step, offset = models.PIPELINES[family].get("frames", (1, 0))
+def frame_rule(rule: families.Shape, wanted: int) -> int:
+    """The smallest frame count >= wanted that a model with this rule generates (Wan 4k+1,
+    LTX 8k+1; farm/timing.py's `shape` reads a model's rule from its config)."""
+    step, offset = rule.step, rule.offset
     return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
 
 
@@ -389,14 +365,14 @@ def describe(name: str, width: int | None = None, height: int | None = None, fra
         width, height = defaults.get("size", [1024, 1024] if preset["role"] == "keyframes" else [512, 512])
     if frames is None:
         frames = int(preset.get("max_frames", 81)) if preset["role"] == "motion" else 1
-    if preset["role"] == "motion" and frames > 1:
-        frames = frame_rule(preset["pipeline"], frames)
-    folder = None
+    folder, ref = None, None
     try:
         ref = models.resolve(name)
         folder = Path(ref.config) if ref.config else models.local_path(ref)
     except FarmError:  # weights not here: the preset's figures
         pass
+    if preset["role"] == "motion" and frames > 1:
+        frames = frame_rule(families.family(preset["pipeline"]).shape({}), frames)
     model = {"pipeline": preset["pipeline"], "name": name, "dtype": defaults.get("dtype"),
              "quantize": preset.get("quantize")}
     try:

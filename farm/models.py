@@ -26,7 +26,7 @@ from pathlib import Path
 
 import tomli
 
-from . import files, home, tiny
+from . import families, files, home
 from .checks import MAX_DEPTH, depth, path_problem, shown
 from .acceleration.settings import check_features, check_threshold
 from .digest import file_digest, folder_digest
@@ -35,22 +35,8 @@ from .errors import FarmError
 
 FFMPEG_MOTION = ("hold", "crossfade")
 
-# Pipeline classes farm knows how to call, by role. `frames` is the frame-count rule of
-# the family (Wan and CogVideoX generate 4k+1 frames, LTX 8k+1: their VAEs compress time
-# 4x and 8x with a causal first frame); `last_frame` says whether it takes an end frame;
-# `multiple_of` is the side length granularity (VAE scale times patch size: SD's UNet 8,
-# SD3/Flux 8x2, Wan/CogVideoX 1.5 8x2, LTX's 32x VAE with patch 1). How each is called
-# lives in farm/pipeline.py; farm/timing.py refines these rules from each model's own config
-# (CogVideoX 1.5's temporal patches make it 8k+1; position embeddings bound sizes).
-PIPELINES = {
-    "StableDiffusionPipeline": {"role": "keyframes", "multiple_of": 8},
-    "StableDiffusionXLPipeline": {"role": "keyframes", "multiple_of": 8},
-    "StableDiffusion3Pipeline": {"role": "keyframes", "multiple_of": 16},
-    "FluxPipeline": {"role": "keyframes", "multiple_of": 16},
-    "WanImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (4, 1), "last_frame": True},
-    "LTXConditionPipeline": {"role": "motion", "multiple_of": 32, "frames": (8, 1), "last_frame": True},
-    "CogVideoXImageToVideoPipeline": {"role": "motion", "multiple_of": 16, "frames": (8, 1), "last_frame": False},
-}
+# What farm knows of each pipeline class it drives (role, conditioning, time, size and memory
+# rules, denoisers, twin) is its family's: farm/families/.
 ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "upscale"}
 
 # Preset keys, and the [defaults] keys that are not pipeline-call options (every other
@@ -132,7 +118,7 @@ def load_preset(name: str) -> dict:
                         f"(allowed: {', '.join(PRESET_KEYS)}).", code=2)
     if data["role"] not in ROLES:
         raise FarmError(f"The preset file {path}: role {data['role']!r} is not one of {', '.join(ROLES)}.", code=2)
-    if data["role"] == "upscale" or PIPELINES.get(data["pipeline"], {}).get("role") != data["role"]:
+    if data["role"] == "upscale" or families.roles().get(data["pipeline"]) != data["role"]:
         raise FarmError(f"The preset file {path}: farm cannot drive a {data['pipeline']} as a {data['role']} "
                         f"model (it drives: {_drivable()}).", code=2)
     if not isinstance(data.get("trust_remote_code", False), bool):
@@ -190,7 +176,7 @@ def check_quantize_name(value, label: str) -> str:
 
 
 def _drivable() -> str:
-    return ", ".join(f"{p} ({v['role']})" for p, v in sorted(PIPELINES.items()))
+    return ", ".join(f"{p} ({role})" for p, role in sorted(families.roles().items()))
 
 
 def resolve(name: str, base: Path | None = None) -> ModelRef:
@@ -233,10 +219,11 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
                         code=2)
     extra = {"defaults": defaults, "memory": memory, "trust_remote_code": preset.get("trust_remote_code", False)}
     if source.startswith("builtin:"):
-        recipe = source.split(":", 1)[1]
-        if recipe not in tiny.BUILDERS:
+        family = families.of_twin(source.split(":", 1)[1])
+        if family is None:
             raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
-        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{tiny.recipe_version(recipe)}", None, **extra)
+        return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{family.twin.version}", None,
+                        **extra)
     if problem := path_problem(source, presets_dir()):
         raise FarmError(f"Preset {name!r}: source: {problem}", code=2)
     if source.endswith(".safetensors"):
@@ -298,10 +285,11 @@ def _pipeline_class(model_index: Path) -> str:
 
 
 def _role_of(name: str, pipeline: str) -> str:
-    if pipeline not in PIPELINES:
-        known = ", ".join(sorted(PIPELINES))
+    roles = families.roles()
+    if pipeline not in roles:
+        known = ", ".join(sorted(roles))
         raise FarmError(f"model {name!r} is a {pipeline}, which farm cannot drive yet (it knows: {known}).", code=2)
-    return PIPELINES[pipeline]["role"]
+    return roles[pipeline]
 
 
 def _resolve_folder(name: str, path: Path, pipeline: str | None = None) -> ModelRef:
@@ -354,13 +342,13 @@ def local_path(ref: ModelRef) -> Path:
     """The folder `from_pretrained` reads; built-in models are built and saved on first use."""
     if not ref.source.startswith("builtin:"):
         return Path(ref.source)
-    recipe = ref.source.split(":", 1)[1]
-    dest = home.models_dir() / f"{recipe}-recipe{tiny.recipe_version(recipe)}"
+    twin = families.of_twin(ref.source.split(":", 1)[1]).twin
+    dest = home.models_dir() / f"{twin.recipe}-recipe{twin.version}"
     if not (dest / "model_index.json").is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
         try:
-            pipe = tiny.BUILDERS[recipe]()
+            pipe = twin.build()
             silence_loaded()  # the builder imported transformers: no "Writing model shards" bars
             pipe.save_pretrained(tmp)
             try:
@@ -431,7 +419,8 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
             raise FarmError(f"model {ref.name!r}: quantize is not wired for single-file checkpoints yet; save the "
                             f"pipeline as a diffusers folder (save_pretrained) and point the preset at it.", code=2)
         index = files.read_json(path / "model_index.json")
-        parts = [p for p in placing.DENOISERS if isinstance(index.get(p), list) and index[p][0]]
+        held = [k for k, v in index.items() if isinstance(v, list) and v and v[0]]
+        parts = [p for p in families.family(ref.pipeline, held).denoisers if p in held]
         extra["quantization_config"] = placing.quantization_config(quantize, parts)
     try:
         if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder
@@ -562,13 +551,14 @@ def describe(name: str) -> dict:
         where = ref.source if not ref.source.startswith("builtin:") else "built in code"
     except FarmError as e:
         local, error = False, e.message
+    family = families.family(preset["pipeline"])
     info = {"name": name, "role": preset["role"], "pipeline": preset["pipeline"], "source": source,
             "local": local, "twin": preset.get("twin"), "description": preset.get("description", ""),
             "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
             "trust_remote_code": preset.get("trust_remote_code", False),
-            "frames": list(PIPELINES.get(preset["pipeline"], {}).get("frames", (1, 0))) if preset["role"] == "motion" else None,
+            "frames": [family.time.step, family.time.offset] if family and family.time else None,
             "fps": preset.get("fps"), "max_frames": preset.get("max_frames"),
-            "multiple_of": PIPELINES.get(preset["pipeline"], {}).get("multiple_of", 8)}
+            "multiple_of": family.multiple_of if family else 8}
     for key in ("accelerate", "cache_threshold"):  # farm/acceleration/settings.py; only when the preset sets them
         if key in preset:
             info[key] = preset[key]

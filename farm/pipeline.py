@@ -5,17 +5,17 @@ seeded by the task alone, so a task draws the same pixels whatever ran before it
 whichever device it runs.
 
 Text-to-image pipelines (SD, SDXL, SD3, Flux) share one call signature. Image-to-video
-families differ in how they take their keyframes: `CONDITIONING` holds one small adapter
-per pipeline class that turns (first, last) into that family's keyword arguments.
+families differ in how they take their keyframes: each family (farm/families/) holds the small
+adapter that turns (first, last) into its keyword arguments, and the context its call runs in.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 from PIL import Image, ImageOps
 
-from . import models
+from . import families
 
 
 def generator(seed: int):
@@ -57,33 +57,9 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     return ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
 
 
-def _first_last(params, first, last, generated):
-    """Wan 2.1 FLF2V / Wan 2.2: `image` and `last_image` (none for a clip that runs free)."""
-    return {"image": first, "last_image": last}
-
-
-def _ltx_conditions(params, first, last, generated):
-    """LTX-Video: keyframes as conditions at frame indices; 8k+1 frames put the last one on
-    a latent frame boundary (index 8k), which the condition pipeline requires."""
-    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
-
-    conditions = [LTXVideoCondition(image=first, frame_index=0)]
-    if last is not None:
-        conditions.append(LTXVideoCondition(image=last, frame_index=generated - 1))
-    # LTX conditions its motion on the frame rate: the model's rate, at which farm generates.
-    return {"conditions": conditions, "frame_rate": max(1, round(params["model_fps"]))}
-
-
-def _first_only(params, first, last, generated):
-    """CogVideoX: the first frame only; the segment moves away from it, then cuts."""
-    return {"image": first}
-
-
-CONDITIONING = {
-    "WanImageToVideoPipeline": _first_last,
-    "LTXConditionPipeline": _ltx_conditions,
-    "CogVideoXImageToVideoPipeline": _first_only,
-}
+def condition(family, params: dict, first, last, frames: int) -> dict:
+    """The keyword arguments that condition one call of `family` on its keyframes (its adapter)."""
+    return family.adapter(params, first, last, frames)
 
 
 def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frames: int,
@@ -91,10 +67,11 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
     """Generate one clip of `frames` frames at the model's rate (farm/timing.py chose the
     count: the family's rule, within its window), starting at `first` and, when given (and
     the family takes one), ending at `last`. Returns every generated frame."""
-    family = params["model"]["pipeline"]
-    if not models.PIPELINES[family].get("last_frame", False):
+    parts = [k for k, v in getattr(pipe, "components", {}).items() if v is not None]
+    family = families.family(params["model"]["pipeline"], parts)
+    if not family.ends:
         last = None
-    with _one_image_twice(pipe, last is None and family == "WanImageToVideoPipeline"):
+    with family.around(pipe, last) if family.around else nullcontext():
         out = pipe(
             prompt=params["prompt"],
             negative_prompt=params["negative_prompt"] or None,
@@ -105,7 +82,7 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
             height=params["height"],
             generator=generator(seed),
             output_type="pil",
-            **CONDITIONING[family](params, first, last, frames),
+            **condition(family, params, first, last, frames),
             **_steps(on_step),
             **params["model"]["options"],
         ).frames[0]
@@ -113,27 +90,6 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
         from .errors import FarmError
 
         raise FarmError(f"{type(pipe).__name__} returned {len(out)} frames where {frames} were asked: farm's frame "
-                        f"rule for {family} (farm/timing.py) does not match the model; please report it")
+                        f"rule for {family.name} (farm/families/) does not match the model; please report it")
     return list(out)
 
-
-@contextmanager
-def _one_image_twice(pipe, active: bool):
-    """Wan 2.1 FLF2V's image embedder takes the CLIP tokens of two pictures (first and last
-    frame), and diffusers refuses `image_embeds` next to `image`. A clip with no end frame
-    (the first or a middle clip of a chain) is conditioned on its first frame's pixels only,
-    and gives its CLIP tokens twice, for the first and for the (absent) last."""
-    embedder = getattr(getattr(getattr(pipe, "transformer", None), "condition_embedder", None), "image_embedder", None)
-    if not active or getattr(embedder, "pos_embed", None) is None or getattr(pipe, "image_encoder", None) is None:
-        yield
-        return
-    encode = pipe.encode_image
-
-    def twice(image, device=None):
-        return encode(image if isinstance(image, list) else [image, image], device)
-
-    pipe.encode_image = twice
-    try:
-        yield
-    finally:
-        del pipe.encode_image  # the class's method again

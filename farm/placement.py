@@ -10,7 +10,6 @@ from .errors import FarmError
 
 QUANTIZE = ("int8", "fp8")
 FP8_CAPABILITY = (8, 9)  # Ada and Hopper: the first with FP8 tensor cores
-DENOISERS = ("unet", "transformer", "transformer_2")
 
 
 def check_quantize(kind: str, device: str, capability: tuple[int, int] | None = None, label: str = "model") -> None:

@@ -33,7 +33,7 @@ def probe(name: str, features=None, *, cache_threshold: float | None = None, dev
 def sample(pipe, ref) -> list:
     """One small call of a loaded pipeline through farm's own call path (2 steps, a few latent
     tokens, 8 frames for a video model); its images."""
-    side = 2 * models.PIPELINES.get(ref.pipeline, {}).get("multiple_of", 16)
+    side = 2 * timing.shape(ref).multiple
     params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": 2, "guidance": 5.0, "width": side,
               "height": side, "seed": 0, "frames": 1 if ref.role == "keyframes" else 8, "fps": 8,
               "model_fps": 8, "model": {"pipeline": ref.pipeline, "options": ref.options()}}

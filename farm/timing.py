@@ -18,8 +18,9 @@ next clip starts on the last frame of the one before: 3 x 65 - 2 = 193), retimed
 12 x 24 = 288 frames.
 
 Everything here is arithmetic on the ModelRef and the denoiser's config (read from the
-model's folder, or for a built-in twin from `tiny.SHAPES`, without building it): spec
-validation calls `problems()`, the plan calls `segment()`, the worker calls `retime_plan()`.
+model's folder, or for a built-in twin from its family's twin shapes, without building it;
+the rules themselves are each family's, in farm/families/): spec validation calls
+`problems()`, the plan calls `segment()`, the worker calls `retime_plan()`.
 """
 
 from __future__ import annotations
@@ -30,52 +31,20 @@ from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 
-from . import files
+from . import families, files
 from .errors import FarmError
+from .families import Shape
 
 RETIME = ("interpolate", "blend", "nearest")  # the first is the default
 DEFAULT_RETIME = RETIME[0]
 
-# What each family's own code says when a preset does not (a user's folder or hub id).
-# Presets state them with their sources (presets/*.toml); these are the same numbers.
-FAMILY_TIME = {
-    "WanImageToVideoPipeline": (16, 81),  # Wan2.1/2.2 shared_config: sample_fps 16, frame_num 81
-    "LTXConditionPipeline": (25, 257),  # diffusers' frame_rate default 25; model card: below 257 frames
-    "CogVideoXImageToVideoPipeline": (16, 81),  # CogVideoX 1.5 model card: 16 fps, 5 s (81) or 10 s
-}
-COGVIDEOX_10_TIME = (8, 49)  # CogVideoX 1.0 (no temporal patching): 8 fps, 49 frames
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What a model can generate. Frames: `offset + step * k` (k >= 1 for video); sides: a
-    multiple of `multiple`, at least `min_side`, at most `max_width` x `max_height` when its
-    position embedding bounds them; `fixed` when it takes exactly one size; `max_frames` when
-    its position embedding bounds the frame count; `ends`: conditioned on an end frame too."""
-
-    family: str
-    step: int = 1
-    offset: int = 0
-    multiple: int = 8
-    min_side: int = 16
-    max_width: int | None = None
-    max_height: int | None = None
-    max_frames: int | None = None
-    fixed: tuple[int, int] | None = None
-    ends: bool = False
-    why_max: str = ""
-
-    def valid_frames(self, n: int) -> bool:
-        return n > self.offset and (n - self.offset) % self.step == 0
-
 
 def denoiser_config(ref) -> dict:
-    """The denoiser's config: from `tiny.SHAPES` for a built-in twin, else its folder's
+    """The denoiser's config: its family twin's shapes for a built-in twin, else its folder's
     transformer/config.json (or unet/), else {} (the family's defaults apply)."""
-    from . import tiny
-
     if ref.source.startswith("builtin:"):
-        return dict(tiny.SHAPES.get(ref.source.split(":", 1)[1], {}))
+        fam = families.of_twin(ref.source.split(":", 1)[1])
+        return dict(fam.twin.shapes) if fam else {}
     folder = Path(ref.config) if ref.config else Path(ref.source)
     return _read_config(str(folder))
 
@@ -92,55 +61,40 @@ def _read_config(folder: str) -> dict:
     return {}
 
 
+def family_of(ref) -> families.Family | None:
+    """The family of a ModelRef: its twin's for a built-in one, else its pipeline class's, told
+    apart by the components its folder holds (Wan 2.2's second expert)."""
+    if ref.source.startswith("builtin:"):
+        return families.of_twin(ref.source.split(":", 1)[1]) or families.family(ref.pipeline)
+    folder = Path(ref.config) if ref.config else Path(ref.source)
+    return families.family(ref.pipeline, _components(str(folder)))
+
+
+@lru_cache(maxsize=64)
+def _components(folder: str) -> tuple[str, ...]:
+    try:
+        index = files.read_json(Path(folder) / "model_index.json")
+    except (OSError, ValueError, FarmError):
+        return ()
+    if not isinstance(index, dict):
+        return ()
+    return tuple(k for k, v in index.items() if isinstance(v, list) and v and v[0])
+
+
 def shape(ref) -> Shape:
     """The family's rules, with the limits its denoiser's config sets."""
-    cfg = denoiser_config(ref)
-    family = ref.pipeline
-    if family == "WanImageToVideoPipeline":
-        # VAE 8x spatial / 4x temporal (causal first frame: 4k+1), patch (1, 2, 2). Rotary
-        # positions are precomputed for rope_max_seq_len steps on each axis (1024 in Wan 2.1).
-        patch = cfg.get("patch_size", [1, 2, 2])
-        rope = cfg.get("rope_max_seq_len", 1024)
-        return Shape(family, step=4 * patch[0], offset=1, multiple=8 * patch[1], min_side=8 * patch[1],
-                     max_width=8 * patch[2] * rope, max_height=8 * patch[1] * rope, max_frames=4 * (rope - 1) + 1,
-                     ends=True, why_max=f"its rotary embedding covers {rope} positions per axis")
-    if family == "LTXConditionPipeline":
-        # VAE 32x spatial / 8x temporal: 8k+1 frames, a keyframe condition at latent frame boundaries.
-        p, pt = cfg.get("patch_size", 1), cfg.get("patch_size_t", 1)
-        return Shape(family, step=8 * pt, offset=1, multiple=32 * p, min_side=32 * p, ends=True)
-    if family == "CogVideoXImageToVideoPipeline":
-        # Without a config to read (weights not pulled): CogVideoX 1.5 as diffusers' conversion
-        # script writes it (scripts/convert_cogvideox_to_diffusers.py: patch_size_t 2,
-        # sample_width = sample_height = 300, so up to 2400 px a side).
-        p, pt = cfg.get("patch_size", 2), cfg.get("patch_size_t", None if cfg else 2)
-        sw, sh = cfg.get("sample_width", 300), cfg.get("sample_height", 300)
-        if cfg.get("use_learned_positional_embeddings"):  # CogVideoX 1.0 I2V: one size only
-            return Shape(family, step=4, offset=1, multiple=8 * p, min_side=8 * p, fixed=(8 * sw, 8 * sh))
-        if pt is None:  # CogVideoX 1.0 with rotary positions: any size, resized crop of the grid
-            return Shape(family, step=4, offset=1, multiple=8 * p, min_side=8 * p)
-        # CogVideoX 1.5: temporal patches of pt latent frames, and its VAE decodes an even
-        # latent count to 4L frames (5 asked -> 8 out): only an odd count gives 4k+1, so 8k+1.
-        # Its rotary grid is a slice of one sample_width x sample_height grid: no wider.
-        return Shape(family, step=8, offset=1, multiple=8 * p, min_side=8 * p, max_width=8 * sw, max_height=8 * sh,
-                     why_max=f"its rotary position grid is a slice of {sw // p}x{sh // p} patches "
-                             f"(sample_width {sw}, sample_height {sh})")
-    if family == "StableDiffusion3Pipeline":
-        p, pos = cfg.get("patch_size", 2), cfg.get("pos_embed_max_size", 192)
-        return Shape(family, multiple=8 * p, max_width=8 * p * pos, max_height=8 * p * pos,
-                     why_max=f"its position embedding holds {pos}x{pos} patches")
-    if family == "FluxPipeline":
-        return Shape(family, multiple=16)  # 8x VAE, latents packed 2x2
-    return Shape(family, multiple=8)  # SD 1.x / SDXL UNets
+    fam = family_of(ref)
+    if fam is None:
+        return Shape(ref.pipeline, multiple=8)
+    return fam.shape(denoiser_config(ref))
 
 
 def model_time(ref) -> tuple[float, int]:
-    """(fps, max_frames) of a motion model: its preset's, else its family's."""
+    """(fps, max_frames) of a motion model: its preset's, else its family's (for its version)."""
     fps, window = ref.defaults.get("fps"), ref.defaults.get("max_frames")
     if fps is None or window is None:
-        default = FAMILY_TIME.get(ref.pipeline, (24, 1 << 30))
-        if ref.pipeline == "CogVideoXImageToVideoPipeline" and denoiser_config(ref).get("patch_size_t") is None \
-                and not ref.source.startswith("builtin:") and denoiser_config(ref):
-            default = COGVIDEOX_10_TIME
+        fam = family_of(ref)
+        default = fam.fps_window(denoiser_config(ref)) if fam else (24, 1 << 30)
         fps = default[0] if fps is None else fps
         window = default[1] if window is None else window
     return float(fps), int(window)

@@ -6,32 +6,12 @@ download is ever needed. `farm.models` saves the result with `save_pretrained`
 and always loads it back with `from_pretrained`, so the loading path that a real
 model takes is the one that runs. They draw noise, not pictures.
 
-Bump a builder's RECIPES entry (or RECIPE, for all) when it changes: it is part of every
-task key that uses the model, so old cached outputs are not mistaken for new ones.
+Each family (farm/families/) names its twin's builder here, the shapes it is built with and
+its recipe version, which is part of every task key that uses the model: bump it when a
+builder changes, so old cached outputs are not mistaken for new ones.
 """
 
 from __future__ import annotations
-
-RECIPE = 1
-# A builder's own RECIPE when it changed after others shipped, so the others' keys stay.
-# cogvideox 2: its rotary grid covers 128x128 (at 1 it stopped at 32x32, below its own default).
-RECIPES = {"cogvideox": 2}
-
-
-def recipe_version(recipe: str) -> int:
-    return RECIPES.get(recipe, RECIPE)
-
-# The denoiser settings that decide which sizes and frame counts a twin accepts (patch sizes,
-# position embedding extents), which farm/timing.py reads without building the model. The
-# builders pass these very dicts; tests/test_time.py checks them against the built configs.
-SHAPES = {
-    "image-to-video": {"patch_size": [1, 2, 2], "rope_max_seq_len": 64},
-    "wan22": {"patch_size": [1, 2, 2], "rope_max_seq_len": 64},
-    "ltx": {"patch_size": 1, "patch_size_t": 1},
-    "cogvideox": {"patch_size": 2, "patch_size_t": 2, "sample_width": 16, "sample_height": 16,
-                  "use_learned_positional_embeddings": False},
-    "sd3": {"patch_size": 2, "pos_embed_max_size": 32},
-}
 
 # Byte-level alphabet with a few specials; no merges, so every byte is a token.
 _SPECIALS = ["<pad>", "<bos>", "<unk>", "<eos>"]
@@ -60,7 +40,7 @@ def build_tokenizer(max_length: int):
     )
 
 
-def build_text_to_image():
+def build_text_to_image(shapes: dict):
     """A Stable Diffusion 1.x-style pipeline: CLIP text encoder, UNet, 8x VAE."""
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -97,7 +77,7 @@ def build_text_to_image():
     )
 
 
-def build_image_to_video():
+def build_image_to_video(shapes: dict):
     """A Wan 2.1 first/last-frame-to-video pipeline: UMT5, CLIP vision, Wan DiT, Wan VAE."""
     import torch
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
@@ -111,7 +91,7 @@ def build_image_to_video():
     )
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(
-        **SHAPES["image-to-video"],
+        **shapes,
         num_attention_heads=2,
         attention_head_dim=16,
         in_channels=36,  # 16 noise + 4 mask + 16 conditioning latents
@@ -150,15 +130,12 @@ def build_image_to_video():
     )
 
 
-BUILDERS = {"text-to-image": build_text_to_image, "image-to-video": build_image_to_video}
-
 
 # --- one twin per family the presets cover ---------------------------------------------------
 # Each twin keeps its family's pipeline class, component classes and the shape rules that
 # decide which sizes and frame counts work (VAE compression, patch sizes, packed latents),
 # with every width cut to 8-32 channels and 1-2 layers: a build plus a 32-64 px, 2-step
-# call takes a few seconds on a 2-core CPU. Their RECIPE is shared with `tiny`/`tiny-video`;
-# adding a builder does not change any existing key.
+# call takes a few seconds on a 2-core CPU.
 
 
 def _clip_text(tokenizer, hidden: int, projection: bool = False):
@@ -202,7 +179,7 @@ def _vae_8x(latent_channels: int, sample_size: int = 64, **kw):
     )
 
 
-def build_sdxl():
+def build_sdxl(shapes: dict):
     """SDXL: two CLIP text encoders (the second with projection), a UNet with text-time
     conditioning (crop and size embeddings), 8x VAE, Euler scheduler."""
     import torch
@@ -231,7 +208,7 @@ def build_sdxl():
     )
 
 
-def build_sd3():
+def build_sd3(shapes: dict):
     """SD 3.x: MMDiT transformer (patch 2), two CLIPs with projection plus T5, 16-channel 8x VAE."""
     import torch
 
@@ -240,7 +217,7 @@ def build_sd3():
     tokenizer = build_tokenizer(max_length=32)
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
-        **SHAPES["sd3"], sample_size=8, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
+        **shapes, sample_size=8, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=32,
     )
     return StableDiffusion3Pipeline(
@@ -252,7 +229,7 @@ def build_sd3():
     )
 
 
-def build_flux():
+def build_flux(shapes: dict):
     """FLUX.1: double- and single-stream transformer over 2x2-packed latents (16 channels in,
     from a 4-channel 8x VAE), CLIP pooled plus T5 text, guidance embedding (as FLUX.1-dev)."""
     import torch
@@ -274,7 +251,7 @@ def build_flux():
     )
 
 
-def build_wan22():
+def build_wan22(shapes: dict):
     """Wan 2.2 A14B image-to-video: two experts (high-noise `transformer`, low-noise
     `transformer_2`, switched at `boundary_ratio`), no CLIP image encoder."""
     import torch
@@ -289,7 +266,7 @@ def build_wan22():
     for _ in range(2):
         torch.manual_seed(len(experts))
         experts.append(WanTransformer3DModel(
-            **SHAPES["wan22"], num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
+            **shapes, num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
             text_dim=32, freq_dim=64, ffn_dim=64, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
         ))
@@ -300,7 +277,7 @@ def build_wan22():
     )
 
 
-def build_ltx():
+def build_ltx(shapes: dict):
     """LTX-Video: a patch-4 causal video VAE with three spatio-temporal downsamples (32x
     spatial, 8x temporal: 8k+1 frames, as the real one), T5 text, LTX transformer."""
     import torch
@@ -310,7 +287,7 @@ def build_ltx():
     tokenizer = build_tokenizer(max_length=64)
     torch.manual_seed(0)
     transformer = LTXVideoTransformer3DModel(
-        **SHAPES["ltx"], in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8,
+        **shapes, in_channels=8, out_channels=8, num_attention_heads=4, attention_head_dim=8,
         cross_attention_dim=32, num_layers=1, caption_channels=32,
     )
     torch.manual_seed(0)
@@ -328,7 +305,7 @@ def build_ltx():
     )
 
 
-def build_cogvideox():
+def build_cogvideox(shapes: dict):
     """CogVideoX 1.5 image-to-video: 3D-causal VAE (8x spatial, 4x temporal), T5 text, an
     expert transformer with temporal patch 2 and rotary positions (any size, as 1.5 allows)."""
     import torch
@@ -339,7 +316,7 @@ def build_cogvideox():
     torch.manual_seed(0)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4,  # noise + image latents
-        time_embed_dim=4, ofs_embed_dim=4, text_embed_dim=32, num_layers=1, **SHAPES["cogvideox"],
+        time_embed_dim=4, ofs_embed_dim=4, text_embed_dim=32, num_layers=1, **shapes,
         sample_frames=9, temporal_compression_ratio=4, max_text_seq_length=32,
         use_rotary_positional_embeddings=True,
     )
@@ -354,12 +331,3 @@ def build_cogvideox():
         scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing", snr_shift_scale=1.0),
     )
 
-
-BUILDERS.update({
-    "sdxl": build_sdxl,
-    "sd3": build_sd3,
-    "flux": build_flux,
-    "wan22": build_wan22,
-    "ltx": build_ltx,
-    "cogvideox": build_cogvideox,
-})

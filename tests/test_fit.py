@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import fit, models, pipeline, plan, spec
+from farm import families, fit, models, pipeline, plan, spec
 from farm.cache import Cache
 from farm.errors import FarmError
 from farm.queue import Queue
@@ -46,7 +46,7 @@ def test_every_real_preset_records_its_needs_and_their_sources():
         text = (models.presets_dir() / f"{name}.toml").read_text()
         table = fit.preset_fit(name)
         params = table["params"]
-        assert "vae" in params and any(p in params for p in fit.DENOISERS), name
+        assert "vae" in params and any(p in params for p in families.family(models.load_preset(name)["pipeline"], params).denoisers), name
         assert any(p.startswith(("text_encoder", "image_encoder")) for p in params), name
         assert table["token_bytes"] > 0 and table["decode_bytes"] > 0, name
         comment = text.split("[fit]")[0].rsplit("# --- memory", 1)[1]

@@ -26,9 +26,9 @@ def lora_file(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from farm import tiny
+    from farm import families
 
-    pipe = tiny.build_text_to_image()
+    pipe = families.of_twin("text-to-image").twin.build()
     torch.manual_seed(1)
     # init_lora_weights=False: random A and B (peft's default B = 0 would be a no-op adapter)
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
@@ -129,9 +129,9 @@ def test_a_motion_lora_changes_the_segment(home_with_models, write_spec, tmp_pat
     from diffusers import WanImageToVideoPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from farm import tiny
+    from farm import families
 
-    pipe = tiny.build_image_to_video()
+    pipe = families.of_twin("image-to-video").twin.build()
     torch.manual_seed(1)
     pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"]))
     folder = write_spec("").parent

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from farm import digest, models, plan, spec
+from farm import digest, families, models, plan, spec
 from farm.errors import FarmError
 
 
@@ -115,7 +115,7 @@ def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatc
 
     def fake(cls, path, **kw):
         seen.update(path=path, **kw)
-        return models.tiny.build_text_to_image()
+        return families.of_twin("text-to-image").twin.build()
 
     monkeypatch.setattr(StableDiffusionPipeline, "from_single_file", classmethod(fake))
     assert type(models.load_pipeline(ref)).__name__ == "StableDiffusionPipeline"
@@ -183,9 +183,7 @@ def test_a_single_file_transformer_renders_with_the_rest_from_its_config(presets
     import torch
     from safetensors.torch import save_file
 
-    from farm import tiny
-
-    net = tiny.build_flux().transformer
+    net = families.of_twin("flux").twin.build().transformer
     torch.manual_seed(5)
     weights = {k: v.contiguous() + 0.05 * torch.randn_like(v) for k, v in net.state_dict().items()}  # "fine-tuned"
     save_file(weights, tmp_path / "flux-ft.safetensors")

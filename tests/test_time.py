@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import encode, models, pipeline, plan, spec, timing, tiny
+from farm import encode, families, models, pipeline, plan, spec, timing
 from farm.cache import Cache
 from farm.errors import FarmError, SpecError
 from farm.queue import Queue
@@ -56,12 +56,13 @@ def shot(name="t", fps=24, motion="tiny-wan", seconds=2, motion_extra="", size=(
 def spy(monkeypatch):
     """Record every generation call: (family, frames asked, first image, last image or None)."""
     calls = []
-    for cls, adapter in list(pipeline.CONDITIONING.items()):
-        def wrapped(params, first, last, n, adapter=adapter, cls=cls):
-            calls.append((cls, n, np.asarray(first).copy(), None if last is None else np.asarray(last).copy()))
-            return adapter(params, first, last, n)
+    condition = pipeline.condition
 
-        monkeypatch.setitem(pipeline.CONDITIONING, cls, wrapped)
+    def wrapped(family, params, first, last, n):
+        calls.append((family.pipeline, n, np.asarray(first).copy(), None if last is None else np.asarray(last).copy()))
+        return condition(family, params, first, last, n)
+
+    monkeypatch.setattr(pipeline, "condition", wrapped)
     return calls
 
 
@@ -123,8 +124,11 @@ def test_chains_fit_every_window_and_keep_the_rule():
 
 
 def test_twin_shapes_match_the_built_models():
-    for recipe, want in tiny.SHAPES.items():
-        pipe = tiny.BUILDERS[recipe]()
+    for family in families.FAMILIES:
+        recipe, want = family.twin.recipe, family.twin.shapes
+        if not want:
+            continue
+        pipe = family.twin.build()
         config = dict((pipe.transformer).config)
         for key, value in want.items():
             assert list(np.atleast_1d(config[key])) == list(np.atleast_1d(value)), (recipe, key)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from farm import encode, models, pipeline, timing, tiny
+from farm import encode, families, models, pipeline, timing
 from farm.cache import Cache
 from farm.queue import Queue
 from farm.render import render
@@ -25,7 +25,7 @@ def test_every_real_preset_has_a_built_in_twin_of_its_family():
         preset, twin = models.load_preset(name), models.load_preset(models.load_preset(name)["twin"])
         assert twin["source"].startswith("builtin:"), name
         assert (twin["pipeline"], twin["role"]) == (preset["pipeline"], preset["role"]), name
-        assert preset["pipeline"] in models.PIPELINES and preset.get("revision"), name
+        assert families.family(preset["pipeline"]) and preset.get("revision"), name
         assert models.is_hub_id(preset["source"]), name
     assert set(TWINS) >= {"tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-wan", "tiny-wan22", "tiny-ltx",
                           "tiny-cogvideox"}
@@ -79,13 +79,13 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
     kf, mo = (twin, "hold") if role == "keyframes" else ("tiny", twin)
     generated = []
     if role == "motion":
-        adapter = pipeline.CONDITIONING[cls]
+        condition = pipeline.condition
 
-        def spy(params, first, last, n):
+        def spy(family, params, first, last, n):
             generated.append(n)
-            return adapter(params, first, last, n)
+            return condition(family, params, first, last, n)
 
-        monkeypatch.setitem(pipeline.CONDITIONING, cls, spy)
+        monkeypatch.setattr(pipeline, "condition", spy)
     queue = Queue(farm_home / "queue.db")
     worker = Worker(queue, Cache(farm_home / "cache"))
     result = render(write_spec(SPEC.format(name=twin, keyframes=kf, motion=mo)), worker=worker)
@@ -122,7 +122,7 @@ def test_twins_build_in_code_without_the_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     for recipe in ("sdxl", "sd3", "flux", "wan22", "ltx", "cogvideox"):
-        pipe = tiny.BUILDERS[recipe]()
+        pipe = families.of_twin(recipe).twin.build()
         params = sum(p.numel() for c in pipe.components.values() if hasattr(c, "parameters") for p in c.parameters())
         assert params < 3_000_000, (recipe, params)  # really tiny: under 12 MB of fp32 weights
     assert attempts == []

@@ -1,0 +1,58 @@
+"""Wan 2.1 (FLF2V): image-to-video from a first and a last frame. Its VAE compresses 8x in space
+and 4x in time with a causal first frame (4k+1 frames); the DiT patches (1, 2, 2), so sides are
+multiples of 16; rotary positions are precomputed for rope_max_seq_len steps on each axis (1024
+in Wan 2.1), which bounds sizes and frame counts. Time: Wan2.1/2.2 shared_config.py, sample_fps
+16 and frame_num 81."""
+
+from contextlib import contextmanager
+
+from .family import Family, Memory, Shape, Time, Twin
+
+PIPELINE = "WanImageToVideoPipeline"
+
+
+def shape(config: dict) -> Shape:
+    patch = config.get("patch_size", [1, 2, 2])
+    rope = config.get("rope_max_seq_len", 1024)
+    return Shape(PIPELINE, step=4 * patch[0], offset=1, multiple=8 * patch[1], min_side=8 * patch[1],
+                 max_width=8 * patch[2] * rope, max_height=8 * patch[1] * rope, max_frames=4 * (rope - 1) + 1,
+                 ends=True, why_max=f"its rotary embedding covers {rope} positions per axis")
+
+
+def first_last(params, first, last, generated):
+    """`image` and `last_image` (none for a clip that runs free)."""
+    return {"image": first, "last_image": last}
+
+
+@contextmanager
+def one_image_twice(pipe, last):
+    """Wan 2.1 FLF2V's image embedder takes the CLIP tokens of two pictures (first and last
+    frame), and diffusers refuses `image_embeds` next to `image`. A clip with no end frame
+    (the first or a middle clip of a chain) is conditioned on its first frame's pixels only,
+    and gives its CLIP tokens twice, for the first and for the (absent) last. (Wan 2.2 has no
+    image encoder: nothing to do.)"""
+    embedder = getattr(getattr(getattr(pipe, "transformer", None), "condition_embedder", None), "image_embedder", None)
+    if last is not None or getattr(embedder, "pos_embed", None) is None or getattr(pipe, "image_encoder", None) is None:
+        yield
+        return
+    encode = pipe.encode_image
+
+    def twice(image, device=None):
+        return encode(image if isinstance(image, list) else [image, image], device)
+
+    pipe.encode_image = twice
+    try:
+        yield
+    finally:
+        del pipe.encode_image  # the class's method again
+
+
+FAMILY = Family(
+    name="Wan 2.1", pipeline=PIPELINE, role="motion", conditioning="first and last frame", multiple_of=16,
+    shape=shape, time=Time(step=4, offset=1, fps=16, window=81), adapter=first_last, around=one_image_twice,
+    # Wan's causal VAE decodes one latent frame (4 frames) at a time with a feature cache.
+    memory=Memory(spatial=8, temporal=4, patch=(1, 2, 2), decode_frames=4, tile=256, token_bytes=150e3,
+                  decode_bytes=3500, ref_params=14.3, ref_vae=0.127),
+    denoisers=("transformer",),
+    twin=Twin("image-to-video", "build_image_to_video", {"patch_size": [1, 2, 2], "rope_max_seq_len": 64}),
+)

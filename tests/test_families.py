@@ -1,0 +1,166 @@
+"""The families registry (farm/families/): every family is complete and agrees with itself, with
+its twin and with its presets, and no other module keeps a table of families.
+
+What this rules out is the kind of disagreement farm once had, when one module said CogVideoX
+makes 4k+1 frames and another 8k+1: a family's frame rule, window, rate, size granularity and
+memory rule are each stated once, and checked here against each other and against the model
+its twin builds."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from farm import families, models, tiny
+from farm.families import cogvideox
+
+FARM = Path(__file__).resolve().parent.parent / "farm"
+NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Wan 2.1", "Wan 2.2", "LTX-Video", "CogVideoX"]
+BY_NAME = {f.name: f for f in families.FAMILIES}
+
+
+def test_the_registry_holds_the_eight_families_once_each():
+    assert sorted(f.name for f in families.FAMILIES) == sorted(NAMES)
+    assert len({f.twin.recipe for f in families.FAMILIES}) == len(NAMES)
+    for f in families.FAMILIES:  # each found by its class (and, for a shared class, its components)
+        assert families.family(f.pipeline, f.requires) is f, f.name
+        assert families.of_twin(f.twin.recipe) is f, f.name
+    # Wan 2.1 and 2.2 share a class: a model with a second expert is Wan 2.2, any other Wan 2.1
+    assert families.family("WanImageToVideoPipeline").name == "Wan 2.1"
+    assert families.family("WanImageToVideoPipeline", ["transformer", "transformer_2", "vae"]).name == "Wan 2.2"
+    assert families.family("NoSuchPipeline") is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_family_is_complete(name):
+    f = BY_NAME[name]
+    assert f.pipeline.endswith("Pipeline") and f.role in families.ROLES
+    assert f.conditioning in families.CONDITIONING and f.multiple_of > 0 and callable(f.shape)
+    assert f.denoisers and all(d in ("unet", "transformer", "transformer_2") for d in f.denoisers)
+    assert set(f.requires) <= set(f.denoisers)
+    m = f.memory
+    assert m.spatial > 0 and m.temporal > 0 and len(m.patch) == 3 and m.tile > 0 and m.experts >= 1
+    assert min(m.token_bytes, m.decode_bytes, m.ref_params, m.ref_vae) > 0 and m.decode_frames >= 0
+    assert callable(getattr(tiny, f.twin.builder, None)) and f.twin.version >= 1
+    if f.role == "keyframes":
+        assert f.conditioning == "prompt only" and f.time is None and f.adapter is None and m.temporal == 1
+    else:
+        assert f.conditioning != "prompt only" and f.time is not None and callable(f.adapter)
+        assert f.time.fps > 0 and f.time.window > f.time.offset + f.time.step
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_family_agrees_with_itself(name):
+    """Size granularity, frame rule, window and rate, as the family states them, as its shape
+    rule gives them with no config, and as its memory rule's compression and patches imply."""
+    f = BY_NAME[name]
+    for config in ({}, f.twin.shapes):
+        rule = f.shape(config)
+        assert rule.family == f.pipeline and rule.multiple == f.multiple_of, config
+        assert rule.ends == f.ends, config
+        if f.time:
+            assert (rule.step, rule.offset) == (f.time.step, f.time.offset), config
+    m = f.memory
+    assert m.spatial * m.patch[1] == m.spatial * m.patch[2] == f.multiple_of  # VAE x patch = side granularity
+    if f.time:
+        # a latent frame holds `temporal` frames (the causal first one alone: offset 1), and
+        # the denoiser patches `patch[0]` latent frames: one step of the rule is both
+        assert f.time.offset == 1 and f.time.step == m.temporal * m.patch[0]
+        assert f.time.valid(f.time.window) and f.fps_window({}) == (f.time.fps, f.time.window)
+        rule = f.shape({})
+        assert rule.max_frames is None or f.time.window <= rule.max_frames
+        assert 2 <= f.time.window / f.time.fps <= 20  # a few seconds per call, as video models are trained
+        assert f.ends == (f.conditioning in ("first and last frame", "keyframe conditions"))
+
+
+def test_cogvideox_10_and_15_each_keep_their_own_rule():
+    """CogVideoX 1.0 (no temporal patches) makes 4k+1 frames, 49 at 8 fps; 1.5 (patch_size_t 2)
+    8k+1, 81 at 16 fps. The version is read from the transformer's config."""
+    v10 = {"patch_size": 2, "patch_size_t": None, "sample_width": 90, "sample_height": 60,
+           "use_learned_positional_embeddings": True}  # CogVideoX-5b-I2V's transformer config
+    rule, (fps, window) = cogvideox.shape(v10), cogvideox.native_time(v10)
+    assert (rule.step, rule.offset, fps, window) == (4, 1, 8, 49) and rule.valid_frames(window)
+    assert rule.fixed == (720, 480)
+    rotary = dict(v10, use_learned_positional_embeddings=False)  # CogVideoX-5b (text-to-video)
+    assert cogvideox.shape(rotary).step == 4 and cogvideox.shape(rotary).fixed is None
+    v15 = dict(v10, patch_size_t=2, sample_width=300, sample_height=300, use_learned_positional_embeddings=False)
+    rule, (fps, window) = cogvideox.shape(v15), cogvideox.native_time(v15)
+    assert (rule.step, rule.offset, fps, window) == (8, 1, 16, 81) and rule.valid_frames(window)
+    assert (rule.max_width, rule.max_height) == (2400, 2400)
+    assert cogvideox.shape({}) == rule  # without a config: 1.5, as the family says
+
+
+@pytest.fixture(scope="module")
+def twins():
+    return {f.name: f.twin.build() for f in families.FAMILIES}
+
+
+def _compression(pipe) -> tuple[int, int]:
+    spatial = (getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_spatial_compression_ratio", None)
+               or pipe.vae_scale_factor)
+    temporal = (getattr(pipe, "vae_scale_factor_temporal", None)
+                or getattr(pipe, "vae_temporal_compression_ratio", None) or 1)
+    return spatial, temporal
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_twin_builds_and_agrees_with_its_family(name, twins):
+    f, pipe = BY_NAME[name], twins[name]
+    assert type(pipe).__name__ == f.pipeline
+    held = [k for k, v in pipe.components.items() if v is not None]
+    assert families.family(f.pipeline, held) is f  # the twin is recognised as its family
+    assert [d for d in ("unet", "transformer", "transformer_2") if d in held] == list(f.denoisers)
+    config = dict(getattr(pipe, f.denoisers[0]).config)
+    for key, value in f.twin.shapes.items():  # timing reads these without building the twin
+        assert config[key] == value or list(config[key]) == list(value), (key, config[key], value)
+    assert f.shape(config) == f.shape(f.twin.shapes)
+    assert _compression(pipe) == (f.memory.spatial, f.memory.temporal)
+
+
+def test_every_preset_maps_to_a_registered_family():
+    used = set()
+    for name in models.preset_names():
+        preset = models.load_preset(name)
+        f = families.family(preset["pipeline"])
+        assert f is not None and f.role == preset["role"], name
+        twin = models.load_preset(preset["twin"])
+        recipe = twin["source"].removeprefix("builtin:")
+        tf = families.of_twin(recipe)
+        assert tf is not None and tf.pipeline == preset["pipeline"], name
+        used.add(tf.name)
+        if preset["source"].startswith("builtin:"):
+            assert preset["twin"] == name, name
+        if f.time:  # a motion preset states its time, under its family's rule
+            rule = tf.shape(tf.twin.shapes)
+            assert rule.valid_frames(preset["max_frames"]), name
+            assert (preset["fps"], preset["max_frames"]) == (twin["fps"], twin["max_frames"]), name
+    assert used == set(NAMES)  # every family has a preset that uses its twin
+
+
+def test_no_module_outside_the_families_names_a_family():
+    """A pipeline class named in a string anywhere else would be a table outside its family."""
+    classes = {f.pipeline for f in families.FAMILIES}
+    found = []
+    for path in FARM.rglob("*.py"):
+        if path.parent.name == "families" or path.name == "tiny.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in classes:
+                found.append(f"{path.relative_to(FARM)}:{node.lineno}: {node.value}")
+    assert found == []
+
+
+def test_the_registry_loads_no_model_library():
+    import subprocess
+    import sys
+
+    code = ("import sys, farm.families as f; f.FAMILIES; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+
+
+def test_the_readme_says_how_to_add_a_family():
+    section = (FARM.parent / "README.md").read_text().split("### Add a model family", 1)[1].split("\n### ", 1)[0]
+    assert "one file, a preset and a twin" in section and "farm/families/<family>.py" in section
+    assert "tests/test_families.py" in section
