@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import families, files
+from . import families, files, timing
 from .errors import FarmError
 from .placement import (FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
                         cuda_capabilities, place, quantization_config, set_tiling)
@@ -371,8 +371,8 @@ def describe(name: str, width: int | None = None, height: int | None = None, fra
         folder = Path(ref.config) if ref.config else models.local_path(ref)
     except FarmError:  # weights not here: the preset's figures
         pass
-    if preset["role"] == "motion" and frames > 1:
-        frames = frame_rule(families.family(preset["pipeline"]).shape({}), frames)
+    if preset["role"] == "motion" and frames > 1:  # the rule of the version it is (CogVideoX 1.0 or 1.5)
+        frames = frame_rule(timing.shape(ref) if ref else families.family(preset["pipeline"]).shape({}), frames)
     model = {"pipeline": preset["pipeline"], "name": name, "dtype": defaults.get("dtype"),
              "quantize": preset.get("quantize")}
     try:

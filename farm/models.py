@@ -26,7 +26,7 @@ from pathlib import Path
 
 import tomli
 
-from . import families, files, home
+from . import families, files, home, timing
 from .checks import MAX_DEPTH, depth, path_problem, shown
 from .acceleration.settings import check_features, check_threshold
 from .digest import file_digest, folder_digest
@@ -545,20 +545,22 @@ def describe(name: str) -> dict:
     """One preset as `farm models show --json` prints it; `local` says whether it can load here."""
     preset = load_preset(_known_preset(name))
     source = preset["source"] + (f"@{preset['revision']}" if preset.get("revision") else "")
-    local, where, error = True, None, None
+    local, where, error, rule = True, None, None, None
     try:
         ref = resolve(name)
         where = ref.source if not ref.source.startswith("builtin:") else "built in code"
+        rule = timing.shape(ref)  # from its config: the version it is (CogVideoX 1.0 4k+1, 1.5 8k+1)
     except FarmError as e:
         local, error = False, e.message
     family = families.family(preset["pipeline"])
+    rule = rule or (family.shape({}) if family else None)  # weights not here: the family's own
     info = {"name": name, "role": preset["role"], "pipeline": preset["pipeline"], "source": source,
             "local": local, "twin": preset.get("twin"), "description": preset.get("description", ""),
             "defaults": preset.get("defaults", {}), "memory": preset.get("memory", {}),
             "trust_remote_code": preset.get("trust_remote_code", False),
-            "frames": [family.time.step, family.time.offset] if family and family.time else None,
+            "frames": [rule.step, rule.offset] if rule and preset["role"] == "motion" else None,
             "fps": preset.get("fps"), "max_frames": preset.get("max_frames"),
-            "multiple_of": family.multiple_of if family else 8}
+            "multiple_of": rule.multiple if rule else 8}
     for key in ("accelerate", "cache_threshold"):  # farm/acceleration/settings.py; only when the preset sets them
         if key in preset:
             info[key] = preset[key]

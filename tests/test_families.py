@@ -7,11 +7,12 @@ memory rule are each stated once, and checked here against each other and agains
 its twin builds."""
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
 
-from farm import families, models, tiny
+from farm import families, fit, models, timing, tiny
 from farm.families import cogvideox
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
@@ -73,11 +74,14 @@ def test_every_family_agrees_with_itself(name):
         assert f.ends == (f.conditioning in ("first and last frame", "keyframe conditions"))
 
 
+V10 = {"patch_size": 2, "patch_size_t": None, "sample_width": 90, "sample_height": 60,
+       "use_learned_positional_embeddings": True}  # CogVideoX-5b-I2V's transformer config
+
+
 def test_cogvideox_10_and_15_each_keep_their_own_rule():
     """CogVideoX 1.0 (no temporal patches) makes 4k+1 frames, 49 at 8 fps; 1.5 (patch_size_t 2)
     8k+1, 81 at 16 fps. The version is read from the transformer's config."""
-    v10 = {"patch_size": 2, "patch_size_t": None, "sample_width": 90, "sample_height": 60,
-           "use_learned_positional_embeddings": True}  # CogVideoX-5b-I2V's transformer config
+    v10 = V10
     rule, (fps, window) = cogvideox.shape(v10), cogvideox.native_time(v10)
     assert (rule.step, rule.offset, fps, window) == (4, 1, 8, 49) and rule.valid_frames(window)
     assert rule.fixed == (720, 480)
@@ -164,3 +168,25 @@ def test_the_readme_says_how_to_add_a_family():
     section = (FARM.parent / "README.md").read_text().split("### Add a model family", 1)[1].split("\n### ", 1)[0]
     assert "one file, a preset and a twin" in section and "farm/families/<family>.py" in section
     assert "tests/test_families.py" in section
+
+
+def test_a_cogvideox_10_model_gets_its_rule_everywhere(tmp_path, monkeypatch):
+    """A CogVideoX 1.0 folder is 4k+1 for validation and planning (timing), for `farm models
+    show` (models) and for the memory estimate (fit) alike: once models.py said 8k+1 for every
+    CogVideoX while timing.py said 4k+1 for 1.0."""
+    folder = tmp_path / "CogVideoX-5b-I2V"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "CogVideoXImageToVideoPipeline", "transformer": ["diffusers", "CogVideoXTransformer3DModel"]}))
+    (folder / "transformer" / "config.json").write_text(json.dumps(V10))
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "cog10.toml").write_text(f'role = "motion"\npipeline = "CogVideoXImageToVideoPipeline"\n'
+                                        f'source = "{folder}"\ntwin = "cog10"\n')
+    monkeypatch.setenv("FARM_PRESETS", str(presets))
+    ref = models.resolve("cog10")
+    rule = timing.shape(ref)
+    assert (rule.step, rule.offset, rule.fixed) == (4, 1, (720, 480)) and timing.model_time(ref) == (8.0, 49)
+    assert models.describe("cog10")["frames"] == [4, 1]
+    assert fit.frame_rule(rule, 50) == 53  # 4k+1, not 8k+1's 57
+    assert timing.segment(ref, 48, 8).clips == (49,)  # 6 s at 8 fps: the model card's 49 frames
