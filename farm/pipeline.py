@@ -92,4 +92,3 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
         raise FarmError(f"{type(pipe).__name__} returned {len(out)} frames where {frames} were asked: farm's frame "
                         f"rule for {family.name} (farm/families/) does not match the model; please report it")
     return list(out)
-

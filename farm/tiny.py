@@ -330,4 +330,3 @@ def build_cogvideox(shapes: dict):
         tokenizer=tokenizer, text_encoder=_t5(tokenizer, 32), vae=vae, transformer=transformer,
         scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing", snr_shift_scale=1.0),
     )
-
