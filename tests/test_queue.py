@@ -103,7 +103,6 @@ def test_the_claim_reads_what_the_whole_window_would_decide(q, monkeypatch):
     claim's time). On random queues (priorities, models, dependencies, tasks other workers
     run, tasks passed over up to MAX_SKIPS, a window shorter than the queue) its pick is the
     one `choose` makes reading every runnable task of the window in queue order."""
-    import json
     import random
 
     monkeypatch.setattr(queue_mod, "AFFINITY_WINDOW", 12)
@@ -122,11 +121,10 @@ def test_the_claim_reads_what_the_whole_window_would_decide(q, monkeypatch):
         for held in [set(), {"a"}, {"b", "c"}, {"d"}, {"a", "b", "c", "d"}]:
             busy = {m for (m,) in q.conn.execute(queue_mod.BUSY, ("w",))}
             params = {"now": time.time(), "job": None, "worker": "w", "block_after": queue_mod.BLOCK_AFTER,
-                      "window": queue_mod.AFFINITY_WINDOW, "held": json.dumps(sorted(held)),
-                      "busy": json.dumps(sorted(busy))}
+                      "window": queue_mod.AFFINITY_WINDOW}
             window = q.conn.execute(queue_mod.WINDOW, params).fetchall()
             pick, passed = queue_mod.choose(window, held, busy)
-            got, got_passed = queue_mod.choose(q._candidates(params, held), held, busy)
+            got, got_passed = queue_mod.choose(q._candidates(params, held, busy), held, busy)
             assert (got and got["id"], got_passed) == (pick and pick["id"], passed), (round_, held, busy)
         for t in q.conn.execute("SELECT * FROM tasks WHERE state = 'running'").fetchall():  # some finish
             if rng.random() < 0.5:
