@@ -6,7 +6,18 @@ calls directly against diffusers, writes the same PNG frames and encodes them wi
 same ffmpeg. Both run as fresh processes (imports included) on models already built, with
 an empty task cache. Prints a table and, last, one JSON line: {"ratio": ..., "tasks": ...}.
 
-    python scripts/bench_overhead.py [--rounds 3]
+The plain script does the work farm does (farm/timing.py): the Wan twin draws at 16 fps, so
+each 1-second segment is 16 frames of motion plus the next keyframe, 17 frames (Wan's 4k+1),
+and at a shot rate of 12 (`--fps 12`, the default) they are retimed to 12 frames with
+ffmpeg's minterpolate, as farm's default `retime = "interpolate"` does; at `--fps 16` the
+first 16 are kept, nothing retimed. (Until 2026-12-01 the plain side asked for 13 frames at
+12 fps and retimed nothing: 1.30 at 12 fps and 1.126 at 16 fps measured that difference.)
+
+On a loaded 2-core machine two torch threads per process spin-wait for each other (one
+decode of the twin's VAE: 0.8 s idle, 1 to 6 s at load 4); `--threads 1` sets
+OMP_NUM_THREADS=1 for both sides, which keeps the comparison fair there.
+
+    python scripts/bench_overhead.py [--rounds 3] [--fps 12] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,10 +33,11 @@ import time
 from pathlib import Path
 
 FRAMES = 10
+MODEL_FPS, NATIVE = 16, 17  # the Wan twin's rate; a 1-second segment's frames at it, next keyframe included
 SPEC = """
 [shot]
 name = "bench"
-fps = 12
+fps = {fps}
 size = [128, 128]
 seed = 1
 out = "bench.mp4"
@@ -42,8 +54,9 @@ guidance = 5.0
 """ + "".join(f'\n[[frames]]\nprompt = "shot {i}: a lighthouse, take {i}"\nseconds = 1.0\n' for i in range(FRAMES))
 
 
-def plain(folder: Path):
-    """What a person writes by hand: load both pipelines, call them, save frames, encode."""
+def plain(folder: Path, fps: int):
+    """What a person writes by hand: load both pipelines, call them, save frames, retime them
+    to the shot's rate, encode."""
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging
@@ -60,18 +73,30 @@ def plain(folder: Path):
     prompts = [f"shot {i}: a lighthouse, take {i}" for i in range(FRAMES)]
     keys = [t2i(prompt=p, num_inference_steps=8, guidance_scale=4.5, width=128, height=128,
                 generator=torch.Generator().manual_seed(1)).images[0] for p in prompts]
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
     out = folder / "plain"
     out.mkdir()
     n = 0
     for i, key in enumerate(keys):
         last = keys[i + 1] if i + 1 < len(keys) else key
-        frames = i2v(image=key, last_image=last, prompt=prompts[i], num_frames=13, num_inference_steps=8,
+        frames = i2v(image=key, last_image=last, prompt=prompts[i], num_frames=NATIVE, num_inference_steps=8,
                      guidance_scale=5.0, width=128, height=128, generator=torch.Generator().manual_seed(1),
                      output_type="pil", max_sequence_length=64).frames[0]
-        for f in frames[:12]:
-            f.save(out / f"{n:06d}.png")
-            n += 1
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-framerate", "12", "-i",
+        if fps == MODEL_FPS:  # the model's own rate: its first `fps` frames are the segment's second
+            for f in frames[:fps]:
+                f.save(out / f"{n:06d}.png")
+                n += 1
+            continue
+        native = folder / f"native{i}"
+        native.mkdir()
+        for j, f in enumerate(frames):
+            f.save(native / f"{j:06d}.png")
+        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-framerate", str(MODEL_FPS), "-i", str(native / "%06d.png"),
+                        "-vf", f"tpad=stop_mode=clone:stop=4,minterpolate=fps={fps}", "-frames:v", str(fps),
+                        "-start_number", str(n), str(out / "%06d.png")], check=True)
+        n += fps
+    assert len(list(out.glob("*.png"))) == n == FRAMES * fps
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-framerate", str(fps), "-i",
                     str(out / "%06d.png"), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
                     str(folder / "plain.mp4")], check=True)
 
@@ -85,16 +110,20 @@ def timed(cmd, env) -> float:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fps", type=int, default=12, help="the shot's rate (the model's is 16)")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's own)")
     ap.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain:
-        return plain(args.plain)
+        return plain(args.plain, args.fps)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "FARM_HOME": str(tmp / "home")}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         spec = tmp / "bench.toml"
-        spec.write_text(SPEC)
+        spec.write_text(SPEC.format(fps=args.fps))
         farm = [sys.executable, "-m", "farm.cli", "render", str(spec), "--quiet", "--json"]
         subprocess.run(farm, env=env, check=True, stdout=subprocess.DEVNULL)  # builds the tiny models once
         times = {"farm": [], "plain": []}
@@ -111,14 +140,15 @@ def main():
             work = tmp / "plain-run"
             subprocess.run(["rm", "-rf", str(work)], check=True)
             work.mkdir()
-            times["plain"].append(timed([sys.executable, __file__, "--plain", str(work)], env))
+            times["plain"].append(timed([sys.executable, __file__, "--plain", str(work), "--fps", str(args.fps)], env))
     farm_s, plain_s = statistics.median(times["farm"]), statistics.median(times["plain"])
     print(f"{'':8}{'median s':>10}{'runs':>30}")
     for k in ("farm", "plain"):
         print(f"{k:8}{statistics.median(times[k]):>10.2f}{'  '.join(f'{x:.2f}' for x in times[k]):>30}")
-    print(f"ratio farm/plain: {farm_s / plain_s:.3f} over {tasks} tasks ({args.rounds} rounds, each a fresh process)")
+    print(f"ratio farm/plain: {farm_s / plain_s:.3f} over {tasks} tasks at {args.fps} fps ({args.rounds} rounds, "
+          f"each a fresh process; threads: {args.threads or 'default'}; load {os.getloadavg()[0]:.1f})")
     print(json.dumps({"ratio": round(farm_s / plain_s, 4), "tasks": tasks, "farm_s": round(farm_s, 3),
-                      "plain_s": round(plain_s, 3)}))
+                      "plain_s": round(plain_s, 3), "fps": args.fps, "threads": args.threads}))
 
 
 if __name__ == "__main__":

@@ -97,6 +97,40 @@ def test_priority_then_age(q):
     assert order[:2] == [high, old_mid] and order[-1] == low
 
 
+def test_the_claim_reads_what_the_whole_window_would_decide(q, monkeypatch):
+    """A claim hands `choose` the head, the first task warm or free and maybe the first warm
+    one, not the whole window (bench_queue.py: the rows crossing into Python were half a
+    claim's time). On random queues (priorities, models, dependencies, tasks other workers
+    run, tasks passed over up to MAX_SKIPS, a window shorter than the queue) its pick is the
+    one `choose` makes reading every runnable task of the window in queue order."""
+    import random
+
+    monkeypatch.setattr(queue_mod, "AFFINITY_WINDOW", 12)
+    rng = random.Random(18)
+    models = ["a", "b", "c", "d", None]
+    for round_ in range(40):
+        for _ in range(rng.randint(1, 3)):
+            tasks = [Task(f"t{i}", "keyframe", f"k{round_}-{i}", {}, (), rng.choice(models)) for i in range(rng.randint(1, 12))]
+            tasks += [Task(f"s{i}", "segment", f"s{round_}-{i}", {}, (f"t{i}",), rng.choice(models))
+                      for i in range(rng.randint(0, len(tasks)))]
+            q.submit(Plan(FakeSpec(), tasks), priority=rng.choice([10, 50, 50, 90]))
+        for _ in range(rng.randint(0, 4)):  # other workers run some tasks now
+            q.claim(f"other{rng.randint(0, 3)}", models=set(rng.sample(models[:4], rng.randint(0, 2))))
+        q.conn.execute("UPDATE tasks SET skipped = abs(random()) % (? + 2) WHERE state = 'queued'",
+                       (queue_mod.MAX_SKIPS,))
+        for held in [set(), {"a"}, {"b", "c"}, {"d"}, {"a", "b", "c", "d"}]:
+            busy = {m for (m,) in q.conn.execute(queue_mod.BUSY, ("w",))}
+            params = {"now": time.time(), "job": None, "worker": "w", "block_after": queue_mod.BLOCK_AFTER,
+                      "window": queue_mod.AFFINITY_WINDOW}
+            window = q.conn.execute(queue_mod.WINDOW, params).fetchall()
+            pick, passed = queue_mod.choose(window, held, busy)
+            got, got_passed = queue_mod.choose(q._candidates(params, held, busy), held, busy)
+            assert (got and got["id"], got_passed) == (pick and pick["id"], passed), (round_, held, busy)
+        for t in q.conn.execute("SELECT * FROM tasks WHERE state = 'running'").fetchall():  # some finish
+            if rng.random() < 0.5:
+                q.complete(dict(t), t["lease_owner"], cached=False, seconds=0)
+
+
 def test_only_the_lease_holder_completes(q):
     q.submit(make_plan(1))
     t = q.claim("w1")
