@@ -11,6 +11,7 @@ preset, a model folder's configs): regular files only, each read with a size bou
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -112,14 +113,31 @@ def fsync_path(path: Path):
 
 
 def sync_tree(folder: Path):
-    """fsync every file under `folder`, then the folders themselves, deepest first."""
-    folders = []
+    """fsync every file under `folder`, then the folders themselves, deepest first.
+
+    The files are fsynced concurrently: ext4 commits concurrent fsyncs in one journal
+    transaction, so a segment's 19 files took 6.6 ms where one after the other took 75 ms
+    (20 rounds of 19 files of 20 KB, medians, /work on this 2-core VM, 2026-12-01). One by one,
+    a 21-task render spent 0.86 s of its 21 s in fsync (bench_overhead.py's shot, cProfile)."""
+    folders, paths = [], []
     for root, dirs, names in os.walk(folder):
         folders.append(Path(root))
-        for name in names:
-            fsync_path(Path(root) / name)
+        paths.extend(Path(root) / name for name in names)
+    if len(paths) > 1:
+        list(_syncer().map(fsync_path, paths))
+    else:
+        for path in paths:
+            fsync_path(path)
     for f in reversed(folders):
         fsync_path(f)
+
+
+@functools.cache
+def _syncer():
+    """Threads that fsync side by side (they wait on the disk, not on the CPU or the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
 
 
 def replace(src: Path, dst: Path):
