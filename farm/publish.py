@@ -119,7 +119,12 @@ def _turn(queue: Queue, out: Path):
 
 
 def outcome(queue: Queue, job: int) -> dict | None:
-    """The last publish event of a job ({"event", "data"}), or None if it was not published yet."""
+    """The last publish event of a job ({"event", "data"}), or None if it was not published yet.
+    `jobs.published` says whether there is one, so a render waiting on its publish (polled
+    every 0.1 s) reads one row, not the job's every event, until there is."""
+    record = queue.job(job)
+    if record is None or record["published"] is None:
+        return None
     for e in reversed(queue.events(job)):
         if e["event"] in (PUBLISHED, SUPERSEDED, FAILED):
             return {"event": e["event"], "data": json.loads(e["data"]) if e["data"] else {}}
