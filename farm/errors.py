@@ -39,6 +39,8 @@ class Terminated(KeyboardInterrupt):
 
 # What SQLite and the OS say when the disk under farm is full or failing.
 _FULL = ("database or disk is full", "disk i/o error")
+_NOTHING_LOST = ("Nothing was lost: finished tasks are in the cache and the job is canceled, or resumes where it "
+                 "stopped. Free some space (`farm gc --max-size` trims the cache) and render again.")
 
 
 def storage_error(e: BaseException, where=None) -> FarmError | None:
@@ -51,13 +53,9 @@ def storage_error(e: BaseException, where=None) -> FarmError | None:
     if isinstance(e, sqlite3.Error) and any(m in str(e).lower() for m in _FULL):
         place = f"the queue database {where}" if where else "the queue database"
         what = "full" if "full" in str(e).lower() else "failing (I/O error)"
-        return FarmError(f"The disk under {place} is {what}: SQLite said \"{e}\". Nothing was lost: finished "
-                         f"tasks are in the cache and the job is canceled, or resumes where it stopped. Free some "
-                         f"space (`farm gc --max-size` trims the cache) and render again.", code=1)
+        return FarmError(f"The disk under {place} is {what}: SQLite said \"{e}\". {_NOTHING_LOST}", code=1)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
         what = "failing (I/O error)" if e.errno == errno.EIO else "full"
         at = f" at {e.filename}" if e.filename else ""
-        return FarmError(f"The disk{at} is {what} ({e.strerror}). Nothing was lost: finished tasks are in the "
-                         f"cache and the job is canceled, or resumes where it stopped. Free some space (`farm gc "
-                         f"--max-size` trims the cache) and render again.", code=1)
+        return FarmError(f"The disk{at} is {what} ({e.strerror}). {_NOTHING_LOST}", code=1)
     return None
