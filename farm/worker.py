@@ -460,7 +460,10 @@ def _retime(native: list[Path], params: dict, out: Path):
     n, rate, fps = params["frames"], params["rate"], params["fps"]
     if params["retime"] == "nearest" or timing.is_identity(len(native), rate, n, fps):
         for k, i in enumerate(timing.nearest(len(native), rate, n, fps)):
-            shutil.copyfile(native[i], out / FRAME.format(k))
+            try:  # the native frames lie in a temporary folder inside `out`: a link, not a copy
+                os.link(native[i], out / FRAME.format(k))
+            except OSError:
+                shutil.copyfile(native[i], out / FRAME.format(k))
     else:
         encode.retime(native, timing.rational(rate), timing.rational(fps), n, params["retime"], out)
 
