@@ -164,8 +164,8 @@ def test_the_registry_loads_no_model_library():
                           check=True).stdout.strip() == "[]"
 
 
-def test_the_readme_says_how_to_add_a_family():
-    section = (FARM.parent / "README.md").read_text().split("### Add a model family", 1)[1].split("\n### ", 1)[0]
+def test_the_docs_say_how_to_add_a_family():
+    section = (FARM.parent / "docs" / "models.md").read_text().split("## Add a model family", 1)[1].split("\n## ", 1)[0]
     assert "one file, a preset and a twin" in section and "farm/families/<family>.py" in section
     assert "tests/test_families.py" in section
 

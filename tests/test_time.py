@@ -103,11 +103,11 @@ def test_two_seconds_at_24_on_a_16_fps_family_is_32_frames_of_motion_retimed_to_
     assert first_only.clips == (33,) and first_only.rate == Fraction(33, 2)  # 8k+1, no end frame
 
 
-def test_the_readme_example_twelve_seconds_at_24_on_wan_21():
+def test_the_documented_example_twelve_seconds_at_24_on_wan_21():
     t = timing.segment(models.resolve("tiny-wan"), 12 * 24, 24)
     assert t.clips == (65, 65, 65) and t.native == 193 and t.rate == 16
     assert all(c <= 81 and (c - 1) % 4 == 0 for c in t.clips)
-    assert "3 clips of 65 frames" in (Path(models.presets_dir()).parent / "README.md").read_text()
+    assert "3 clips of 65 frames" in (Path(models.presets_dir()).parent / "docs" / "time.md").read_text()
 
 
 def test_chains_fit_every_window_and_keep_the_rule():
