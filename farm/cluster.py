@@ -83,7 +83,7 @@ def connect(address: str, *, cpus: int | None = None):
             ray.init(address=address, **logs)
     except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError...: all mean "no cluster there"
         raise FarmError(f"Could not connect to the Ray cluster at {address!r}: {e}. Start one with "
-                        f"`ray start --head` (see README: Many machines), or use --ray local.", code=2) from None
+                        f"`ray start --head` (see docs/ray.md), or use --ray local.", code=2) from None
     if address == "local":
         _watcher = _watch()
     if not debug:

@@ -189,7 +189,7 @@ def resolve(name: str, base: Path | None = None) -> ModelRef:
         raise FarmError(f"model {shown(name)}: {problem or 'empty name'}", code=2)
     if name.endswith((".safetensors", ".ckpt")):
         raise FarmError(f"model {name!r}: a single-file checkpoint is named through a preset (`source` = the file, "
-                        f"`pipeline`, `config`; see the README), as its pipeline class and configs cannot be read "
+                        f"`pipeline`, `config`; see docs/models.md), as its pipeline class and configs cannot be read "
                         f"from the file offline.", code=2)
     path = Path(os.path.expanduser(name))  # Path.expanduser raises on ~nosuchuser
     if base is not None and not path.is_absolute():

@@ -62,7 +62,7 @@ def render_all(path: str | Path, *, db: str | Path | None = None, progress: bool
     cache hit in the rest, and a model loaded for one stays warm for the next. While `farm
     work` workers are running, each variant is left to them instead (see `render_spec`).
     `on_result` is called with each summary as soon as its output is written.
-    `force` lets the outputs replace files farm did not write (see the README's Safety)."""
+    `force` lets the outputs replace files farm did not write (see docs/usage.md: Safety)."""
     variants = specs.load_all(path, force=force)
     defer = worker is None
     queue = worker.queue if worker else Queue(db or home.db_path())

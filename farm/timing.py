@@ -11,7 +11,7 @@ frames are then retimed to the shot's fps (`retime`: ffmpeg's motion-compensated
 `minterpolate`, its blending `framerate`, or the nearest frame), so motion plays at the speed
 the model drew it.
 
-Worked example (the README's): a 12 s segment at 24 fps on Wan 2.1 (16 fps, 81 frames,
+Worked example (docs/time.md's): a 12 s segment at 24 fps on Wan 2.1 (16 fps, 81 frames,
 4k+1) is 12 x 16 = 192 frames of motion plus the next keyframe, 193; at most 20 steps of 4
 frames fit one 81-frame window, so 48 steps make 3 clips of 16 steps, 65 frames each (each
 next clip starts on the last frame of the one before: 3 x 65 - 2 = 193), retimed to
