@@ -20,7 +20,7 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "jobs" / "example.toml"
+EXAMPLE = ROOT / "jobs" / "lighthouse.toml"  # the twins' example (noise, but every code path, fast)
 
 
 @pytest.fixture(autouse=True)
