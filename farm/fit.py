@@ -38,8 +38,16 @@ from pathlib import Path
 
 from . import families, files, timing
 from .errors import FarmError
-from .placement import (FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
-                        cuda_capabilities, place, quantization_config, set_tiling)
+from .placement import (  # noqa: F401
+    FP8_CAPABILITY,
+    QUANTIZE,
+    capability,
+    check_quantize,
+    cuda_capabilities,
+    place,
+    quantization_config,
+    set_tiling,
+)
 from .units import human
 
 PLACEMENTS = ("all", "vae_tiling", "model_offload", "sequential_offload")

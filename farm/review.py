@@ -20,12 +20,11 @@ from functools import partial
 from pathlib import Path
 
 from . import encode, home, manifest as manifests, sheet
-from .files import atomic_path, atomic_write
 from .cache import Cache
 from .errors import FarmError
+from .files import atomic_path, atomic_write
 from .plan import assembly
 from .queue import Queue
-
 
 # --- what to review ---------------------------------------------------------------------------
 

@@ -57,11 +57,10 @@ guidance = 5.0
 def plain(folder: Path, fps: int):
     """What a person writes by hand: load both pipelines, call them, save frames, retime them
     to the shot's rate, encode."""
+    import imageio_ffmpeg
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging
-
-    import imageio_ffmpeg
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()

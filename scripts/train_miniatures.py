@@ -259,14 +259,19 @@ def random_clip(rng: random.Random, frames: int, with_last: bool | None = None, 
     return first, last, frames, world.FPS, size, size
 
 
-def video_tensor(frames) -> "torch.Tensor":
+def video_tensor(frames) -> torch.Tensor:
     return to_tensor(frames).permute(1, 0, 2, 3).unsqueeze(0)  # (1, 3, F, H, W)
 
 
 def train_video(cfg: dict, out: Path, limit_s: float | None) -> dict:
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     from farm.tiny import _t5, build_tokenizer

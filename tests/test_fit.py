@@ -4,13 +4,12 @@ applied to a twin; quantization (int8 weight-only on the CPU, FP8's refusal)."""
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from farm import families, fit, models, pipeline, plan, spec
+from farm import families, fit, models, plan, spec
 from farm.cache import Cache
 from farm.errors import FarmError
 from farm.queue import Queue

@@ -13,7 +13,6 @@ from farm.queue import Queue
 from farm.render import render
 from farm.worker import Worker
 
-
 LORA_SPEC = SMALL.replace('model = "tiny-video"', 'model = "hold"').replace(
     'steps = 2\n\n[motion]', 'steps = 2\nloras = [{ path = "style.safetensors", scale = 0.8 }]\n\n[motion]', 1)
 

@@ -34,8 +34,15 @@ from __future__ import annotations
 
 from ..errors import FarmError
 from .report import Report
-from .settings import (DEFAULT_CACHE_THRESHOLD, FEATURES, STEP_CACHES, TAYLORSEER_INTERVAL, TAYLORSEER_WARMUP,
-                       check_features, check_threshold)
+from .settings import (
+    DEFAULT_CACHE_THRESHOLD,
+    FEATURES,
+    STEP_CACHES,
+    TAYLORSEER_INTERVAL,
+    TAYLORSEER_WARMUP,
+    check_features,
+    check_threshold,
+)
 
 __all__ = ["DEFAULT_CACHE_THRESHOLD", "FEATURES", "STEP_CACHES", "TAYLORSEER_INTERVAL", "TAYLORSEER_WARMUP",
            "FarmError", "Report", "accelerate", "check_features", "check_threshold", "denoiser", "reset"]
