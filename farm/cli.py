@@ -23,7 +23,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="Queue database to use instead of $FARM_HOME/queue.db.")]
 RetriesOpt = Annotated[int | None, typer.Option("--retries", min=0, max=20,
-                                                help="Times a failed task is tried again (default: the spec's, else 2).")]
+                                                help="Times a failed task is tried again (default: the spec's, "
+                                                     "else 2).")]
 JobArg = Annotated[int, typer.Argument(help="A job id (see `farm status`).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Let outputs replace files farm did not write, and skip "
                                                         "the free-disk check (never replaces a folder farm did "
@@ -318,7 +319,8 @@ def priority(job: JobArg, value: Annotated[int, typer.Argument(help="New priorit
 
 @app.command()
 def logs(job: JobArg,
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")] = False,
+         follow: Annotated[bool, typer.Option("--follow", "-f",
+                                              help="Keep printing new events until the job ends.")] = False,
          db: DbOpt = None):
     """A job's events as JSON lines (task started/finished/failed, with worker and timings)."""
     import time
@@ -343,7 +345,8 @@ def review(
     targets: Annotated[list[str], typer.Argument(
         help="What to review: job ids, spec files (their latest render), folders of renders, or manifests.",
         show_default=False, metavar="JOB|SPEC|FOLDER...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html and media/ into.")] = Path("review"),
+    out: Annotated[Path, typer.Option("--out", "-o",
+                                      help="Folder to write index.html and media/ into.")] = Path("review"),
     serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 until Ctrl-C.")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free port).")] = 0,
     db: DbOpt = None,

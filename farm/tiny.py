@@ -62,7 +62,8 @@ def build_text_to_image(shapes: dict):
     )
     vae = _vae_8x(4, sample_size=128)
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1
     )
     return StableDiffusionPipeline(
         vae=vae,

@@ -90,7 +90,8 @@ def plain(folder: Path, fps: int):
         native.mkdir()
         for j, f in enumerate(frames):
             f.save(native / f"{j:06d}.png")
-        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-framerate", str(MODEL_FPS), "-i", str(native / "%06d.png"),
+        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-framerate", str(MODEL_FPS),
+                        "-i", str(native / "%06d.png"),
                         "-vf", f"tpad=stop_mode=clone:stop=4,minterpolate=fps={fps}", "-frames:v", str(fps),
                         "-start_number", str(n), str(out / "%06d.png")], check=True)
         n += fps

@@ -24,8 +24,12 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: the functions that use torch import it themselves
+    import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -194,7 +198,8 @@ def train_mini(cfg: dict, out: Path, limit_s: float | None) -> dict:
     u = cfg["unet"]
     n = len(u["channels"])
     unet = UNet2DConditionModel(
-        sample_size=S // 2 ** (len(v["channels"]) - 1), in_channels=v["latent"], out_channels=v["latent"], block_out_channels=u["channels"],
+        sample_size=S // 2 ** (len(v["channels"]) - 1), in_channels=v["latent"], out_channels=v["latent"],
+        block_out_channels=u["channels"],
         layers_per_block=1, norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
@@ -404,7 +409,7 @@ def make_bank(pipe, rng: random.Random, count: int, lengths, limit_s: float | No
             x = torch.cat([video_tensor(c) for c in clips])
             lat = (vae.encode(x).latent_dist.mode() - mean) * inv
             conds = []
-            for (first, last, *_), c in zip(chunk, clips):
+            for (_first, last, *_), c in zip(chunk, clips):
                 f = to_tensor([c[0]]).unsqueeze(2)
                 zeros = torch.zeros(1, 3, n - (2 if last else 1), size, size)
                 conds.append(torch.cat([f, zeros] + ([to_tensor([c[-1]]).unsqueeze(2)] if last else []), dim=2))
