@@ -324,10 +324,9 @@ def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
         return params["width"], params["height"], params["frames"]
     if kind != "segment":
         return params["width"], params["height"], 1
-    if "clips" in params:  # frames at the model's rate, per call
-        return params["width"], params["height"], max(params["clips"])
-    rule = families.family(params["model"]["pipeline"]).shape({})
-    return params["width"], params["height"], frame_rule(rule, params["frames"] + 1 if rule.ends else params["frames"])
+    # Frames at the model's rate, per call: farm/plan.py gives every segment that loads a model
+    # its clips (a chain's segment loads none: its clip tasks do).
+    return params["width"], params["height"], max(params["clips"])
 
 
 def frame_rule(rule: families.Shape, wanted: int) -> int:
