@@ -72,7 +72,8 @@ class Cache:
         present = set(_files(folder))
         if present != set(recorded):
             lost, extra = sorted(set(recorded) - present), sorted(present - set(recorded))
-            return "files " + ("missing: " + ", ".join(lost[:3]) if lost else "not in its record: " + ", ".join(extra[:3]))
+            return "files " + ("missing: " + ", ".join(lost[:3]) if lost
+                               else "not in its record: " + ", ".join(extra[:3]))
         signature = []
         for name in sorted(recorded):
             try:

@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,9 +21,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts): one object per output.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Queue database to use instead of $FARM_HOME/queue.db.")]
-RetriesOpt = Annotated[Optional[int], typer.Option("--retries", min=0, max=20,
-                                                   help="Times a failed task is tried again (default: the spec's, else 2).")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Queue database to use instead of $FARM_HOME/queue.db.")]
+RetriesOpt = Annotated[int | None, typer.Option("--retries", min=0, max=20,
+                                                help="Times a failed task is tried again (default: the spec's, "
+                                                     "else 2).")]
 JobArg = Annotated[int, typer.Argument(help="A job id (see `farm status`).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Let outputs replace files farm did not write, and skip "
                                                         "the free-disk check (never replaces a folder farm did "
@@ -132,10 +133,10 @@ def models_list(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
 @models_app.command("show")
 def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `farm models`).")],
                 json_out: JsonOpt = False,
-                size: Annotated[Optional[str], typer.Option("--size", help="Estimate memory at WIDTHxHEIGHT "
-                                                            "(default: the preset's size).")] = None,
-                frames: Annotated[Optional[int], typer.Option("--frames", min=1, max=10_000, help="...and this "
-                                                              "many generated frames (motion models).")] = None,
+                size: Annotated[str | None, typer.Option("--size", help="Estimate memory at WIDTHxHEIGHT "
+                                                         "(default: the preset's size).")] = None,
+                frames: Annotated[int | None, typer.Option("--frames", min=1, max=10_000, help="...and this "
+                                                           "many generated frames (motion models).")] = None,
                 device: Annotated[str, typer.Option("--device", help="cuda (the preset's dtype) or cpu "
                                                     "(float32).")] = "cuda"):
     """Print one preset: source, role, defaults, memory options, twin, where its weights are, and
@@ -191,7 +192,7 @@ def submit(
 
 @app.command()
 def work(
-    gpus: Annotated[Optional[str], typer.Option("--gpus", help="`all` or indices like 0,1: one worker per GPU.")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="`all` or indices like 0,1: one worker per GPU.")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="CPU workers instead of GPUs.")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, max=256, help="Number of CPU workers.")] = 1,
     lease: Annotated[float, typer.Option("--lease", min=1, help="Seconds a claimed task is held between "
@@ -199,12 +200,12 @@ def work(
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when the queue is drained.")] = False,
     grace: Annotated[float, typer.Option("--grace", min=0, help="On Ctrl-C/SIGTERM, seconds the task in flight "
                                                                 "may take to finish before it is released.")] = 30.0,
-    memory: Annotated[Optional[str], typer.Option("--memory", help="Memory for loaded models per worker, e.g. "
-                                                  "40G (default: what the device has free).")] = None,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster instead: one "
-                                               "actor per GPU in it. `auto` joins this machine's cluster (`ray "
-                                               "start`), `local` starts Ray here, else the head's address. Needs "
-                                               "`pip install 'farm[ray]'`.")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="Memory for loaded models per worker, e.g. "
+                                               "40G (default: what the device has free).")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Run on a Ray cluster instead: one "
+                                            "actor per GPU in it. `auto` joins this machine's cluster (`ray "
+                                            "start`), `local` starts Ray here, else the head's address. Needs "
+                                            "`pip install 'farm[ray]'`.")] = None,
     quiet: QuietOpt = False,
     db: DbOpt = None,
 ):
@@ -244,7 +245,7 @@ def _job_or_fail(queue, job: int) -> dict:
 
 @app.command()
 def status(
-    job: Annotated[Optional[int], typer.Argument(help="One job's status; all jobs and workers without it.")] = None,
+    job: Annotated[int | None, typer.Argument(help="One job's status; all jobs and workers without it.")] = None,
     json_out: JsonOpt = False,
     db: DbOpt = None,
 ):
@@ -283,7 +284,7 @@ def retry(job: JobArg, db: DbOpt = None):
     typer.echo(f"job {job}: {n} task(s) queued again")
 
 
-OptJobArg = Annotated[Optional[int], typer.Argument(help="A job; without it, the whole farm.")]
+OptJobArg = Annotated[int | None, typer.Argument(help="A job; without it, the whole farm.")]
 
 
 def _pause(job: int | None, paused: bool, db):
@@ -318,7 +319,8 @@ def priority(job: JobArg, value: Annotated[int, typer.Argument(help="New priorit
 
 @app.command()
 def logs(job: JobArg,
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")] = False,
+         follow: Annotated[bool, typer.Option("--follow", "-f",
+                                              help="Keep printing new events until the job ends.")] = False,
          db: DbOpt = None):
     """A job's events as JSON lines (task started/finished/failed, with worker and timings)."""
     import time
@@ -343,7 +345,8 @@ def review(
     targets: Annotated[list[str], typer.Argument(
         help="What to review: job ids, spec files (their latest render), folders of renders, or manifests.",
         show_default=False, metavar="JOB|SPEC|FOLDER...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write index.html and media/ into.")] = Path("review"),
+    out: Annotated[Path, typer.Option("--out", "-o",
+                                      help="Folder to write index.html and media/ into.")] = Path("review"),
     serve: Annotated[bool, typer.Option("--serve", help="Serve the page on 127.0.0.1 until Ctrl-C.")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free port).")] = 0,
     db: DbOpt = None,
@@ -371,12 +374,12 @@ def accelerate_cmd(
     model: Annotated[str, typer.Argument(help="A preset name (see presets/), a diffusers folder or a hub id.")],
     report: Annotated[bool, typer.Option("--report", help="Run one small denoising call and print what the "
                                                           "pass replaced (pattern -> count).")] = False,
-    features: Annotated[Optional[str], typer.Option(
+    features: Annotated[str | None, typer.Option(
         "--features", help="Comma-separated: kernels, compile, attention, and one step cache: cache "
                            "(First Block Cache) or taylorseer (default: the preset's `accelerate` list, "
                            "else kernels,attention).")] = None,
-    threshold: Annotated[Optional[float], typer.Option("--cache-threshold", min=0, max=10,
-                                                       help="First Block Cache threshold (default 0.05).")] = None,
+    threshold: Annotated[float | None, typer.Option("--cache-threshold", min=0, max=10,
+                                                    help="First Block Cache threshold (default 0.05).")] = None,
     json_out: JsonOpt = False,
 ):
     """Accelerate a model (fused Triton kernels, torch.compile, attention backend, step caching) and
@@ -393,11 +396,11 @@ def accelerate_cmd(
 
 @app.command()
 def gc(
-    max_size: Annotated[Optional[str], typer.Option("--max-size", help="Remove least recently used entries until "
-                                                    "the cache holds at most this much, e.g. 200G (default: "
-                                                    "cache_max_size in $FARM_HOME/config.toml).")] = None,
-    older_than: Annotated[Optional[str], typer.Option("--older-than", help="Remove entries not used for this "
-                                                      "long, e.g. 30d, 12h.")] = None,
+    max_size: Annotated[str | None, typer.Option("--max-size", help="Remove least recently used entries until "
+                                                 "the cache holds at most this much, e.g. 200G (default: "
+                                                 "cache_max_size in $FARM_HOME/config.toml).")] = None,
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Remove entries not used for this "
+                                                   "long, e.g. 30d, 12h.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object: removed, freed_bytes, "
                                            "kept_bytes, protected, dry_run.")] = False,

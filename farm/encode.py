@@ -56,7 +56,8 @@ def executable() -> str:
 
         return imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError):
-        raise FarmError("ffmpeg was not found: install it (apt install ffmpeg) or `pip install imageio-ffmpeg`.")
+        raise FarmError("ffmpeg was not found: install it (apt install ffmpeg) or "
+                        "`pip install imageio-ffmpeg`.") from None
 
 
 # Every ffmpeg call has a time limit scaled to its work: BASE_TIMEOUT seconds, plus one second

@@ -120,7 +120,7 @@ def sync_tree(folder: Path):
     (20 rounds of 19 files of 20 KB, medians, /work on this 2-core VM, 2026-12-01). One by one,
     a 21-task render spent 0.86 s of its 21 s in fsync (bench_overhead.py's shot, cProfile)."""
     folders, paths = [], []
-    for root, dirs, names in os.walk(folder):
+    for root, _dirs, names in os.walk(folder):
         folders.append(Path(root))
         paths.extend(Path(root) / name for name in names)
     if len(paths) > 1:

@@ -38,8 +38,16 @@ from pathlib import Path
 
 from . import families, files, timing
 from .errors import FarmError
-from .placement import (FP8_CAPABILITY, QUANTIZE, capability, check_quantize,  # noqa: F401
-                        cuda_capabilities, place, quantization_config, set_tiling)
+from .placement import (  # noqa: F401
+    FP8_CAPABILITY,
+    QUANTIZE,
+    capability,
+    check_quantize,
+    cuda_capabilities,
+    place,
+    quantization_config,
+    set_tiling,
+)
 from .units import human
 
 PLACEMENTS = ("all", "vae_tiling", "model_offload", "sequential_offload")
@@ -316,10 +324,9 @@ def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
         return params["width"], params["height"], params["frames"]
     if kind != "segment":
         return params["width"], params["height"], 1
-    if "clips" in params:  # frames at the model's rate, per call
-        return params["width"], params["height"], max(params["clips"])
-    rule = families.family(params["model"]["pipeline"]).shape({})
-    return params["width"], params["height"], frame_rule(rule, params["frames"] + 1 if rule.ends else params["frames"])
+    # Frames at the model's rate, per call: farm/plan.py gives every segment that loads a model
+    # its clips (a chain's segment loads none: its clip tasks do).
+    return params["width"], params["height"], max(params["clips"])
 
 
 def frame_rule(rule: families.Shape, wanted: int) -> int:

@@ -30,7 +30,7 @@ def forecast(path: str | Path, *, db: str | Path | None = None) -> list[dict]:
     return [forecast_spec(spec, cache, history, made, memory) for spec in variants]
 
 
-def forecast_spec(spec: specs.Spec, cache: Cache, history: "History", made: set[str] | None = None,
+def forecast_spec(spec: specs.Spec, cache: Cache, history: History, made: set[str] | None = None,
                   memory: dict | None = None) -> dict:
     """The forecast of one validated spec; `made` collects the keys of tasks that will have run
     before it (earlier variants), and gets this spec's; `memory` keeps the memory estimates

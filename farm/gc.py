@@ -23,6 +23,7 @@ from .errors import FarmError
 from .queue import Queue
 from .units import parse_size
 
+
 def configured_max_size() -> int | None:
     """The cache limit `farm work` keeps between jobs: FARM_CACHE_MAX_SIZE, else
     `cache_max_size` in $FARM_HOME/config.toml, else None (no pruning)."""

@@ -15,7 +15,6 @@ a loaded pipeline's LoRA adapters for one call.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import shutil
@@ -27,11 +26,11 @@ from pathlib import Path
 import tomli
 
 from . import families, files, home, timing
-from .checks import MAX_DEPTH, depth, path_problem, shown
 from .acceleration.settings import check_features, check_threshold
+from .checks import MAX_DEPTH, depth, path_problem, shown
 from .digest import file_digest, folder_digest
-from .quiet import silence_loaded
 from .errors import FarmError
+from .quiet import silence_loaded
 
 FFMPEG_MOTION = ("hold", "crossfade")
 

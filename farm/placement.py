@@ -57,7 +57,8 @@ def quantization_config(kind: str, components: list[str]):
     from diffusers import PipelineQuantizationConfig, TorchAoConfig
 
     def config():
-        return Int8WeightOnlyConfig() if kind == "int8" else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        return (Int8WeightOnlyConfig() if kind == "int8"
+                else Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
     return PipelineQuantizationConfig(quant_mapping={part: TorchAoConfig(config()) for part in components})
 

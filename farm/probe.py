@@ -12,7 +12,8 @@ from . import acceleration, models, pipeline, timing
 from .errors import FarmError
 
 
-def probe(name: str, features=None, *, cache_threshold: float | None = None, dev: str | None = None) -> acceleration.Report:
+def probe(name: str, features=None, *, cache_threshold: float | None = None,
+          dev: str | None = None) -> acceleration.Report:
     """Load a model (a preset, folder or hub id), accelerate it with `features` (default: its
     preset's `accelerate` list, else kernels and attention) and run one small denoising call,
     so the report holds what the pass replaced. What `farm accelerate --report` prints."""

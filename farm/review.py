@@ -20,12 +20,11 @@ from functools import partial
 from pathlib import Path
 
 from . import encode, home, manifest as manifests, sheet
-from .files import atomic_path, atomic_write
 from .cache import Cache
 from .errors import FarmError
+from .files import atomic_path, atomic_write
 from .plan import assembly
 from .queue import Queue
-
 
 # --- what to review ---------------------------------------------------------------------------
 
@@ -353,12 +352,13 @@ def _html(cards: list[dict]) -> str:
     sheets = "".join(f'<figure><img src="{e(c["sheet"])}" alt="contact sheet of job {e(str(c["m"]["job"]["id"]))}">'
                      f"</figure>" for c in cards)
     names = ", ".join(dict.fromkeys(m["job"]["name"] for m in renders))
+    jobs = ", ".join(str(m["job"]["id"]) for m in renders)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>farm review: {e(names)}</title><style>{CSS}</style></head>
 <body>
 <h1>Review: {e(names)}</h1>
-<p class="sub">{len(cards)} render{'s' if len(cards) != 1 else ''} · jobs {e(', '.join(str(m['job']['id']) for m in renders))}
+<p class="sub">{len(cards)} render{'s' if len(cards) != 1 else ''} · jobs {e(jobs)}
  · <button id="sync" type="button">Play all from the start</button></p>
 {videos}
 <h2>Settings that differ</h2>

@@ -16,8 +16,18 @@ from pathlib import Path
 import tomli
 
 from . import digest, files, home, models, outputs, sweep, timing, units
-from .checks import (MAX_DEPTH, MAX_PICTURE_BYTES, MAX_PICTURE_SIDE, MAX_STEPS, OUT_NAME_HEADROOM,
-                     Checker as _Checker, depth, kind as _kind, path_problem, shown)
+from .checks import (
+    MAX_DEPTH,
+    MAX_PICTURE_BYTES,
+    MAX_PICTURE_SIDE,
+    MAX_STEPS,
+    OUT_NAME_HEADROOM,
+    Checker as _Checker,
+    depth,
+    kind as _kind,
+    path_problem,
+    shown,
+)
 from .encode import CODECS
 from .errors import FarmError, SpecError
 

@@ -20,7 +20,8 @@ next clip starts on the last frame of the one before: 3 x 65 - 2 = 193), retimed
 Everything here is arithmetic on the ModelRef and the denoiser's config (read from the
 model's folder, or for a built-in twin from its family's twin shapes, without building it;
 the rules themselves are each family's, in farm/families/): spec validation calls
-`problems()`, the plan calls `segment()`, the worker calls `retime_plan()`.
+`size_problems()` and `window_problems()`, the plan calls `segment()`, the worker calls
+`retime_plan()`.
 """
 
 from __future__ import annotations
@@ -172,12 +173,6 @@ def is_identity(native: int, rate, frames: int, shot_fps: float) -> bool:
 
 
 # --- validation ---------------------------------------------------------------------------
-
-
-def problems(ref, width: int, height: int) -> list[str]:
-    """Why `ref` cannot generate width x height, and for a motion model why its window
-    breaks its frame rule: `size_problems` + `window_problems`."""
-    return size_problems(ref, width, height) + window_problems(ref)
 
 
 def size_problems(ref, width: int, height: int) -> list[str]:

@@ -62,7 +62,8 @@ def build_text_to_image(shapes: dict):
     )
     vae = _vae_8x(4, sample_size=128)
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1
     )
     return StableDiffusionPipeline(
         vae=vae,
@@ -80,7 +81,12 @@ def build_text_to_image(shapes: dict):
 def build_image_to_video(shapes: dict):
     """A Wan 2.1 first/last-frame-to-video pipeline: UMT5, CLIP vision, Wan DiT, Wan VAE."""
     import torch
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     tokenizer = build_tokenizer(max_length=64)
@@ -140,7 +146,6 @@ def build_image_to_video(shapes: dict):
 
 def _clip_text(tokenizer, hidden: int, projection: bool = False):
     import torch
-
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
@@ -154,7 +159,6 @@ def _clip_text(tokenizer, hidden: int, projection: bool = False):
 
 def _t5(tokenizer, d_model: int, umt5: bool = False):
     import torch
-
     from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
@@ -168,7 +172,6 @@ def _t5(tokenizer, d_model: int, umt5: bool = False):
 def _vae_8x(latent_channels: int, sample_size: int = 64, **kw):
     """An AutoencoderKL with three downsamples (8x), like SD, SDXL, SD3 and Flux."""
     import torch
-
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -183,7 +186,6 @@ def build_sdxl(shapes: dict):
     """SDXL: two CLIP text encoders (the second with projection), a UNet with text-time
     conditioning (crop and size embeddings), 8x VAE, Euler scheduler."""
     import torch
-
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = build_tokenizer(max_length=32)
@@ -211,7 +213,6 @@ def build_sdxl(shapes: dict):
 def build_sd3(shapes: dict):
     """SD 3.x: MMDiT transformer (patch 2), two CLIPs with projection plus T5, 16-channel 8x VAE."""
     import torch
-
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     tokenizer = build_tokenizer(max_length=32)
@@ -233,7 +234,6 @@ def build_flux(shapes: dict):
     """FLUX.1: double- and single-stream transformer over 2x2-packed latents (16 channels in,
     from a 4-channel 8x VAE), CLIP pooled plus T5 text, guidance embedding (as FLUX.1-dev)."""
     import torch
-
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     tokenizer = build_tokenizer(max_length=32)
@@ -255,8 +255,12 @@ def build_wan22(shapes: dict):
     """Wan 2.2 A14B image-to-video: two experts (high-noise `transformer`, low-noise
     `transformer_2`, switched at `boundary_ratio`), no CLIP image encoder."""
     import torch
-
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
 
     tokenizer = build_tokenizer(max_length=64)
     torch.manual_seed(0)
@@ -281,8 +285,12 @@ def build_ltx(shapes: dict):
     """LTX-Video: a patch-4 causal video VAE with three spatio-temporal downsamples (32x
     spatial, 8x temporal: 8k+1 frames, as the real one), T5 text, LTX transformer."""
     import torch
-
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXConditionPipeline,
+        LTXVideoTransformer3DModel,
+    )
 
     tokenizer = build_tokenizer(max_length=64)
     torch.manual_seed(0)
@@ -309,8 +317,12 @@ def build_cogvideox(shapes: dict):
     """CogVideoX 1.5 image-to-video: 3D-causal VAE (8x spatial, 4x temporal), T5 text, an
     expert transformer with temporal patch 2 and rotary positions (any size, as 1.5 allows)."""
     import torch
-
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline, CogVideoXTransformer3DModel
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
 
     tokenizer = build_tokenizer(max_length=32)
     torch.manual_seed(0)

@@ -286,7 +286,7 @@ class Worker:
         task is loaded again with more offloading when this one needs it."""
         warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler"), model.get("accelerate"),
                            model.get("cache_threshold"), model.get("quantize")])
-        choice = self._choose(model, shape, warm) if shape is not None else None
+        choice = self._choose(model, shape) if shape is not None else None
         if choice is not None and warm in self.pipelines and \
                 fit.offload_level(choice.placement) > fit.offload_level(self.placements.get(warm, "all")):
             self.unload(warm)
@@ -313,7 +313,7 @@ class Worker:
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
 
-    def _choose(self, model: dict, shape: tuple[int, int, int], warm: str) -> fit.Choice | None:
+    def _choose(self, model: dict, shape: tuple[int, int, int]) -> fit.Choice | None:
         """The cheapest way to run this task that fits what the device has free, counting the
         memory the warm models would give back if unloaded (FarmError if nothing fits)."""
         ref = models.ref_from_params(model)

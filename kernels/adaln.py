@@ -14,7 +14,6 @@ dtype anywhere in a graph.
 from __future__ import annotations
 
 import operator
-from typing import Optional
 
 import torch
 
@@ -28,7 +27,7 @@ def _out_dtype(x, scale, shift):
     return torch.promote_types(torch.promote_types(x.dtype, scale.dtype), shift.dtype)
 
 
-def reference(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], scale: torch.Tensor,
+def reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, scale: torch.Tensor,
               shift: torch.Tensor, eps: float, rms: bool = False) -> torch.Tensor:
     xf = x.float()
     if rms:
@@ -96,7 +95,7 @@ def launch(x, weight, bias, scale, shift, eps, rms=False, out=None):
 
 
 @torch.library.custom_op("farm::adaln", mutates_args=())
-def adaln(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], scale: torch.Tensor,
+def adaln(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, scale: torch.Tensor,
           shift: torch.Tensor, eps: float, rms: bool = False) -> torch.Tensor:
     """norm(x) * (1 + scale) + shift, with norm a LayerNorm (or RMSNorm, rms=True) over the last dim."""
     if use_triton(x) and x.ndim == 3:

@@ -16,8 +16,6 @@ activations with |mean| ~ 30 x std, which UNet inputs reach at high noise levels
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ._fx import arg, is_op, only_user, replace, val
@@ -26,7 +24,7 @@ from ._runtime import HAVE_TRITON, next_pow2, use_triton
 NAME = "group_norm_silu"
 
 
-def reference(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], groups: int,
+def reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int,
               eps: float, silu: bool = True) -> torch.Tensor:
     """What the kernel computes, in PyTorch: statistics in fp32, the result in x's dtype."""
     y = torch.nn.functional.group_norm(x.float(), groups, None if weight is None else weight.float(),
@@ -108,7 +106,7 @@ def launch(x: torch.Tensor, weight, bias, groups: int, eps: float, silu: bool = 
 
 
 @torch.library.custom_op("farm::group_norm_silu", mutates_args=())
-def group_norm_silu(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], groups: int,
+def group_norm_silu(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int,
                     eps: float, silu: bool = True) -> torch.Tensor:
     """silu(group_norm(x, groups, weight, bias, eps)) (or the group norm alone, silu=False)."""
     if use_triton(x):

@@ -13,8 +13,6 @@ is this op's input. One program per token row (all heads), statistics in fp32.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ._fx import arg, is_op, operands, val
@@ -23,7 +21,7 @@ from ._runtime import HAVE_TRITON, next_pow2, use_triton
 NAME = "rmsnorm_rope"
 
 
-def reference(x: torch.Tensor, weight: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, heads: int,
+def reference(x: torch.Tensor, weight: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
               eps: float, per_head: bool = False) -> torch.Tensor:
     """x: (B, L, H*Dh) -> (B, L, H, Dh): rms-normalised (over H*Dh, or over each head's Dh),
     scaled by weight (H*Dh, or Dh per head), then pairs rotated by cos/sin (L, Dh/2)."""
@@ -94,7 +92,7 @@ def launch(x, weight, cos, sin, heads, eps, per_head=False, out=None):
 
 
 @torch.library.custom_op("farm::rmsnorm_rope", mutates_args=())
-def rmsnorm_rope(x: torch.Tensor, weight: Optional[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor, heads: int,
+def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, heads: int,
                  eps: float, per_head: bool = False) -> torch.Tensor:
     """(B, L, H*Dh) -> (B, L, H, Dh): RMSNorm (across heads, or per head) then rotary embedding."""
     if use_triton(x):

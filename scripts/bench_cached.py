@@ -67,7 +67,8 @@ def main():
     for k, v in times.items():
         print(f"{k:14}{statistics.median(v):>10.2f}   {'  '.join(f'{x:.2f}' for x in v)}")
     print(f"a cached render of jobs/example.toml ({again['tasks']['total']} tasks): {render_s:.2f} s (goal <= 0.5 s), "
-          f"{render_s / status_s:.1f}x `farm status`; imported {', '.join(imported) or 'none of torch, diffusers, transformers'}")
+          f"{render_s / status_s:.1f}x `farm status`; "
+          f"imported {', '.join(imported) or 'none of torch, diffusers, transformers'}")
     print(json.dumps({"cached_render_s": round(render_s, 3), "status_s": round(status_s, 3),
                       "ratio": round(render_s / status_s, 3), "imported": imported, "tasks": again["tasks"]["total"],
                       "rounds": args.rounds}))

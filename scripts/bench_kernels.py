@@ -106,9 +106,9 @@ def main():
         compiled = torch.compile(module.reference, fullgraph=True, dynamic=False)
         with torch.no_grad():
             ms = {
-                "eager": triton.testing.do_bench(lambda: module.reference(*inputs)),
-                "compiled": triton.testing.do_bench(lambda: compiled(*inputs)),
-                "farm": triton.testing.do_bench(lambda: module.launch(*inputs)),
+                "eager": triton.testing.do_bench(lambda m=module, x=inputs: m.reference(*x)),
+                "compiled": triton.testing.do_bench(lambda f=compiled, x=inputs: f(*x)),
+                "farm": triton.testing.do_bench(lambda m=module, x=inputs: m.launch(*x)),
             }
             err = (module.launch(*inputs).float() - module.reference(*inputs).float()).abs().max().item()
         row = {"kernel": module.NAME, "model": model, "shape": label, "eager_ms": round(ms["eager"], 4),

@@ -57,11 +57,10 @@ guidance = 5.0
 def plain(folder: Path, fps: int):
     """What a person writes by hand: load both pipelines, call them, save frames, retime them
     to the shot's rate, encode."""
+    import imageio_ffmpeg
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging
-
-    import imageio_ffmpeg
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -91,7 +90,8 @@ def plain(folder: Path, fps: int):
         native.mkdir()
         for j, f in enumerate(frames):
             f.save(native / f"{j:06d}.png")
-        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-framerate", str(MODEL_FPS), "-i", str(native / "%06d.png"),
+        subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-framerate", str(MODEL_FPS),
+                        "-i", str(native / "%06d.png"),
                         "-vf", f"tpad=stop_mode=clone:stop=4,minterpolate=fps={fps}", "-frames:v", str(fps),
                         "-start_number", str(n), str(out / "%06d.png")], check=True)
         n += fps

@@ -163,12 +163,14 @@ def main():
                 model._reset_stateful_cache()
                 report.cache.update(decisions=0, skipped=0)
             else:
-                _, step_s = timed(lambda: step(noise, t_mid), 3)
+                _, step_s = timed(lambda t=t_mid: step(noise, t), 3)
             latents, denoise_s = timed(denoise, 1)
         if mode == "stock":
             reference = latents
-        row = {"step_s": None if step_s is None else round(step_s, 4), "denoise_s": round(denoise_s, 3), "first_call_s": round(warm, 2),
-               "psnr_db": None if reference is None or mode == "stock" else round(min(psnr(latents, reference), 999.0), 2)}
+        row = {"step_s": None if step_s is None else round(step_s, 4), "denoise_s": round(denoise_s, 3),
+               "first_call_s": round(warm, 2),
+               "psnr_db": None if reference is None or mode == "stock"
+               else round(min(psnr(latents, reference), 999.0), 2)}
         if report is not None:
             row["report"] = report.to_json()
         results[mode] = row

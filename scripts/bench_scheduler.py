@@ -37,8 +37,8 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-from farm.plan import Plan, Task
 from farm import queue as queue_mod
+from farm.plan import Plan, Task
 from farm.queue import Queue
 
 TASK = 1.0  # simulated time of one task

@@ -119,7 +119,7 @@ def clip(first: str, last: str | None, frames: int, fps: float = FPS, W: int = 6
     out = []
     for i, x in enumerate(xs):
         t = i / max(1, frames - 1) if last is not None else 0.0
-        mix = lambda p, q: tuple((1 - t) * u + t * v for u, v in zip(p, q))  # noqa: E731
+        mix = lambda p, q, t=t: tuple((1 - t) * u + t * v for u, v in zip(p, q))  # noqa: E731
         out.append(_draw(mix(BACKGROUNDS[a.background], BACKGROUNDS[b.background]),
                          mix(COLOURS[a.colour], COLOURS[b.colour]), a.shape, x, W, H))
     return out

@@ -21,7 +21,8 @@ from farm.plan import Plan, Task
 from farm.queue import Queue
 from farm.worker import HANDLERS, Worker
 
-SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2', '[motion]\nmodel = "tiny-video"\nsteps = 100')
+SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2',
+                              '[motion]\nmodel = "tiny-video"\nsteps = 100')
 
 
 class FakeSpec:

@@ -4,13 +4,12 @@ applied to a twin; quantization (int8 weight-only on the CPU, FP8's refusal)."""
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from farm import families, fit, models, pipeline, plan, spec
+from farm import families, fit, models, plan, spec
 from farm.cache import Cache
 from farm.errors import FarmError
 from farm.queue import Queue
@@ -46,7 +45,8 @@ def test_every_real_preset_records_its_needs_and_their_sources():
         text = (models.presets_dir() / f"{name}.toml").read_text()
         table = fit.preset_fit(name)
         params = table["params"]
-        assert "vae" in params and any(p in params for p in families.family(models.load_preset(name)["pipeline"], params).denoisers), name
+        assert "vae" in params and any(
+            p in params for p in families.family(models.load_preset(name)["pipeline"], params).denoisers), name
         assert any(p.startswith(("text_encoder", "image_encoder")) for p in params), name
         assert table["token_bytes"] > 0 and table["decode_bytes"] > 0, name
         comment = text.split("[fit]")[0].rsplit("# --- memory", 1)[1]
@@ -317,7 +317,8 @@ def test_fp8_needs_compute_capability_8_9(write_spec, cli, monkeypatch):
     for capability in ((8, 9), (9, 0), (10, 0)):
         fit.check_quantize("fp8", "cuda:0", capability)
     for capability in ((8, 6), (8, 0), (7, 5)):
-        with pytest.raises(FarmError, match=f"needs compute capability 8.9 or newer.*has {capability[0]}.{capability[1]}"):
+        with pytest.raises(FarmError,
+                           match=f"needs compute capability 8.9 or newer.*has {capability[0]}.{capability[1]}"):
             fit.check_quantize("fp8", "cuda:0", capability)
     with pytest.raises(FarmError, match="this worker runs on the CPU"):
         fit.check_quantize("fp8", "cpu")
@@ -381,7 +382,8 @@ def test_farm_plan_of_a_sweep_estimates_each_model_and_shape_once(write_spec, mo
 
     text = SHOT.format(extra="").replace('model = "hold"', 'model = "tiny-video"\nsteps = 2') + \
         '\n[[frames]]\nprompt = "a gull"\nseconds = 0.5\n' \
-        '\n[sweep]\n"shot.seed" = [1, 2, 3, 4]\n"keyframes.model" = ["tiny", "tiny-sdxl"]\n"shot.size" = [[64, 64], [96, 64]]\n'
+        '\n[sweep]\n"shot.seed" = [1, 2, 3, 4]\n"keyframes.model" = ["tiny", "tiny-sdxl"]\n' \
+        '"shot.size" = [[64, 64], [96, 64]]\n'
     path = write_spec(text)
     calls = []
     real = fit.task_memory
@@ -395,5 +397,6 @@ def test_farm_plan_of_a_sweep_estimates_each_model_and_shape_once(write_spec, mo
             params = built[task["name"]].params
             assert task["memory_bytes"] == real(params, task["kind"]), (variant.name, task["name"])
             if "model" in params:
-                shapes.add((task["kind"], fit.task_shape(task["kind"], params), json.dumps(params["model"], sort_keys=True)))
+                shapes.add((task["kind"], fit.task_shape(task["kind"], params),
+                            json.dumps(params["model"], sort_keys=True)))
     assert len(calls) == len(shapes) < 16 * 3

@@ -47,7 +47,7 @@ def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, wr
     resumed = subprocess.run([sys.executable, "-m", "farm.cli", "render", str(path), "--json", "-q"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert '"cached": %d' % done in resumed.stdout
+    assert f'"cached": {done}' in resumed.stdout
 
 
 def test_disk_full_is_reported_without_a_traceback(home_with_models, write_spec, cli, monkeypatch, farm_home):

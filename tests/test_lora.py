@@ -13,7 +13,6 @@ from farm.queue import Queue
 from farm.render import render
 from farm.worker import Worker
 
-
 LORA_SPEC = SMALL.replace('model = "tiny-video"', 'model = "hold"').replace(
     'steps = 2\n\n[motion]', 'steps = 2\nloras = [{ path = "style.safetensors", scale = 0.8 }]\n\n[motion]', 1)
 
@@ -97,7 +96,8 @@ def test_bad_lora_paths_are_input_errors(write_spec, cli):
 
 def test_loras_on_an_animatic_are_an_error(write_spec, lora_file, cli):
     shutil.copy(lora_file, write_spec("").parent / "style.safetensors")
-    text = LORA_SPEC.replace('[motion]\nmodel = "hold"', '[motion]\nmodel = "hold"\nloras = [{ path = "style.safetensors" }]')
+    text = LORA_SPEC.replace('[motion]\nmodel = "hold"',
+                             '[motion]\nmodel = "hold"\nloras = [{ path = "style.safetensors" }]')
     code, out, err = cli("render", write_spec(text))
     assert code == 2 and "motion.loras: LoRAs apply to diffusers models; 'hold' is an ffmpeg animatic" in err
     assert err.count("ffmpeg animatic") == 1  # once, not once per frame
@@ -133,9 +133,11 @@ def test_a_motion_lora_changes_the_segment(home_with_models, write_spec, tmp_pat
 
     pipe = families.of_twin("image-to-video").twin.build()
     torch.manual_seed(1)
-    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"]))
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_v"]))
     folder = write_spec("").parent
-    WanImageToVideoPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+    WanImageToVideoPipeline.save_lora_weights(folder,
+                                              transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
                                               weight_name="motion.safetensors")
     worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()))
     plain = render(write_spec(MOTION_SPEC.format(name="plain", loras="")), worker=worker)

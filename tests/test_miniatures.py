@@ -18,7 +18,8 @@ def test_the_world_has_270_prompts_in_the_issues_form():
     prompts = world.prompts()
     assert len(prompts) == len(set(prompts)) == 270
     assert "a red ball on the left, blue sky" in prompts
-    assert world.parse("a white triangle on the right, sand") == world.Scene("white", "triangle", "on the right", "sand")
+    assert world.parse("a white triangle on the right, sand") == \
+        world.Scene("white", "triangle", "on the right", "sand")
     with pytest.raises(ValueError):
         world.parse("a red boat")
 

@@ -69,7 +69,8 @@ def test_unknown_and_mismatched_models_are_input_errors(write_spec, cli, presets
     presets("remote", 'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "acme/x"\ntrust_remote_code = "yes"\n')
     with pytest.raises(FarmError, match="trust_remote_code must be true or false"):
         models.resolve("remote")
-    presets("typo", 'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "builtin:flux"\n[memory]\noffload = true\n')
+    presets("typo", 'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "builtin:flux"\n'
+                    '[memory]\noffload = true\n')
     with pytest.raises(FarmError, match="unknown \\[memory\\] keys offload"):
         models.resolve("typo")
 
@@ -96,7 +97,8 @@ def test_existing_tiny_keys_are_unchanged(write_spec):
     """Keys made before presets grew options, schedulers and LoRAs stay valid (cache hits)."""
     tasks = plan.build(spec.load(write_spec(SMALL))).by_name()
     assert tasks["keyframe[0]"].params["model"]["options"] == {}
-    assert "scheduler" not in tasks["keyframe[0]"].params["model"] and "loras" not in tasks["segment[0]"].params["model"]
+    assert "scheduler" not in tasks["keyframe[0]"].params["model"]
+    assert "loras" not in tasks["segment[0]"].params["model"]
     assert tasks["segment[0]"].params["model"]["options"] == {"max_sequence_length": 64}
 
 
@@ -188,7 +190,8 @@ def test_a_single_file_transformer_renders_with_the_rest_from_its_config(presets
     weights = {k: v.contiguous() + 0.05 * torch.randn_like(v) for k, v in net.state_dict().items()}  # "fine-tuned"
     save_file(weights, tmp_path / "flux-ft.safetensors")
     presets("flux-ft", f'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "{tmp_path / "flux-ft.safetensors"}"\n'
-                       f'config = "tiny-flux"\ncomponent = "transformer"\n[defaults]\nsteps = 2\nmax_sequence_length = 32\n')
+                       f'config = "tiny-flux"\ncomponent = "transformer"\n'
+                       f'[defaults]\nsteps = 2\nmax_sequence_length = 32\n')
     ref = models.resolve("flux-ft")
     pipe = models.load_pipeline(ref)
     name = next(iter(weights))
@@ -201,7 +204,8 @@ def test_a_single_file_transformer_renders_with_the_rest_from_its_config(presets
         assert code == 0, err
         shots.append(json.loads(out))
     assert Path(shots[0]["output"]).read_bytes() != Path(shots[1]["output"]).read_bytes()
-    presets("bad-part", f'role = "keyframes"\npipeline = "FluxPipeline"\nsource = "{tmp_path / "flux-ft.safetensors"}"\n'
+    presets("bad-part", f'role = "keyframes"\npipeline = "FluxPipeline"\n'
+                        f'source = "{tmp_path / "flux-ft.safetensors"}"\n'
                         f'config = "tiny-flux"\ncomponent = "unet"\n')
     with pytest.raises(FarmError, match="component 'unet' is not part of tiny-flux"):
         models.resolve("bad-part")

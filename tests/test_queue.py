@@ -110,7 +110,8 @@ def test_the_claim_reads_what_the_whole_window_would_decide(q, monkeypatch):
     models = ["a", "b", "c", "d", None]
     for round_ in range(40):
         for _ in range(rng.randint(1, 3)):
-            tasks = [Task(f"t{i}", "keyframe", f"k{round_}-{i}", {}, (), rng.choice(models)) for i in range(rng.randint(1, 12))]
+            tasks = [Task(f"t{i}", "keyframe", f"k{round_}-{i}", {}, (), rng.choice(models))
+                     for i in range(rng.randint(1, 12))]
             tasks += [Task(f"s{i}", "segment", f"s{round_}-{i}", {}, (f"t{i}",), rng.choice(models))
                       for i in range(rng.randint(0, len(tasks)))]
             q.submit(Plan(FakeSpec(), tasks), priority=rng.choice([10, 50, 50, 90]))

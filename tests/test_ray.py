@@ -327,7 +327,8 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-            raise AssertionError(f"farm work --until-empty did not end after its node was lost:\n{err[-3000:]}")
+            raise AssertionError("farm work --until-empty did not end after its node was lost:\n"
+                                 f"{err[-3000:]}") from None
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -133,8 +133,10 @@ def test_review_writes_a_self_contained_page_from_jobs_specs_and_folders(home_wi
     assert stdout.strip() == str(page)
     text = page.read_text()
     media = sorted(p.name for p in (out / "media").iterdir())
-    assert media == [f"job{a['job']}-seed3.contact.png", f"job{a['job']}-seed3.manifest.json", f"job{a['job']}-seed3.mp4",
-                     f"job{b['job']}-seed4.contact.png", f"job{b['job']}-seed4.manifest.json", f"job{b['job']}-seed4.mp4"]
+    assert media == [f"job{a['job']}-seed3.contact.png", f"job{a['job']}-seed3.manifest.json",
+                     f"job{a['job']}-seed3.mp4",
+                     f"job{b['job']}-seed4.contact.png", f"job{b['job']}-seed4.manifest.json",
+                     f"job{b['job']}-seed4.mp4"]
     assert sha(out / "media" / f"job{a['job']}-seed3.mp4") == sha(a["output"])
     assert text.count("<video ") == 2 and text.count('class="sheets"') == 1
     # Every reference is a relative file inside the folder: nothing is fetched from a network.

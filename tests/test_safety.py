@@ -14,8 +14,6 @@ import time
 import zlib
 from pathlib import Path
 
-import pytest
-
 from conftest import SMALL
 
 ANIMATIC = """

@@ -39,8 +39,8 @@ def test_every_problem_is_reported_at_once_with_lines(write_spec):
     path = write_spec(text)
     found = problems(path)
     lines = text.splitlines()
-    fps_line = next(i for i, l in enumerate(lines, 1) if l.startswith("fps"))
-    sec_line = next(i for i, l in enumerate(lines, 1) if "seconds = -2" in l)
+    fps_line = next(i for i, line in enumerate(lines, 1) if line.startswith("fps"))
+    sec_line = next(i for i, line in enumerate(lines, 1) if "seconds = -2" in line)
     assert f"line {fps_line}: shot.fps: expected a number, got a string" in found
     assert any(p.startswith(f"line {sec_line}: frames[1].seconds: expected a number > 0") for p in found)
 

@@ -28,14 +28,21 @@ count, summed over the distinct graphs compiled) and how many cached steps were 
 spec, plan and models import it. This package imports torch and diffusers only when a
 pipeline is accelerated. `farm accelerate --report` (load a model, accelerate it, draw once)
 is `farm/probe.py`, above the pipeline stage.
-"""
+"""  # noqa: E501 - the table's rows are Markdown, one line each
 
 from __future__ import annotations
 
 from ..errors import FarmError
 from .report import Report
-from .settings import (DEFAULT_CACHE_THRESHOLD, FEATURES, STEP_CACHES, TAYLORSEER_INTERVAL, TAYLORSEER_WARMUP,
-                       check_features, check_threshold)
+from .settings import (
+    DEFAULT_CACHE_THRESHOLD,
+    FEATURES,
+    STEP_CACHES,
+    TAYLORSEER_INTERVAL,
+    TAYLORSEER_WARMUP,
+    check_features,
+    check_threshold,
+)
 
 __all__ = ["DEFAULT_CACHE_THRESHOLD", "FEATURES", "STEP_CACHES", "TAYLORSEER_INTERVAL", "TAYLORSEER_WARMUP",
            "FarmError", "Report", "accelerate", "check_features", "check_threshold", "denoiser", "reset"]

@@ -5,9 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from farm import acceleration as acc
+from farm import acceleration as acc, models, probe
 from farm.acceleration import rewrite
-from farm import models, probe
 from farm.errors import FarmError
 
 
