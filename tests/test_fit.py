@@ -15,7 +15,9 @@ from farm.errors import FarmError
 from farm.queue import Queue
 from farm.worker import Worker
 
-REAL = [n for n in models.preset_names() if not models.load_preset(n)["source"].startswith("builtin:")]
+# the presets of real weights on the hub (pinned to a revision); not the twins (built in code) nor
+# the miniatures (a folder farm ships, trained by scripts/train_miniatures.py)
+REAL = [n for n in models.preset_names() if models.load_preset(n).get("revision")]
 
 SHOT = """
 [shot]

@@ -30,7 +30,7 @@ def executed(job):
 
 
 def test_example_renders_to_the_frames_fps_and_size_of_the_spec(home_with_models, cli, tmp_path):
-    spec_path = tmp_path / "example" / "example.toml"
+    spec_path = tmp_path / "example" / EXAMPLE.name
     shutil.copytree(EXAMPLE.parent, spec_path.parent, ignore=shutil.ignore_patterns("renders"))
     result = render_json(cli, spec_path)
     video = spec_path.parent / "renders" / "lighthouse.mp4"

@@ -44,7 +44,7 @@ def test_example_has_a_contact_sheet_and_a_manifest_that_match_the_database(home
 
     import farm
 
-    spec_path = tmp_path / "example" / "example.toml"
+    spec_path = tmp_path / "example" / EXAMPLE.name
     shutil.copytree(EXAMPLE.parent, spec_path.parent, ignore=shutil.ignore_patterns("renders"))
     result = render_json(cli, spec_path)
     renders = spec_path.parent / "renders"

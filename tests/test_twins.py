@@ -14,7 +14,9 @@ from farm.queue import Queue
 from farm.render import render
 from farm.worker import Worker
 
-REAL = [n for n in models.preset_names() if not models.load_preset(n)["source"].startswith("builtin:")]
+# the presets of real weights on the hub (pinned to a revision); not the twins (built in code) nor
+# the miniatures (a folder farm ships, trained by scripts/train_miniatures.py)
+REAL = [n for n in models.preset_names() if models.load_preset(n).get("revision")]
 TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()})
 
 
