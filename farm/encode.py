@@ -141,10 +141,7 @@ def retime(frames: list[Path], rate: str, fps: str, count: int, mode: str, out_d
     with tempfile.TemporaryDirectory(prefix=".farm-retime-", dir=out_dir) as tmp:
         seq = Path(tmp)
         for i, src in enumerate(frames):
-            try:
-                os.link(src, seq / f"{i:06d}.png")
-            except OSError:
-                shutil.copyfile(src, seq / f"{i:06d}.png")
+            files.link_or_copy(src, seq / f"{i:06d}.png")
         target = fps
         stream = ffmpeg.input(str(seq / "%06d.png"), framerate=rate, start_number=0)
         stream = stream.filter("tpad", stop_mode="clone", stop=4)
@@ -170,11 +167,7 @@ def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out:
         seq = Path(tmp) / "seq"
         seq.mkdir()
         for i, src in enumerate(frames):  # a numbered sequence for image2, as links: no copies
-            dst = seq / f"{i:06d}.png"
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
+            files.link_or_copy(src, seq / f"{i:06d}.png")
         if codec == "png":
             staged = Path(tmp) / "out"
             seq.rename(staged)

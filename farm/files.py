@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,15 @@ def digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def link_or_copy(src: Path, dst: Path):
+    """Put `src`'s bytes at `dst`: a hard link where the filesystem allows one (frames and videos
+    can be large, and farm never edits a file in place), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def fsync_path(path: Path):

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import html
 import http.server
-import os
 import re
-import shutil
 from functools import partial
 from pathlib import Path
 
 from . import encode, home, manifest as manifests, sheet
 from .cache import Cache
 from .errors import FarmError
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, link_or_copy
 from .plan import assembly
 from .queue import Queue
 
@@ -263,10 +261,7 @@ def _slug(name: str) -> str:
 def _place(src: Path, dst: Path) -> Path:
     """Put a copy of src at dst (a hard link when possible: videos can be large), atomically."""
     with atomic_path(dst) as tmp:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        link_or_copy(src, tmp)
     return dst
 
 

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from . import encode, fit, models, pipeline, timing
+from . import encode, files, fit, models, pipeline, timing
 from .cache import Cache
 from .errors import FarmError
 from .manifest import VIDEO_INFO
@@ -385,7 +385,6 @@ def _picture(params: dict):
 
     from PIL import Image
 
-    from . import files
     from .checks import MAX_PICTURE_BYTES, MAX_PICTURE_SIDE
 
     path = Path(params["image"])
@@ -460,10 +459,7 @@ def _retime(native: list[Path], params: dict, out: Path):
     n, rate, fps = params["frames"], params["rate"], params["fps"]
     if params["retime"] == "nearest" or timing.is_identity(len(native), rate, n, fps):
         for k, i in enumerate(timing.nearest(len(native), rate, n, fps)):
-            try:  # the native frames lie in a temporary folder inside `out`: a link, not a copy
-                os.link(native[i], out / FRAME.format(k))
-            except OSError:
-                shutil.copyfile(native[i], out / FRAME.format(k))
+            files.link_or_copy(native[i], out / FRAME.format(k))
     else:
         encode.retime(native, timing.rational(rate), timing.rational(fps), n, params["retime"], out)
 

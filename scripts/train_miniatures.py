@@ -612,13 +612,12 @@ def side_by_side(argv: list[str], args, start: float) -> dict:
     """Run `--only mini` and `--only mini-video` as two processes at once, each with half the
     threads; their output is prefixed by the model's name. Exits non-zero if either fails."""
     import subprocess
+    import threading
 
     threads = max(1, args.threads // 2)
     procs = {name: subprocess.Popen([sys.executable, __file__, *argv, "--only", name, "--threads", str(threads)],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
              for name in ("mini", "mini-video")}
-    import threading
-
     reports = {}
 
     def pump(name, proc):

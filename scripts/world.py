@@ -38,8 +38,6 @@ COLOURS = {
 SHAPES = ("ball", "box", "triangle")
 # The object's centre x, as a fraction of the width.
 PLACES = {"on the left": 0.22, "in the middle": 0.50, "on the right": 0.78}
-# Fill ratio of the bounding box of each shape (what `read` tells shapes apart by).
-FILL = {"ball": np.pi / 4, "box": 1.0, "triangle": 0.5}
 DRIFT = 0.1  # W per second, towards the middle, when a clip has no last picture
 FPS = 16
 
@@ -176,14 +174,13 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return label == best if best else mask
 
 
-def _template(shape: str, cx: float, W: int, H: int) -> np.ndarray:
-    """The coverage (0..1) of `shape` drawn at centre x `cx` as the world draws it."""
-    return _templates(shape, cx, W, H) / 255.0
-
-
 @lru_cache(maxsize=4096)
-def _templates(shape: str, cx: float, W: int, H: int) -> np.ndarray:
-    return np.asarray(_draw((0, 0, 0), (255, 255, 255), shape, cx, W, H), dtype=np.float32)[..., 0]
+def _template(shape: str, cx: float, W: int, H: int) -> np.ndarray:
+    """The coverage (0..1) of `shape` drawn at centre x `cx` as the world draws it (cached, so
+    read-only)."""
+    t = np.asarray(_draw((0, 0, 0), (255, 255, 255), shape, cx, W, H), dtype=np.float32)[..., 0] / 255.0
+    t.flags.writeable = False
+    return t
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,15 +191,14 @@ def read(frame) -> Reading:
     """Read a frame (PIL image or H x W x 3 uint8 array) back into the world's terms:
     background = the nearest fill to the border's median colour; the object = the largest
     region of pixels far (> 40 RGB units, half the closest object/background pair) from the
-    border's colour; its colour = the nearest to the median of its inner pixels; its shape by
-    the fill ratio of its bounding box (circle 0.785, square 1.0, triangle 0.5); its place by
-    its centroid x.
+    border's colour; its colour = the nearest to the median of its inner pixels; its shape = the
+    one whose drawing, at the object's own centre, overlaps its coverage most (soft intersection
+    over union); its place by its centroid x.
 
-    The shape is the one whose drawing, at the object's own centre, overlaps its coverage most
-    (soft intersection over union): a model's slightly soft edges round a triangle's corners,
-    which moves its fill ratio towards a ball's (at a Gaussian blur of 1.5 px every triangle
-    of the world had read as a ball), but leaves it far closer to a triangle than to a ball.
-    The fill ratio is kept in the reading for reports."""
+    Shapes used to be told by the fill ratio of the bounding box (circle 0.785, square 1.0,
+    triangle 0.5), but a model's slightly soft edges round a triangle's corners and move its
+    ratio towards a ball's (at a Gaussian blur of 1.5 px every triangle of the world read as a
+    ball); the overlap still tells them apart. The fill ratio is kept in the reading for reports."""
     a = np.asarray(frame.convert("RGB") if isinstance(frame, Image.Image) else frame).astype(np.float32)
     H, W, _ = a.shape
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])

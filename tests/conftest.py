@@ -23,6 +23,23 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "jobs" / "lighthouse.toml"  # the twins' example (noise, but every code path, fast)
 
 
+def crash_clip_once(monkeypatch) -> list:
+    """From now on, the first call of `pipeline.clip` for a chain's second clip (clip 1) raises,
+    as a GPU falling over would; later calls run. Returns a list that holds "crashed" once it has."""
+    from farm import pipeline
+
+    real, made = pipeline.clip, []
+
+    def flaky(pipe, params, first, last, frames, seed, on_step=None):
+        if params.get("clip") == 1 and not made:
+            made.append("crashed")
+            raise RuntimeError("the GPU fell over")
+        return real(pipe, params, first, last, frames, seed, on_step)
+
+    monkeypatch.setattr(pipeline, "clip", flaky)
+    return made
+
+
 @pytest.fixture(autouse=True)
 def farm_home(tmp_path, monkeypatch):
     """Every test gets its own queue, cache and model folder."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm import models, pipeline
+from conftest import crash_clip_once
+from farm import models
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -84,15 +85,7 @@ def test_a_crash_mid_chain_resumes_to_the_same_video(tmp_path, monkeypatch):
 
     (tmp_path / "a").mkdir()
     clean = ev.render_motion(tmp_path / "a", [LEFT, RIGHT], 6.0)
-    real, made = pipeline.clip, []
-
-    def flaky(pipe, params, first, last, frames, seed, on_step=None):
-        if params.get("clip") == 1 and not made:
-            made.append("crashed")
-            raise RuntimeError("the GPU fell over")
-        return real(pipe, params, first, last, frames, seed, on_step)
-
-    monkeypatch.setattr(pipeline, "clip", flaky)
+    made = crash_clip_once(monkeypatch)
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home-b"))
     (tmp_path / "b").mkdir()
     with pytest.raises(FarmError):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import crash_clip_once
 from farm import encode, families, models, pipeline, plan, spec, timing
 from farm.cache import Cache
 from farm.errors import FarmError, SpecError
@@ -208,15 +209,7 @@ def test_editing_the_next_keyframe_reruns_only_the_last_clip(write_spec, home_wi
 
 def test_a_crash_mid_chain_resumes_at_the_clip(write_spec, home_with_models, monkeypatch):
     path = write_spec(shot(seconds=6, fps=8))
-    real, made = pipeline.clip, []
-
-    def flaky(pipe, params, first, last, frames, seed, on_step=None):
-        if params.get("clip") == 1 and not made:
-            made.append("crashed")
-            raise RuntimeError("the GPU fell over")
-        return real(pipe, params, first, last, frames, seed, on_step)
-
-    monkeypatch.setattr(pipeline, "clip", flaky)
+    crash_clip_once(monkeypatch)
     w = worker_for(home_with_models)
     with pytest.raises(FarmError) as e:
         render(path, worker=w)
