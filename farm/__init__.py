@@ -6,15 +6,7 @@ Each stage is the module of that name; `farm.render.render()` runs them all for 
 
 __version__ = "0.1.0"
 
-import logging as _logging
-
-from .errors import FarmError, SpecError  # noqa: E402
-
-# torchao (the quantization backend; diffusers imports it whenever it is installed) warns at import
-# that its CUDA-only extensions do not load on a CPU machine, and torch that torchao's enums need no
-# registering: noise on every command, not a problem of the render. Real torchao errors still show.
-for _name in ("torchao", "torch.utils._pytree"):
-    _logging.getLogger(_name).setLevel(_logging.ERROR)
+from .errors import FarmError, SpecError
 
 __all__ = ["FarmError", "SpecError", "__version__", "accelerate"]
 

@@ -196,3 +196,54 @@ def preset_defaults(c: Checker, defaults, prefix: str):
     c.number(defaults, "max_sequence_length", prefix, 1, 4096, integer=True)
     for k in ("decode_timestep", "decode_noise_scale"):
         c.number(defaults, k, prefix, 0, 1)
+
+
+# A preset's [fit] table (farm/fit.py reads it): parameter counts in billions per component, the
+# activation figures that override the family's rule, and the published figures it was checked
+# against (tests/test_fit.py compares each estimate with its `gb`).
+FIT_KEYS = ("params", "token_bytes", "decode_bytes", "patch", "checks")
+FIT_CHECK_KEYS = ("what", "placement", "size", "frames", "batch", "patch", "quantize", "vae_dtype", "exclude",
+                  "tiling", "gb", "gb_max", "source")
+PLACEMENTS = ("all", "vae_tiling", "model_offload", "sequential_offload")
+
+
+def fit_table(c: Checker, fit, prefix: str):
+    """Check a preset's [fit] table, so that a wrong one is an error when the preset is read,
+    never a task run without a memory estimate."""
+    if not isinstance(fit, dict):
+        c.fail(prefix.rstrip("."), f"expected a table, got {kind(fit)}")
+        return
+    c.keys(fit, FIT_KEYS, prefix)
+    params = c.table(fit, "params", prefix)
+    for part in params:
+        c.number(params, part, f"{prefix}params.", 0, 10_000, lo_open=True)  # billions
+    for key in ("token_bytes", "decode_bytes"):
+        c.number(fit, key, prefix, 0, 1e12, lo_open=True)
+    _patch(c, fit, "patch", prefix)
+    checks = fit.get("checks", [])
+    if not isinstance(checks, list) or not all(isinstance(x, dict) for x in checks):
+        c.fail(prefix + "checks", f"expected a list of tables, got {shown(checks)}")
+        return
+    for i, check in enumerate(checks):
+        at = f"{prefix}checks[{i}]."
+        c.keys(check, FIT_CHECK_KEYS, at)
+        if check.get("what", "peak") not in ("peak", "weights"):
+            c.fail(at + "what", f"expected \"peak\" or \"weights\", got {shown(check['what'])}")
+        if check.get("what") != "weights" and check.get("placement") not in PLACEMENTS:
+            c.fail(at + "placement", f"expected one of {', '.join(PLACEMENTS)}, got {shown(check.get('placement'))}")
+        c.size(check, "size", at)
+        c.number(check, "frames", at, 1, 100_000, integer=True)
+        c.number(check, "batch", at, 1, 64, integer=True)
+        _patch(c, check, "patch", at)
+        for key in ("gb", "gb_max"):
+            c.number(check, key, at, 0, 100_000, lo_open=True)
+        if "gb" not in check and "gb_max" not in check:
+            c.fail(at + "gb", "a check needs the published figure, `gb` (or `gb_max` for an upper bound)")
+        c.string(check, "source", at)
+
+
+def _patch(c: Checker, table: dict, key: str, prefix: str):
+    v = table.get(key)
+    if key in table and (not isinstance(v, list) or len(v) != 3
+                         or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 64 for x in v)):
+        c.fail(prefix + key, f"expected [time, height, width] as three integers from 1 to 64, got {shown(v)}")

@@ -93,6 +93,23 @@ def read_json(path, limit: int = MAX_CONFIG_BYTES):
     return json.loads(read_regular(path, limit, "a JSON config file"))
 
 
+@functools.cache
+def pictures():
+    """PIL's Image module, with its decompression-bomb limit set once for this process to the
+    largest keyframe picture farm accepts (farm/checks.py MAX_PICTURE_SIDE, checked from the
+    header at validation); never changed again, so no thread sees it toggled."""
+    import warnings
+
+    from PIL import Image
+
+    from .checks import MAX_PICTURE_SIDE
+
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PICTURE_SIDE ** 2)
+    # Between that and twice it PIL only warns; farm refuses those pictures by their size itself.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
 def digest(path: Path) -> str:
     """sha256 of a file's bytes (737 MB/s on our 2-core dev VM, hashlib over OpenSSL)."""
     h = hashlib.sha256()

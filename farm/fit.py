@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import families, files, timing
+from .checks import FIT_KEYS, PLACEMENTS  # noqa: F401  (the placements' ladder and [fit]'s keys: farm/checks.py)
 from .errors import FarmError
 from .placement import (  # noqa: F401
     FP8_CAPABILITY,
@@ -50,7 +51,6 @@ from .placement import (  # noqa: F401
 )
 from .units import human
 
-PLACEMENTS = ("all", "vae_tiling", "model_offload", "sequential_offload")
 ON_CPU = ("all", "vae_tiling")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # The share of a UNet's parameters in Linear layers, which torchao quantizes (its convolutions
@@ -65,7 +65,6 @@ CUDA_RESERVE = 1 << 30  # cuBLAS/cuDNN workspaces and the CUDA context's growth
 
 # Each family's memory rule (spatial and temporal compression, patch, VAE decode and tile,
 # activation figures) is its own: farm/families/, `Family.memory`.
-FIT_KEYS = ("params", "token_bytes", "decode_bytes", "patch", "checks")
 
 
 def rank(placement: str) -> int:
@@ -94,25 +93,27 @@ class Needs:
     source: str  # where the figures come from
 
 
+class Unmeasured(FarmError):
+    """A model whose memory farm cannot estimate: no weights on this machine to measure and no
+    [fit] params in its preset, or a pipeline without a family memory rule. A worker then loads
+    it without fitting; every other FarmError of the estimate is an error."""
+
+
 def preset_fit(name: str | None) -> dict:
-    """A preset's [fit] table ({} for a model that is not a preset, or has none)."""
+    """A preset's [fit] table ({} for a model that is not a preset, or has none); the preset's
+    loading has checked it (farm/checks.py `fit_table`)."""
     from . import models
 
     if not name or name not in models.preset_names():
         return {}
-    fit = models.load_preset(name).get("fit", {})
-    bad = [k for k in fit if k not in FIT_KEYS]
-    if bad:
-        raise FarmError(f"Preset {name!r}: unknown [fit] keys {', '.join(bad)} (allowed: {', '.join(FIT_KEYS)}).",
-                        code=2)
-    return fit
+    return models.load_preset(name).get("fit", {})
 
 
 def needs(pipeline: str, name: str | None = None, folder: Path | None = None) -> Needs:
     """What the model needs: measured from its folder's safetensors headers when it is on this
     machine (exact parameter counts), else from its preset's [fit] table."""
     if families.family(pipeline) is None:
-        raise FarmError(f"farm has no memory rule for {pipeline}.", code=2)
+        raise Unmeasured(f"farm has no memory rule for {pipeline}.", code=2)
     fit = preset_fit(name)
     params, source = {}, "family rule"
     if folder is not None and (Path(folder) / "model_index.json").is_file():
@@ -120,7 +121,7 @@ def needs(pipeline: str, name: str | None = None, folder: Path | None = None) ->
     if not params and fit.get("params"):
         params, source = {k: float(v) * 1e9 for k, v in fit["params"].items()}, f"preset {name!r} [fit]"
     if not params:
-        raise FarmError(f"model {name or pipeline!r}: no weights on this machine and no [fit] params in its preset, "
+        raise Unmeasured(f"model {name or pipeline!r}: no weights on this machine and no [fit] params in its preset, "
                         f"so its memory cannot be estimated.", code=2)
     family = families.family(pipeline, params)
     rule = family.memory
@@ -355,7 +356,7 @@ def task_memory(task_params: dict, kind: str, device: str = "cuda") -> int | Non
         ref = models.ref_from_params(model)
         folder = Path(ref.config) if ref.config else models.local_path(ref)  # a twin is built, as a render would
         return for_model(model, task_shape(kind, task_params), device, folder).peaks["all"]
-    except (FarmError, OSError):  # no weights here and no [fit] table: unknown
+    except (Unmeasured, OSError):  # no weights here and no [fit] table: unknown
         return None
 
 

@@ -122,10 +122,11 @@ def load_preset(name: str) -> dict:
                         f"model (it drives: {_drivable()}).", code=2)
     if not isinstance(data.get("trust_remote_code", False), bool):
         raise FarmError(f"The preset file {path}: trust_remote_code must be true or false.", code=2)
-    from .checks import Checker, preset_defaults
+    from .checks import Checker, fit_table, preset_defaults
 
     c = Checker(path)
     preset_defaults(c, data.get("defaults", {}), "defaults.")
+    fit_table(c, data.get("fit", {}), "fit.")
     if not isinstance(data.get("options", {}), dict):
         c.fail("options", "expected a table of pipeline call arguments")
     if c.problems:

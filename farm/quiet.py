@@ -15,12 +15,28 @@ import warnings
 _wanted = False
 
 
+# The libraries under farm whose Python warnings (deprecations, "this CPU lacks ...") are theirs
+# to fix, not a user's: silenced by the module that issues them. Everything else, farm's own
+# modules and a user's code calling farm, still warns.
+LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "accelerate", "safetensors", "tokenizers", "torch",
+             "torchao", "triton", "ray", "numpy", "PIL", "imageio_ffmpeg", "ffmpeg", "tqdm", "sqlite_utils")
+# Loggers of the same libraries that speak at import: torchao says its CUDA-only extensions do not
+# load on a CPU machine, and torch that torchao's enums need no registering. Real errors still show.
+LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def quiet_libraries():
-    """Silence warnings now, and diffusers' and transformers' logging and loading bars
-    whenever they are (or have been) imported in this process."""
+    """Silence the libraries' warnings now, and diffusers' and transformers' logging and
+    loading bars whenever they are (or have been) imported in this process. Called by the
+    command line, the local workers and the Ray actors; `import farm` alone changes nothing."""
+    import logging
+
     global _wanted
     _wanted = True
-    warnings.filterwarnings("ignore")
+    for name in LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Read when the libraries set up their loggers, so messages logged while importing them
     # are silenced too; `silence_loaded` then sets the same level whatever these say.

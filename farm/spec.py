@@ -532,7 +532,7 @@ class _Reader:
                 else:
                     fit.check_quantize("fp8", "cuda", min(capabilities), name)
             except FarmError as e:
-                self.c.fail(f"{ref.role}.quantize", e.message.split(": ", 1)[1])
+                self.c.fail(f"{ref.role}.quantize", _unlabeled(e.message, name))
 
 
 def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
@@ -546,8 +546,13 @@ def _acceleration(c: _Checker, table: dict, prefix: str) -> dict:
             try:
                 out[key] = check(table[key], prefix + key)
             except FarmError as e:
-                c.fail(prefix + key, e.message.split(": ", 1)[1])
+                c.fail(prefix + key, _unlabeled(e.message, prefix + key))
     return out
+
+
+def _unlabeled(message: str, label: str) -> str:
+    """A check's message without the `label: ` it starts with (the checker adds its own key)."""
+    return message.removeprefix(f"{label}: ")
 
 
 def _accelerated(ref: models.ModelRef | None, settings: dict) -> models.ModelRef | None:
@@ -592,10 +597,9 @@ def _check_image(c: _Checker, key: str, path: Path) -> Path | None:
     if path.is_dir():
         c.fail(key, f"{path} is a folder, not an image")
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # read the header's size ourselves: opening decodes nothing yet
+    Image = files.pictures()
     try:
         with files.open_regular(path, MAX_PICTURE_BYTES, "a keyframe picture") as f, Image.open(f) as im:
             w, h = im.size
@@ -607,11 +611,13 @@ def _check_image(c: _Checker, key: str, path: Path) -> Path | None:
     except FarmError as e:
         c.fail(key, e.message)
         return None
+    except Image.DecompressionBombError:  # over twice the limit: refused before its size is known
+        c.fail(key, f"{path} has more than {MAX_PICTURE_SIDE}² pixels; pictures may be at most {MAX_PICTURE_SIDE} "
+                    f"pixels a side (scale it down first)")
+        return None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         c.fail(key, f"{path} is not a readable image ({e})")
         return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
     return path.resolve()
 
 

@@ -319,7 +319,7 @@ class Worker:
         ref = models.ref_from_params(model)
         try:  # a single-file checkpoint is measured by its config folder
             est = fit.for_model(model, shape, self.device, Path(ref.config) if ref.config else models.local_path(ref))
-        except FarmError:  # no weights to measure and no [fit] table: load as before, unfitted
+        except fit.Unmeasured:  # no weights to measure and no [fit] table: load as before, unfitted
             return None
         free = models.free_memory(self.device) + sum(self.footprints.values())
         host = models.free_memory("cpu") if self.device != "cpu" else None
@@ -383,9 +383,7 @@ def _picture(params: dict):
     import hashlib
     import io
 
-    from PIL import Image
-
-    from .checks import MAX_PICTURE_BYTES, MAX_PICTURE_SIDE
+    from .checks import MAX_PICTURE_BYTES
 
     path = Path(params["image"])
     try:  # a regular file only: the picture may have been swapped for a FIFO since validation
@@ -396,8 +394,7 @@ def _picture(params: dict):
     if hashlib.sha256(data).hexdigest() != params["image_sha256"]:
         raise FarmError(f"The picture of frames[{params['frame']}], {path}, changed after the job was planned; "
                         f"render the spec again to use it as it is now.", code=2)
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, MAX_PICTURE_SIDE ** 2)  # its size: checked at validation
-    with Image.open(io.BytesIO(data)) as im:
+    with files.pictures().open(io.BytesIO(data)) as im:
         return pipeline.fit(im, params["width"], params["height"])
 
 

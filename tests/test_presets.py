@@ -252,3 +252,22 @@ def test_remote_code_only_when_a_preset_says_so(presets, write_spec, monkeypatch
         task = plan.build(spec.load(write_spec(SMALL.replace('model = "tiny"', f'model = "{name}"')))).by_name()
         models.load_pipeline(models.ref_from_params(task["keyframe[0]"].params["model"]))
         assert seen[-1] is trusted, name
+
+
+@pytest.mark.parametrize("table,said", [
+    ('params = { unet = "big" }', "fit.params.unet: expected a number, got a string"),
+    ("params = { unet = 2.6 }\ntoken_bytes = -5", "fit.token_bytes: expected a number > 0"),
+    ("patch = [1, 2]", "fit.patch: expected [time, height, width]"),
+    ('checks = [{ placement = "all", size = [64, 64], gb = 1.0, sorce = "x" }]', "fit.checks[0].sorce: unknown key"),
+    ('checks = [{ placement = "everywhere", gb = 1.0 }]', "fit.checks[0].placement: expected one of all"),
+    ('checks = [{ placement = "all" }]', "fit.checks[0].gb: a check needs the published figure"),
+    ("checks = 3", "fit.checks: expected a list of tables"),
+])
+def test_a_preset_with_a_wrong_fit_table_is_refused_at_validation(presets, write_spec, cli, table, said):
+    """Not a task run later without a memory estimate: the worker's fitting only lets a model go
+    unmeasured when it has no weights here and no [fit] params at all (fit.Unmeasured)."""
+    presets("wrong-fit", 'role = "keyframes"\npipeline = "StableDiffusionXLPipeline"\nsource = "builtin:sdxl"\n'
+                         f"[fit]\n{table}\n")
+    code, out, err = cli("plan", write_spec(SMALL.replace('model = "tiny"', 'model = "wrong-fit"')))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "wrong-fit.toml has 1 problem" in err and said in err

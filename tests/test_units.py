@@ -29,3 +29,29 @@ def test_ages():
 def test_bytes_read_in_decimal_units():
     assert [human(n) for n in (12, 999, 1500, 8.2e8, 1.5e9, 45.7e9, 3e18)] == [
         "12 B", "999 B", "1.5 KB", "820.0 MB", "1.5 GB", "45.7 GB", "3000.0 PB"]
+
+
+def test_import_farm_changes_no_logger_and_quiet_silences_the_libraries_only():
+    """`import farm` (a studio's script) leaves logging and warnings as they were; the command
+    line's quiet_libraries() silences warnings issued by the libraries under farm, by module,
+    and still shows a warning from anyone else."""
+    import subprocess
+    import sys
+
+    code = """
+import logging, warnings
+import numpy  # adds warning filters of its own when imported
+before = (list(warnings.filters), logging.getLogger("torchao").level, logging.getLogger().handlers[:])
+import farm, farm.cli, farm.render
+assert (list(warnings.filters), logging.getLogger("torchao").level, logging.getLogger().handlers[:]) == before
+from farm.quiet import quiet_libraries
+quiet_libraries()
+with warnings.catch_warnings(record=True) as seen:
+    for module in ("diffusers.pipelines.x", "torch", "studio_script", "farm.worker"):
+        warnings.warn_explicit(f"from {module}", UserWarning, "x.py", 1, module=module)
+print(sorted(str(w.message) for w in seen))
+print(logging.getLogger("torchao").level)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "['from farm.worker', 'from studio_script']"
+    assert out[1] == "40"  # logging.ERROR
