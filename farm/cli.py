@@ -237,10 +237,9 @@ def _queue(db):
 
 
 def _job_or_fail(queue, job: int) -> dict:
-    record = queue.job(job)
-    if record is None:
-        raise FarmError(f"No job {job} in {queue.path}. `farm status` lists the jobs.", code=2)
-    return record
+    from . import control
+
+    return control.job(queue, job)
 
 
 @app.command()
@@ -266,55 +265,45 @@ def status(
 @app.command()
 def cancel(job: JobArg, db: DbOpt = None):
     """Cancel a job: its queued tasks never run; tasks in flight finish but are not counted."""
-    queue = _queue(db)
-    record = _job_or_fail(queue, job)
-    if not queue.cancel(job, "canceled by the user"):
-        raise FarmError(f"Job {job} is already {record['state']}.", code=2)
-    typer.echo(f"job {job} canceled")
+    from . import control
+
+    typer.echo(control.cancel(_queue(db), job))
 
 
 @app.command()
 def retry(job: JobArg, db: DbOpt = None):
     """Requeue the failed and canceled tasks of a job, with fresh attempts."""
-    queue = _queue(db)
-    _job_or_fail(queue, job)
-    n = queue.retry(job)
-    if not n:
-        raise FarmError(f"Job {job} has no failed or canceled task to retry.", code=2)
-    typer.echo(f"job {job}: {n} task(s) queued again")
+    from . import control
+
+    typer.echo(control.retry(_queue(db), job))
 
 
 OptJobArg = Annotated[int | None, typer.Argument(help="A job; without it, the whole farm.")]
 
 
-def _pause(job: int | None, paused: bool, db):
-    queue = _queue(db)
-    if job is not None:
-        _job_or_fail(queue, job)
-    queue.pause(job, paused)
-    typer.echo(f"{f'job {job}' if job is not None else 'farm'} {'paused' if paused else 'resumed'}")
-
-
 @app.command()
 def pause(job: OptJobArg = None, db: DbOpt = None):
     """Stop workers claiming tasks (of one job, or all); tasks in flight finish."""
-    _pause(job, True, db)
+    from . import control
+
+    typer.echo(control.pause(_queue(db), job, True))
 
 
 @app.command()
 def resume(job: OptJobArg = None, db: DbOpt = None):
     """Let workers claim again (one job's tasks, or all)."""
-    _pause(job, False, db)
+    from . import control
+
+    typer.echo(control.pause(_queue(db), job, False))
 
 
 @app.command()
 def priority(job: JobArg, value: Annotated[int, typer.Argument(help="New priority; higher runs first.")],
              db: DbOpt = None):
     """Change a job's priority (its queued tasks move in the queue at once)."""
-    queue = _queue(db)
-    _job_or_fail(queue, job)
-    queue.set_priority(job, value)
-    typer.echo(f"job {job}: priority {value}")
+    from . import control
+
+    typer.echo(control.priority(_queue(db), job, value))
 
 
 @app.command()
@@ -367,6 +356,31 @@ def review(
         pass
     finally:
         srv.server_close()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but the loopback needs a "
+                                                     "token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8188,
+    token: Annotated[str | None, typer.Option("--token", help="Every request must carry it (default: [serve] token "
+                                                              "in $FARM_HOME/config.toml).")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Serve the page and the API without any "
+                                                                "action.")] = False,
+    db: DbOpt = None,
+):
+    """A live web page of the farm (jobs, storyboards, workers, actions) and a JSON API beside it."""
+    from . import home
+    from .serve import serve as run
+
+    def ready(url: str):
+        typer.echo(f"farm serve: {url} (Ctrl-C to stop)", err=True)
+
+    try:
+        run(db or home.db_path(), home.cache_dir(), host=host, port=port, token=token, read_only=read_only,
+            ready=ready)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command("accelerate")

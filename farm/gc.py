@@ -15,11 +15,8 @@ from __future__ import annotations
 import os
 import time
 
-import tomli
-
-from . import files, home
+from . import home
 from .cache import Cache
-from .errors import FarmError
 from .queue import Queue
 from .units import parse_size
 
@@ -30,14 +27,8 @@ def configured_max_size() -> int | None:
     env = os.environ.get("FARM_CACHE_MAX_SIZE")
     if env:
         return parse_size(env, "FARM_CACHE_MAX_SIZE")
-    path = home.home() / "config.toml"
-    if not path.is_file():
-        return None
-    try:
-        value = tomli.loads(files.read_regular(path, 1 << 20, "config.toml").decode()).get("cache_max_size")
-    except (OSError, UnicodeDecodeError, RecursionError, tomli.TOMLDecodeError) as e:
-        raise FarmError(f"{path} is not readable TOML: {e}", code=2) from None
-    return None if value is None else parse_size(value, f"{path}: cache_max_size")
+    value = home.config().get("cache_max_size")
+    return None if value is None else parse_size(value, f"{home.config_path()}: cache_max_size")
 
 
 def collect(queue: Queue, cache: Cache, *, max_size: int | None = None, older_than: float | None = None,

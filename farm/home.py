@@ -23,3 +23,24 @@ def cache_dir() -> Path:
 
 def models_dir() -> Path:
     return home() / "models"
+
+
+def config_path() -> Path:
+    return home() / "config.toml"
+
+
+def config() -> dict:
+    """$FARM_HOME/config.toml as a dict ({} when there is none): `cache_max_size` (farm/gc.py),
+    `[serve] token` (farm serve)."""
+    import tomli
+
+    from . import files
+    from .errors import FarmError
+
+    path = config_path()
+    if not path.is_file():
+        return {}
+    try:
+        return tomli.loads(files.read_regular(path, 1 << 20, "config.toml").decode())
+    except (OSError, UnicodeDecodeError, RecursionError, tomli.TOMLDecodeError) as e:
+        raise FarmError(f"{path} is not readable TOML: {e}", code=2) from None

@@ -607,8 +607,29 @@ class Queue:
     def jobs(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM jobs ORDER BY id"))
 
+    def job_page(self, state: str | None = None, limit: int = 50, offset: int = 0) -> list[dict]:
+        """A page of jobs, newest first, of one state or all (`farm serve`'s list)."""
+        where, args = ("WHERE state = ? ", [state]) if state else ("", [])
+        return list(self.db.query(f"SELECT * FROM jobs {where}ORDER BY id DESC LIMIT ? OFFSET ?",
+                                  [*args, limit, offset]))
+
+    def job_states(self) -> dict[str, int]:
+        """How many jobs are in each state."""
+        return {state: n for state, n in self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state")}
+
+    def changes(self) -> tuple[int, int]:
+        """What tells a reader the database changed since it last asked: SQLite's data version
+        (it moves when another connection commits) and the newest event's id."""
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        last = self.conn.execute("SELECT max(id) FROM events").fetchone()[0]
+        return version, last or 0
+
     def tasks(self, job: int) -> list[dict]:
         return [_task(r) for r in self.db.query("SELECT * FROM tasks WHERE job_id = ? ORDER BY id", [job])]
+
+    def task(self, task: int) -> dict | None:
+        row = next(self.db.query("SELECT * FROM tasks WHERE id = ?", [task]), None)
+        return _task(row) if row else None
 
     def task_name(self, task: int) -> str | None:
         row = self.conn.execute("SELECT name FROM tasks WHERE id = ?", (task,)).fetchone()

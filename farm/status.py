@@ -69,16 +69,22 @@ def farm(queue: Queue, recent: int = 20) -> dict:
     jobs = queue.jobs()
     live_jobs = [j for j in jobs if j["state"] in ("queued", "running")]
     ended = [j for j in jobs if j["state"] not in ("queued", "running")][-recent:]
-    workers = []
+    workers_ = workers(queue)
+    working = sum(w["state"] != "lost" for w in workers_)
+    return {"paused": queue.farm_paused(),
+            "jobs": [job(queue, j["id"], working) for j in ended + live_jobs], "workers": workers_}
+
+
+def workers(queue: Queue) -> list[dict]:
+    """The live workers as `farm status` lists them."""
+    out = []
     for w in queue.workers():
         # A SIGKILLed driver leaves its actors' rows fresh for up to a lease (60 s by default):
         # they are shown `lost` (their tasks still theirs until the leases run out), not busy.
-        workers.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "node": w["node"], "device": w["device"],
-                        "state": "lost" if gone(w) else w["state"], "models": w["models"], "task": w["task"],
-                        "done": w["done"], "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
-    working = sum(w["state"] != "lost" for w in workers)
-    return {"paused": queue.farm_paused(),
-            "jobs": [job(queue, j["id"], working) for j in ended + live_jobs], "workers": workers}
+        out.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "node": w["node"], "device": w["device"],
+                    "state": "lost" if gone(w) else w["state"], "models": w["models"], "task": w["task"],
+                    "done": w["done"], "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
+    return out
 
 
 def text_job(s: dict) -> str:

@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${FARM_TORCH:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
-# ray: `farm work --ray` and its tests (Ray Core only, no dashboard: an 80 MB wheel, 240 MB installed).
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ray]' 2>&1 | grep -v "^WARNING: Location" || true
+# serve: `farm serve` (Starlette, uvicorn). ray: `farm work --ray` and its tests (Ray Core only, no dashboard: an 80 MB wheel, 240 MB installed).
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ray,serve]' 2>&1 | grep -v "^WARNING: Location" || true
 # farm is installed editable, so its bytecode lives beside the sources; write it now, since a
 # machine with PYTHONDONTWRITEBYTECODE set (ours) would otherwise compile farm on every command.
 .venv/bin/python -m compileall -q farm kernels >/dev/null

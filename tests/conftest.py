@@ -97,6 +97,7 @@ def write_spec(tmp_path):
         path.write_text(textwrap.dedent(text))
         return path
 
+    write.folder = folder
     return write
 
 
