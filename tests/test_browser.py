@@ -106,3 +106,74 @@ def test_review_page_of_a_two_variant_sweep_plays_both_videos(chromium, home_wit
     left, right = cards(shot)
     assert all(len(v.getcolors(maxcolors=1 << 20)) > 500 for v in (left, right))
     assert max(ImageStat.Stat(ImageChops.difference(left, right)).mean) > 10
+
+
+def test_farm_serve_shows_a_job_drain_live_and_its_buttons_act(chromium, home_with_models, write_spec, tmp_path):
+    """The overnight monitor in a real browser: a submitted job goes from queued to done on the
+    page while `farm work` drains it, its keyframes' thumbnails appear, and the page's own
+    buttons pause and resume it and cancel another, as the database then says."""
+    pytest.importorskip("starlette", reason="farm serve's extra is not installed: pip install 'farm[serve]'")
+    import sys
+    import time
+
+    from cdp import Browser
+
+    from conftest import SMALL
+    from farm import home, plan, spec
+    from farm.queue import Queue
+    from test_serve import Server
+
+    q = Queue(home.db_path())
+    a = q.submit(plan.build(spec.load(write_spec(SMALL, "a.toml"))))
+    b = q.submit(plan.build(spec.load(write_spec(SMALL.replace("small", "other"), "b.toml"))))
+    srv = Server(home.db_path())
+    browser = Browser(chromium)
+    state = "document.querySelector('[data-state=\"{}\"]')?.textContent"
+    click = "document.querySelector('tr[data-job=\"{}\"] button[data-action=\"{}\"]').click()"
+
+    def db_says(check):
+        deadline = time.time() + 10
+        while not check():
+            assert time.time() < deadline, "the database never changed"
+            time.sleep(0.05)
+
+    worker = None
+    try:
+        browser.open(f"http://127.0.0.1:{srv.port}/#job={a}")
+        assert browser.wait(f"{state.format(a)} === 'queued' && {state.format(b)} === 'queued'")
+        browser.js(click.format(a, "pause"))
+        db_says(lambda: q.job(a)["paused"] == 1)
+        browser.wait(f"{state.format(a)} === 'queued (paused)'")
+        browser.js(click.format(a, "resume"))
+        db_says(lambda: q.job(a)["paused"] == 0)
+        browser.wait(f"{state.format(a)} === 'queued'")
+        browser.js(click.format(b, "cancel"))
+        db_says(lambda: q.job(b)["state"] == "canceled")
+        browser.wait(f"{state.format(b)} === 'canceled'")
+        assert browser.js("document.querySelectorAll('#board img').length") == 0  # nothing drawn yet
+
+        worker = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", "--workers", "1",
+                                   "--until-empty"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seen = []
+        browser.wait(state.format(a), timeout=180, every=0.05, seen=seen, until=lambda v: v == "done")
+        assert seen[0] == "queued" and "running" in seen and seen[-1] == "done", seen
+        # the storyboard filled in: each keyframe's picture, loaded from the cache
+        assert browser.wait("[...document.querySelectorAll('#board img')].filter(i => i.complete && "
+                            "i.naturalWidth > 0).length === 3", timeout=20)
+        assert browser.wait("document.querySelector('#media video')?.readyState >= 2", timeout=20)
+        assert worker.wait(60) == 0
+        assert q.job(a)["state"] == "done" and q.job(a)["published"] == "published"
+        assert q.job(b)["state"] == "canceled"
+        assert "job.paused" in [e["event"] for e in q.events(a)] and "job.resumed" in [e["event"] for e in q.events(a)]
+        shot = tmp_path / "serve.png"
+        browser.screenshot(shot)
+        im = Image.open(shot).convert("RGB")
+        assert im.size == (1400, 900) and len(im.getcolors(maxcolors=1 << 20)) > 500
+        if os.environ.get("FARM_SAVE_SCREENSHOT"):  # how docs/serve.png is made
+            shutil.copy(shot, os.environ["FARM_SAVE_SCREENSHOT"])
+    finally:
+        browser.close()
+        srv.stop()
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
