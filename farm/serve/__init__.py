@@ -4,6 +4,7 @@ actions) and a JSON API beside it, over the same queue database. Optional extra 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from ..errors import FarmError
@@ -46,6 +47,9 @@ def serve(db: Path, cache: Path, *, host: str = "127.0.0.1", port: int = 8188, t
     server = uvicorn.Server(config)
     try:
         sock = config.bind_socket()
+        # Answers go out as soon as written: without this a response's body waits for the
+        # client's delayed ACK of its headers (Nagle's algorithm), 40 ms on every request here.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.listen(config.backlog)  # connections wait in the backlog from now on, not refused until uvicorn starts
     except OSError as e:
         raise FarmError(f"farm serve cannot listen on {host}:{port} ({e.strerror or e}).", code=2) from None
