@@ -125,7 +125,9 @@ def test_farm_serve_shows_a_job_drain_live_and_its_buttons_act(chromium, home_wi
 
     q = Queue(home.db_path())
     a = q.submit(plan.build(spec.load(write_spec(SMALL, "a.toml"))))
-    b = q.submit(plan.build(spec.load(write_spec(SMALL.replace("small", "other"), "b.toml"))))
+    hostile = '<img src=x id=pwn onerror="document.title=1">'  # a spec's name is shown as text, never as HTML
+    b = q.submit(plan.build(spec.load(write_spec(SMALL.replace('name = "small"', f"name = '{hostile}'")
+                                                 .replace("small.mp4", "other.mp4"), "b.toml"))))
     srv = Server(home.db_path())
     browser = Browser(chromium)
     state = "document.querySelector('[data-state=\"{}\"]')?.textContent"
@@ -141,6 +143,8 @@ def test_farm_serve_shows_a_job_drain_live_and_its_buttons_act(chromium, home_wi
     try:
         browser.open(f"http://127.0.0.1:{srv.port}/#job={a}")
         assert browser.wait(f"{state.format(a)} === 'queued' && {state.format(b)} === 'queued'")
+        assert browser.js(f"document.querySelector('tr[data-job=\"{b}\"] td.name').textContent") == hostile
+        assert browser.js("document.getElementById('pwn') === null && document.title === 'farm'")
         browser.js(click.format(a, "pause"))
         db_says(lambda: q.job(a)["paused"] == 1)
         browser.wait(f"{state.format(a)} === 'queued (paused)'")

@@ -55,7 +55,9 @@ function jobRow(j) {
   bar.firstChild.style.width = `${pct}%`;
   const stateText = j.state + (j.paused ? " (paused)" : "") + (j.published === "superseded" ? " (superseded)" : "");
   const row = el("tr", { class: "job" + (state.open === j.job ? " open" : ""), "data-job": j.job },
-    el("td", { text: j.job }), el("td", { class: "name", text: j.name, title: j.name }),
+    el("td", { text: j.job }),
+    el("td", { class: "name", title: j.error ? `${j.name}\n${j.error}` : j.name }, j.name,
+       ...(j.error ? [el("div", { class: "error small", text: j.error })] : [])),
     el("td", { class: `state-${j.state}`, text: stateText, "data-state": j.job }),
     el("td", {}, bar, `${t.done}/${t.total}`), el("td", { text: j.priority }),
     el("td", { text: secs(j.elapsed) }), el("td", { text: secs(j.eta) }), el("td", {}, actions(j)));
