@@ -242,6 +242,21 @@ def test_off_the_loopback_a_token_is_required(cli, farm_home):
     assert code == 2 and "[serve] token must be a non-empty string" in err
 
 
+def test_a_port_in_use_or_a_bad_address_is_a_clear_error(cli, farm_home):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        code, out, err = cli("serve", "--port", taken.getsockname()[1])
+        assert code == 2 and "cannot listen on 127.0.0.1" in err and "Address already in use" in err
+    finally:
+        taken.close()
+    code, out, err = cli("serve", "--host", "no-such-host.invalid", "--port", "0", "--token", TOKEN)
+    assert code == 2 and "cannot listen on no-such-host.invalid" in err and "Traceback" not in err
+
+
 def test_farm_serve_runs_from_the_command_line_and_stops_on_ctrl_c(tmp_path, farm_home):
     import os
     import signal

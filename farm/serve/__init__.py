@@ -45,13 +45,16 @@ def serve(db: Path, cache: Path, *, host: str = "127.0.0.1", port: int = 8188, t
     config = uvicorn.Config(app(db, cache, bind=host, token=token, read_only=read_only), host=host, port=port,
                             log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock = config.bind_socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
         # Answers go out as soon as written: without this a response's body waits for the
         # client's delayed ACK of its headers (Nagle's algorithm), 40 ms on every request here.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.listen(config.backlog)  # connections wait in the backlog from now on, not refused until uvicorn starts
     except OSError as e:
+        sock.close()
         raise FarmError(f"farm serve cannot listen on {host}:{port} ({e.strerror or e}).", code=2) from None
     if ready is not None:
         name = f"[{host}]" if ":" in host else host
