@@ -61,10 +61,13 @@ def test_no_stage_reaches_back_to_the_commands():
     # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
     for stage in ("farm.worker", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode", "farm.manifest"):
         assert not graph[stage] & {"farm.spec", "farm.cli", "farm.render"}, stage
+    # The spec reads the codec table (farm.codecs), not the encoder that drives ffmpeg.
+    assert "farm.encode" not in graph["farm.spec"]
 
 
 def test_validating_and_planning_load_no_model_library():
+    """Nor ffmpeg-python: the spec checks codecs against farm.codecs' table, not the encoder."""
     code = ("import sys, farm.spec, farm.plan, farm.models, farm.queue, farm.acceleration; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'ffmpeg') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
