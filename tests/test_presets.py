@@ -197,7 +197,7 @@ def test_pull_downloads_the_pinned_revision_into_the_cache(cli, monkeypatch, tmp
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(models, "_reachable", lambda *a: None)  # as if the hub answered
+    monkeypatch.setattr(models.hub, "_reachable", lambda *a: None)  # as if the hub answered
     asked = {}
 
     def fake(repo, **kw):
