@@ -10,9 +10,10 @@ Every entry carries a record (`.entry.json`) of the size and sha256 of each of i
 written when it is published. `check()` verifies both before an entry is reused, so a file
 cut short, damaged or deleted since (a full disk, a stray `rm`, bit rot) is found, the
 entry discarded and the task run again, instead of a broken frame reaching a video. (Within
-one process, an entry whose files' sizes, times and inodes are as they were when it was last
-verified is not hashed again.) The
-record's modification time is the entry's last use, which `farm gc` reads.
+one process, a file whose size, times and inode are as they were when it was last hashed is
+not hashed again: digest.file_digest's memo. A render checks an assembly when its task is
+answered and again when it publishes, and a multi-GB video need not be hashed twice a second
+apart.) The record's modification time is the entry's last use, which `farm gc` reads.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import files
+from . import digest, files
+from .errors import FarmError
 
 RECORD = ".entry.json"
 
@@ -42,11 +44,6 @@ class Entry:
 class Cache:
     def __init__(self, root: Path):
         self.root = Path(root)
-        # key -> its files' (name, size, mtime, ctime, inode) when this process last verified
-        # their digests: a render checks an assembly when its task is answered and again when
-        # it publishes, and a multi-GB video need not be hashed twice a second apart. Any
-        # write to a file changes its ctime (which cannot be set back), and so is verified.
-        self._verified: dict[str, tuple] = {}
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -74,24 +71,21 @@ class Cache:
             lost, extra = sorted(set(recorded) - present), sorted(present - set(recorded))
             return "files " + ("missing: " + ", ".join(lost[:3]) if lost
                                else "not in its record: " + ", ".join(extra[:3]))
-        signature = []
         for name in sorted(recorded):
             try:
-                st = (folder / name).stat()
+                size = (folder / name).stat().st_size
             except OSError as e:
                 return f"{name} cannot be read ({e.strerror or e})"
-            if st.st_size != recorded[name]["size"]:
-                return f"{name} is {st.st_size} bytes, {recorded[name]['size']} when it was written"
-            signature.append((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
-        if self._verified.get(key) == tuple(signature):
-            return None
+            if size != recorded[name]["size"]:
+                return f"{name} is {size} bytes, {recorded[name]['size']} when it was written"
         for name in sorted(recorded):
             try:
-                if files.digest(folder / name) != recorded[name]["sha256"]:
+                if _digest(folder / name) != recorded[name]["sha256"]:
                     return f"{name} does not match the digest recorded when it was written"
             except OSError as e:
                 return f"{name} cannot be read ({e.strerror or e})"
-        self._verified[key] = tuple(signature)
+            except FarmError as e:  # no longer a regular file
+                return e.message
         return None
 
     def digest(self, key: str, name: str) -> str | None:
@@ -117,7 +111,6 @@ class Cache:
     def discard(self, key: str):
         """Remove an entry: renamed away first (one atomic step), then deleted."""
         folder = self.path(key)
-        self._verified.pop(key, None)
         trash = folder.parent / f".trash-{key[:16]}-{os.getpid()}-{time.monotonic_ns()}"
         try:
             os.rename(folder, trash)
@@ -162,7 +155,7 @@ class Cache:
         try:
             yield tmp
             record = {"key": key, "files": {name: {"size": (tmp / name).stat().st_size,
-                                                   "sha256": files.digest(tmp / name)} for name in _files(tmp)}}
+                                                   "sha256": _digest(tmp / name)} for name in _files(tmp)}}
             (tmp / RECORD).write_text(json.dumps(record, indent=0))
             files.sync_tree(tmp)
             if final.is_dir() and self.check(key) is not None:
@@ -175,6 +168,12 @@ class Cache:
             files.fsync_path(final.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _digest(path: Path) -> str:
+    """An entry file's sha256 (digest.file_digest, kept in this process's memo only: damage that
+    no stat field shows, bit rot, is found by each process that reads the entry)."""
+    return digest.file_digest(path, per_machine=False)
 
 
 def _files(folder: Path) -> list[str]:

@@ -17,8 +17,9 @@ Faults. The driver renews the leases of the tasks in flight. When an actor dies 
 killed, its node lost) its tasks' leases are no longer renewed: they run out and the queue puts
 the tasks back (`task.lease_expired`, then a second `task.started`), exactly as for a killed
 local worker. Ray restarts the actor (`max_restarts`), which loads its models again on first
-use; more than MAX_RESTARTS deaths of one actor in a minute and it is let go. The driver dying
-leaves every lease to run out the same way; starting it again resumes.
+use; more than MAX_RESTARTS deaths of one actor in a minute and it is let go (`supervisor.Restarts`,
+the limit local workers have). The driver dying leaves every lease to run out the same way;
+starting it again resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .cache import Cache
 from .errors import FarmError
 from .publish import publish
 from .queue import Queue
-from .supervisor import MAX_RESTARTS
+from .supervisor import Restarts
 from .worker import Worker
 
 DEPTH = 2  # tasks in flight per actor: one running, the next waiting there with its inputs sent
@@ -239,7 +240,7 @@ class Slot:
     lacks: dict = field(default_factory=dict)  # model identity -> why: models its node does not have
     idle: bool = False  # gave back a task of a model it lacks: claims again once another actor reports
     alive: bool = False
-    deaths: list = field(default_factory=list)
+    restarts: Restarts = field(default_factory=Restarts)  # deaths in the last minute: restart or let go
 
 
 class Driver:
@@ -528,11 +529,9 @@ class Driver:
             lost = len(slot.flight)
             slot.flight.clear()
             slot.alive, slot.models = False, frozenset()
-        now = time.time()
-        slot.deaths = [t for t in slot.deaths if now - t < 60] + [now]
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if len(slot.deaths) > MAX_RESTARTS:
-            print(f"farm: Ray actor {slot.name} died {len(slot.deaths)} times in a minute; not restarting it.",
+        if not slot.restarts.died():
+            print(f"farm: Ray actor {slot.name} died {slot.restarts.recent} times in a minute; not restarting it.",
                   file=sys.stderr)
             self.ray.kill(slot.actor, no_restart=True)
             self.queue.unregister(slot.name)

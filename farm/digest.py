@@ -1,5 +1,6 @@
-"""Hashing what task keys and manifests name by content: files (checkpoints, LoRAs,
-pictures, rendered videos) and model folders. Standard library only.
+"""Hashing what task keys, cache records and manifests name by content: files (checkpoints,
+LoRAs, pictures, cached outputs, rendered videos) and model folders. `file_digest` is the one
+file hasher, with one memo. Standard library only.
 """
 
 from __future__ import annotations
@@ -7,38 +8,65 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from pathlib import Path
 
 from . import files, home
 
-_DIGESTS: dict[tuple, str] = {}
+# The one memo of file digests, by what makes a file's content the same (its path, size,
+# modification and change times, inode and device): any write to a file changes its ctime,
+# which cannot be set back, and so names another entry. Bounded, the least recently used
+# forgotten first: a `farm work` process hashes every file it caches (a segment: 19 frames),
+# and an entry is about 400 bytes.
+_DIGESTS: dict[tuple, tuple[str, bool]] = {}  # -> (digest, whether this process read the bytes)
+_LOCK = threading.Lock()
+MEMO_ENTRIES = 1 << 16
 # Files this large (single-file checkpoints: 2-25 GB, hashed at about 1 GB/s) are hashed once
 # per machine, not once per process: every `farm render` of a spec validates its models, and
 # each `farm work` process checks what it loads. Their digests are kept in $FARM_HOME/digests,
-# one small file each, named by the file's path, size, mtime, ctime, inode and device: any
-# write to the file (ctime cannot be set back) names another memo, and so rehashes.
+# one small file each, named by the same memo key.
 MEMO_BYTES = 16 << 20
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, hashed once per process (by path, size and times), and for a
-    large file once per machine."""
+def file_digest(path: Path, *, per_machine: bool = True) -> str:
+    """sha256 of a file's bytes: the one file hasher (task keys, cache records and their
+    checks, manifests). Hashed once per process while the file is unchanged, and a large file
+    once per machine, unless `per_machine` is False: the cache checks its entries for damage no
+    stat field shows (bit rot), so each process reads them once itself. FarmError (exit 2) for
+    a path that is not a regular file (a FIFO or device would be read forever); OSError passes
+    through."""
     path = Path(path).resolve()
-    st = files.regular_stat(path)  # a FIFO or device would be read forever
+    st = files.regular_stat(path)
     memo = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-    if memo not in _DIGESTS:
+    with _LOCK:  # the Ray driver checks cache entries from several threads
+        known = _DIGESTS.pop(memo, None)
+        if known is not None:
+            _DIGESTS[memo] = known  # last: the most recently used
+            if per_machine or known[1]:
+                return known[0]
+    kept = None
+    if per_machine and st.st_size >= MEMO_BYTES:
         kept = home.home() / "digests" / hashlib.sha256(repr(memo).encode()).hexdigest()
-        digest = _read_memo(kept) if st.st_size >= MEMO_BYTES else None
-        if digest is None:
-            h = hashlib.sha256()
-            with files.open_regular(path) as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()
-            if st.st_size >= MEMO_BYTES:
-                _write_memo(kept, digest)
-        _DIGESTS[memo] = digest
-    return _DIGESTS[memo]
+    digest = _read_memo(kept) if kept else None
+    read = digest is None
+    if read:
+        digest = _hash(path)
+        if kept:
+            _write_memo(kept, digest)
+    with _LOCK:
+        while len(_DIGESTS) >= MEMO_ENTRIES:
+            del _DIGESTS[next(iter(_DIGESTS))]  # the least recently used
+        _DIGESTS[memo] = (digest, read)
+    return digest
+
+
+def _hash(path: Path) -> str:
+    """sha256 of a file's bytes, read again (737 MB/s on our 2-core dev VM, hashlib over OpenSSL)."""
+    h = hashlib.sha256()
+    with files.open_regular(path) as f:
+        for chunk in iter(lambda: f.read(files.CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_memo(path: Path) -> str | None:

@@ -14,34 +14,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import ffmpeg
 
 from . import files, outputs
+from .codecs import CODECS
 from .errors import FarmError
-
-
-@dataclass(frozen=True)
-class Codec:
-    containers: tuple[str, ...]  # what it may be written to ("" is a folder of PNGs); spec.py checks `out`
-    encoder: str | None = None  # ffmpeg's encoder; None: the frames are copied, not encoded
-    options: dict = field(default_factory=dict)  # output options; CRF defaults are visually lossless
-
-
-# The one table of codecs: what a spec may ask for, and how ffmpeg writes it.
-CODECS = {
-    "h264": Codec((".mp4", ".mkv", ".mov"), "libx264",
-                  {"pix_fmt": "yuv420p", "crf": 18, "preset": "medium", "movflags": "+faststart"}),
-    "h265": Codec((".mp4", ".mkv", ".mov"), "libx265",
-                  {"pix_fmt": "yuv420p", "crf": 20, "preset": "medium", "tag:v": "hvc1",
-                   "x265-params": "log-level=error", "movflags": "+faststart"}),
-    "av1": Codec((".mp4", ".mkv", ".webm"), "libsvtav1", {"pix_fmt": "yuv420p10le", "crf": 30, "preset": 8}),
-    "prores": Codec((".mov", ".mkv"), "prores_ks", {"pix_fmt": "yuv422p10le", "profile:v": 3}),  # 3: 422 HQ
-    "png": Codec(("",)),
-}
 
 
 def executable() -> str:

@@ -3,7 +3,7 @@
 `atomic_write` is the one way farm writes a file it publishes (an output video, a manifest,
 a contact sheet, a review page): write under a temporary name in the same folder, fsync it,
 rename it into place, fsync the folder. `sync_tree` does the same for a folder about to be
-renamed into place (a cache entry, a PNG sequence). `digest` is the one file hasher.
+renamed into place (a cache entry, a PNG sequence). (The one file hasher is digest.file_digest.)
 
 `open_regular` is the one way farm opens a file a user named (a spec, a picture, a LoRA, a
 preset, a model folder's configs): regular files only, each read with a size bound.
@@ -12,7 +12,6 @@ preset, a model folder's configs): regular files only, each read with a size bou
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import stat
@@ -22,7 +21,7 @@ from pathlib import Path
 from .errors import FarmError
 from .units import human
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes a read: what digest.file_digest hashes at a time
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -108,15 +107,6 @@ def pictures():
     # Between that and twice it PIL only warns; farm refuses those pictures by their size itself.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     return Image
-
-
-def digest(path: Path) -> str:
-    """sha256 of a file's bytes (737 MB/s on our 2-core dev VM, hashlib over OpenSSL)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def link_or_copy(src: Path, dst: Path):

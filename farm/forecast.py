@@ -12,12 +12,12 @@ earlier variant of a sweep, a twin keyframe) makes it first.
 from __future__ import annotations
 
 import json
-import sqlite3
 import statistics
 from pathlib import Path
 
 from . import home, plan as planner, spec as specs
 from .cache import Cache
+from .errors import FarmError
 
 
 def forecast(path: str | Path, *, db: str | Path | None = None) -> list[dict]:
@@ -101,15 +101,15 @@ class History:
         self.rates: dict[tuple, list[float]] = {}
         if not Path(path).is_file():
             return
+        from .queue import Queue  # here: sqlite_utils costs 0.15 s to import, and a first plan has no history
+
         try:
-            conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, timeout=5)
+            queue = Queue.read_only(path)
             try:
-                rows = conn.execute(
-                    "SELECT kind, model, params, finished_at - started_at FROM tasks WHERE state = 'done' "
-                    "AND cached = 0 AND started_at IS NOT NULL AND finished_at > started_at").fetchall()
+                rows = queue.run_times()
             finally:
-                conn.close()
-        except sqlite3.Error:  # no database, or not farm's: no history
+                queue.close()
+        except FarmError:  # no database, or not farm's: no history
             return
 
         for kind, model, params, seconds in rows:

@@ -1,6 +1,6 @@
 """Where a loaded pipeline runs, and in what precision: applying farm/fit.py's choice (all on
 the GPU, VAE tiling, model or sequential CPU offload) and `quantize = "int8"` / `"fp8"`
-(diffusers' TorchAO backend). Below both models.py, which loads pipelines with it, and fit.py,
+(diffusers' TorchAO backend). Below both models/loading.py, which loads pipelines with it, and fit.py,
 which estimates what each choice needs.
 """
 

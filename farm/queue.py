@@ -267,6 +267,23 @@ class Queue:
                         self.conn.execute(statement)
                 self.conn.execute(f"PRAGMA user_version = {i + 1}")
 
+    @classmethod
+    def read_only(cls, path: Path | str) -> Queue:
+        """The database at `path` opened for reading only, as `farm plan` reads its history:
+        nothing is created, migrated or written (a missing file is an error, not a new queue).
+        Its verbs that write fail; FarmError if it cannot be opened."""
+        queue = cls.__new__(cls)
+        queue.path = Path(path)
+        try:
+            conn = sqlite3.connect(f"file:{queue.path.resolve()}?mode=ro", uri=True, timeout=5,
+                                   isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            queue.db = sqlite_utils.Database(conn)
+        except (OSError, sqlite3.Error) as e:
+            raise FarmError(f"Cannot open the queue database {queue.path}: {e}") from None
+        queue.conn, queue._next_expiry = conn, float("inf")  # never sweeps: that writes
+        return queue
+
     def transaction(self):
         return _Transaction(self.conn)
 
@@ -657,6 +674,17 @@ class Queue:
             for row in rows:
                 found.setdefault(row.pop("key"), row)
         return found
+
+    def run_times(self) -> list[tuple[str, str | None, str, float]]:
+        """(kind, model, params as stored, seconds) of every finished task that ran (not answered
+        from the cache): the history `farm plan` estimates times from. FarmError if the database
+        cannot be read as farm's (another program's, or one too old to have these columns)."""
+        try:
+            return [tuple(r) for r in self.conn.execute(
+                "SELECT kind, model, params, finished_at - started_at FROM tasks WHERE state = 'done' "
+                "AND cached = 0 AND started_at IS NOT NULL AND finished_at > started_at")]
+        except sqlite3.Error as e:
+            raise FarmError(f"Cannot read the task history of {self.path}: {e}") from None
 
     def latest_done(self, spec_path: str) -> int | None:
         """The id of the last job of this spec (by its resolved path) that finished, or None."""

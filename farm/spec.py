@@ -28,7 +28,7 @@ from .checks import (
     path_problem,
     shown,
 )
-from .encode import CODECS
+from .codecs import CODECS
 from .errors import FarmError, SpecError
 
 # Text encoders read at most a few hundred tokens (CLIP 77, T5 and UMT5 512): 4,096 characters

@@ -3,7 +3,8 @@
 The supervisor starts each worker in a fresh process (spawn: no CUDA state is inherited)
 with `CUDA_VISIBLE_DEVICES` set to its GPU, in its own process group so that a terminal's
 Ctrl-C reaches the supervisor once and is forwarded once. It restarts a worker that dies
-unexpectedly (a crashed driver, the OOM killer), at most MAX_RESTARTS times a minute.
+unexpectedly (a crashed driver, the OOM killer), at most MAX_RESTARTS times a minute (`Restarts`,
+which `farm work --ray` applies to its actors too).
 
 Stopping: the first SIGINT/SIGTERM makes every worker stop claiming; a worker finishes its
 task in flight, or after `grace` seconds releases it back to the queue, then exits, and
@@ -24,6 +25,27 @@ from dataclasses import dataclass
 from .errors import FarmError
 
 MAX_RESTARTS = 5  # per worker per minute
+
+
+class Restarts:
+    """The restart limit of one worker, a local process or a Ray actor: at most `limit` deaths
+    in any `window` seconds are followed by a restart. A worker that keeps dying (a driver that
+    crashes at start, a model that cannot load) is let go instead of restarted in a loop."""
+
+    def __init__(self, limit: int = MAX_RESTARTS, window: float = 60.0, clock=time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self.deaths: list[float] = []  # within the last window
+
+    def died(self) -> bool:
+        """Record a death now; True if the worker may be restarted."""
+        now = self.clock()
+        self.deaths = [t for t in self.deaths if now - t < self.window] + [now]
+        return len(self.deaths) <= self.limit
+
+    @property
+    def recent(self) -> int:
+        """Deaths within the last window, as of the last one recorded."""
+        return len(self.deaths)
 
 
 @dataclass(frozen=True)
@@ -77,7 +99,7 @@ def work(slots_: list[Slot], *, db: str | None, lease: float, until_empty: bool,
     opts = {"db": db, "lease": lease, "until_empty": until_empty, "grace": grace, "memory": memory,
             "progress": progress, "slots": len(slots_)}
     procs: dict[int, mp.Process] = {}
-    restarts: dict[int, list[float]] = {s.index: [] for s in slots_}
+    restarts = {s.index: Restarts() for s in slots_}
     signals = {"n": 0}
 
     def start(slot: Slot):
@@ -105,11 +127,8 @@ def work(slots_: list[Slot], *, db: str | None, lease: float, until_empty: bool,
                 del procs[index]
                 if p.exitcode in (0, 130) or signals["n"]:
                     continue
-                now = time.time()
-                recent = [t for t in restarts[index] if now - t < 60] + [now]
-                restarts[index] = recent
-                if len(recent) > MAX_RESTARTS:
-                    print(f"farm: worker {by_index[index].device} died {len(recent)} times in a minute "
+                if not restarts[index].died():
+                    print(f"farm: worker {by_index[index].device} died {restarts[index].recent} times in a minute "
                           f"(last exit code {p.exitcode}); not restarting it.", file=sys.stderr)
                     continue
                 print(f"farm: worker {by_index[index].device} died (exit code {p.exitcode}); restarting it.",

@@ -53,18 +53,28 @@ def test_no_import_cycle():
 def test_no_stage_reaches_back_to_the_commands():
     graph = import_graph()
     assert "farm.cli" not in graph["farm.supervisor"]  # library silencing is farm.quiet
-    # Spec, plan and models see acceleration only through its torch-free settings.
-    for stage in ("farm.spec", "farm.plan", "farm.models"):
+    # Spec, plan and models (each module of farm/models/) see acceleration only through its torch-free settings.
+    models = {m for m in graph if m == "farm.models" or m.startswith("farm.models.")}
+    assert {"farm.models.presets", "farm.models.hub", "farm.models.identity", "farm.models.loading"} <= models
+    for stage in ("farm.spec", "farm.plan", *sorted(models)):
         assert graph[stage] & {m for m in graph if m.startswith("farm.acceleration")} <= {
             "farm.acceleration", "farm.acceleration.settings"}, stage
-    assert not graph["farm.acceleration"] & {"farm.models", "farm.pipeline", "farm.probe"}
+    assert not graph["farm.acceleration"] & (models | {"farm.pipeline", "farm.probe"})
+    # Inside farm/models/, each concern imports only those below it: presets, hub, identity, loading.
+    order = ["farm.models.presets", "farm.models.hub", "farm.models.identity", "farm.models.loading"]
+    for i, module in enumerate(order):
+        assert not graph[module] & set(order[i + 1:]), module
+        assert "farm.models" not in graph[module], module  # the package re-exports them: never imported back
     # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
     for stage in ("farm.worker", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode", "farm.manifest"):
         assert not graph[stage] & {"farm.spec", "farm.cli", "farm.render"}, stage
+    # The spec reads the codec table (farm.codecs), not the encoder that drives ffmpeg.
+    assert "farm.encode" not in graph["farm.spec"]
 
 
 def test_validating_and_planning_load_no_model_library():
+    """Nor ffmpeg-python: the spec checks codecs against farm.codecs' table, not the encoder."""
     code = ("import sys, farm.spec, farm.plan, farm.models, farm.queue, farm.acceleration; "
-            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'ffmpeg') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -159,11 +159,45 @@ def test_a_large_files_digest_is_kept_across_processes(farm_home, tmp_path):
     assert len(list((farm_home / "digests").iterdir())) == 2  # small files are not kept
 
 
+def test_cache_checks_read_a_file_once_a_process_whatever_is_kept(farm_home, tmp_path, monkeypatch):
+    """The cache checks its entries through the same hasher and memo, but a digest kept on disk
+    (or taken from there into the memo) does not vouch for an entry: damage such as bit rot shows
+    in no stat field, so each process reads an entry's bytes once. The memo is bounded, the least
+    recently used forgotten first."""
+    import hashlib
+
+    big = tmp_path / "video.mp4"
+    big.write_bytes(bytes(digest.MEMO_BYTES))
+    real = hashlib.sha256(big.read_bytes()).hexdigest()
+    digest.file_digest(big)
+    (kept,) = (farm_home / "digests").iterdir()
+    kept.write_text("f" * 64)
+    digest._DIGESTS.clear()
+    assert digest.file_digest(big) == "f" * 64  # a checkpoint's rule: the kept digest
+    assert digest.file_digest(big, per_machine=False) == real  # the cache's: the bytes, read here
+    hashed, hash_file = [], digest._hash
+    monkeypatch.setattr(digest, "_hash", lambda p: hashed.append(p.name) or hash_file(p))
+    assert digest.file_digest(big, per_machine=False) == real and hashed == []  # once a process
+    assert len(list((farm_home / "digests").iterdir())) == 1  # and nothing kept for it
+
+    monkeypatch.setattr(digest, "MEMO_ENTRIES", 2)
+    digest._DIGESTS.clear()
+    a, b, c = (tmp_path / f"{n}.png" for n in "abc")
+    for p in (a, b, c):
+        p.write_bytes(p.name.encode())
+    for p in (a, b, a, c):  # a used again after b: b is the one forgotten
+        digest.file_digest(p)
+    assert hashed == ["a.png", "b.png", "c.png"] and len(digest._DIGESTS) == 2
+    digest.file_digest(a)
+    digest.file_digest(b)
+    assert hashed == ["a.png", "b.png", "c.png", "b.png"]
+
+
 def test_pull_downloads_the_pinned_revision_into_the_cache(cli, monkeypatch, tmp_path):
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(models, "_reachable", lambda *a: None)  # as if the hub answered
+    monkeypatch.setattr(models.hub, "_reachable", lambda *a: None)  # as if the hub answered
     asked = {}
 
     def fake(repo, **kw):

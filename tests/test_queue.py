@@ -240,3 +240,31 @@ def test_read_methods_for_status_manifest_and_review(q):
     assert set(made) == {"k0", "a"}  # k1 came from the cache: no task of these made it
     assert made["k0"]["job_id"] == first and made["k0"]["worker"] == "w" and made["k0"]["name"] == "keyframe[0]"
     assert q.latest_done(str(FakeSpec.path)) == again and q.latest_done("/elsewhere.toml") is None
+
+
+def test_farm_plan_reads_run_times_from_a_read_only_queue(file_q, tmp_path):
+    """`farm plan` estimates from the run times of finished tasks, read through Queue.read_only:
+    nothing is created or written, and a database that is not farm's is a FarmError (no history)."""
+    with pytest.raises(FarmError, match="Cannot open"):
+        Queue.read_only(tmp_path / "none.db")
+    assert not (tmp_path / "none.db").exists()
+    job = file_q.submit(make_plan(2))
+    while (t := file_q.claim("w")) is not None:
+        time.sleep(0.01)  # a run time above zero
+        file_q.complete(t, "w", cached=t["name"] == "keyframe[1]", seconds=0)
+    reader = Queue.read_only(tmp_path / "q.db")
+    try:
+        runs = reader.run_times()
+        assert reader.job(job)["state"] == "done"
+    finally:
+        reader.close()
+    assert sorted(kind for kind, *_ in runs) == ["assemble", "keyframe"]  # not keyframe[1], from the cache
+    assert all(seconds > 0 for *_, seconds in runs)
+    foreign = sqlite3.connect(tmp_path / "foreign.db")
+    foreign.execute("CREATE TABLE notes (text TEXT)")
+    foreign.commit()
+    foreign.close()
+    reader = Queue.read_only(tmp_path / "foreign.db")
+    with pytest.raises(FarmError, match="task history"):
+        reader.run_times()
+    reader.close()

@@ -1,6 +1,6 @@
 """What a spec or preset may ask of acceleration, and its validation: no torch, no diffusers.
 
-spec.py, plan.py and models.py import this (features go into task keys), so validating a
+spec.py, plan.py and models/presets.py import this (features go into task keys), so validating a
 spec never loads the render path.
 """
 

@@ -1,0 +1,75 @@
+"""The Hugging Face hub: what a hub id looks like, where the local Hugging Face cache is, finding
+a model there (a render never downloads), and downloading one (`farm models pull`, the one place
+farm touches the network).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..checks import shown
+from ..errors import FarmError
+
+
+def is_hub_id(name: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name) is not None
+
+
+def hub_cache() -> str:
+    """The Hugging Face cache folder, read now (huggingface_hub reads its variables once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_CACHE") or (os.environ.get("HF_HOME") and os.path.join(os.environ["HF_HOME"], "hub"))
+    return env or constants.HF_HUB_CACHE
+
+
+def cached(name: str) -> Path | None:
+    """The `model_index.json` of hub id `name` (`org/name`, optionally `@revision`) in the local
+    Hugging Face cache, in the snapshot of the commit it names; None if it is not there.
+    FarmError for an id the hub's own rules refuse."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    repo, _, revision = name.partition("@")
+    try:
+        found = try_to_load_from_cache(repo, "model_index.json", revision=revision or None, cache_dir=hub_cache())
+    except HFValidationError as e:  # the hub's own rules for a repo id (at most 96 characters, ...)
+        raise FarmError(f"model {shown(name)} is not a valid hub id: {e}", code=2) from None
+    return Path(found) if isinstance(found, str) else None
+
+
+def download(name: str, repo: str, revision: str | None, timeout: float = 10.0) -> Path:
+    """Download `repo` at `revision` (what `name`, a preset or hub id, points at) into the
+    Hugging Face cache; return the snapshot.
+
+    Checks that the hub answers first and gives every HTTP request `timeout` seconds, so an
+    offline machine gets a FarmError in seconds rather than a hang."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
+    from huggingface_hub import constants, snapshot_download
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    _reachable(endpoint, timeout, name)
+    try:
+        path = snapshot_download(repo, revision=revision or None, etag_timeout=timeout, cache_dir=hub_cache(),
+                                 endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - hub errors come from requests/httpx and huggingface_hub alike
+        raise FarmError(f"Could not download {name!r} ({repo}{'@' + revision if revision else ''}) from {endpoint}: "
+                        f"{type(e).__name__}: {e}", code=1) from None
+    return Path(path)
+
+
+def _reachable(endpoint: str, timeout: float, name: str):
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=min(timeout, 5.0)).close()
+    except OSError as e:
+        raise FarmError(f"Cannot download {name!r}: the model hub {endpoint} is unreachable ({e.strerror or e}). "
+                        f"Run `farm models pull {name}` on a machine with a network (the Hugging Face cache "
+                        f"can be copied), or set HF_ENDPOINT to a mirror.", code=1) from None

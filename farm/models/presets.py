@@ -1,0 +1,138 @@
+"""Preset files (`presets/*.toml`, or `$FARM_PRESETS`): where they are, reading one, and
+checking every key it holds (role and pipeline against the families farm drives, defaults,
+memory flags, acceleration, a motion model's trained rate and window, quantization).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tomli
+
+from .. import families, files
+from ..acceleration.settings import check_features, check_threshold
+from ..checks import MAX_DEPTH, depth
+from ..errors import FarmError
+
+# What farm knows of each pipeline class it drives (role, conditioning, time, size and memory
+# rules, denoisers, twin) is its family's: farm/families/.
+ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "upscale"}
+
+# Preset keys, and the [defaults] keys that are not pipeline-call options (every other
+# [defaults] key, like `max_sequence_length`, is passed to the pipeline call).
+PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
+               "trust_remote_code",
+               "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames",
+               "quantize", "fit")  # farm/fit.py: weights quantized by torchao; what the model needs
+
+# `accelerate` and `cache_threshold` (farm/acceleration/settings.py) are kept in a ModelRef's defaults but
+# are not call options either: plan._model puts them in task keys on their own.
+# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/timing.py) too, and `quantize`.
+NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold", "fps",
+                    "max_frames", "quantize")
+MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
+
+
+def presets_dir() -> Path:
+    env = os.environ.get("FARM_PRESETS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent  # farm/
+    for candidate in (here / "presets", here.parent / "presets"):  # installed wheel, source checkout
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+# The shipped presets are under 2 KB each; 1 MiB bounds what a stray file in FARM_PRESETS costs.
+MAX_PRESET_BYTES = 1 << 20
+
+
+def load_preset(name: str) -> dict:
+    path = presets_dir() / f"{name}.toml"
+    try:
+        data = tomli.loads(files.read_regular(path, MAX_PRESET_BYTES, "a preset").decode("utf-8"))
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FarmError(f"The preset file {path} is not valid TOML: {e}", code=2) from None
+    except OSError as e:
+        raise FarmError(f"Cannot read the preset file {path} ({e.strerror or e}).", code=2) from None
+    except RecursionError:  # tomli's limit on nesting (400 levels)
+        data = None
+    if data is None or depth(data) > MAX_DEPTH:
+        raise FarmError(f"The preset file {path} nests tables and lists more than {MAX_DEPTH} levels deep.", code=2)
+    for key in ("role", "pipeline", "source"):
+        if key not in data:
+            raise FarmError(f"The preset file {path} lacks the key `{key}`.", code=2)
+        if not isinstance(data[key], str) or not data[key]:
+            raise FarmError(f"The preset file {path}: `{key}` must be a non-empty string.", code=2)
+    unknown = [k for k in data if k not in PRESET_KEYS]
+    if unknown:
+        raise FarmError(f"The preset file {path} has unknown keys: {', '.join(unknown)} "
+                        f"(allowed: {', '.join(PRESET_KEYS)}).", code=2)
+    if data["role"] not in ROLES:
+        raise FarmError(f"The preset file {path}: role {data['role']!r} is not one of {', '.join(ROLES)}.", code=2)
+    if data["role"] == "upscale" or families.roles().get(data["pipeline"]) != data["role"]:
+        raise FarmError(f"The preset file {path}: farm cannot drive a {data['pipeline']} as a {data['role']} "
+                        f"model (it drives: {_drivable()}).", code=2)
+    if not isinstance(data.get("trust_remote_code", False), bool):
+        raise FarmError(f"The preset file {path}: trust_remote_code must be true or false.", code=2)
+    from ..checks import Checker, fit_table, preset_defaults
+
+    c = Checker(path)
+    preset_defaults(c, data.get("defaults", {}), "defaults.")
+    fit_table(c, data.get("fit", {}), "fit.")
+    if not isinstance(data.get("options", {}), dict):
+        c.fail("options", "expected a table of pipeline call arguments")
+    if c.problems:
+        raise FarmError(f"The preset file {path} has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}: "
+                        + "; ".join(c.problems) + ".", code=2)
+    data["defaults"] = {**data.get("defaults", {}), **data.get("options", {})}
+    return data
+
+
+def preset_defaults(name: str, preset: dict) -> dict:
+    """A preset's [defaults], plus its `accelerate = [...]` and `cache_threshold` (validated)."""
+
+    defaults = dict(preset.get("defaults", {}))
+    if "accelerate" in preset:
+        defaults["accelerate"] = check_features(preset["accelerate"], f"preset {name!r}: accelerate")
+    if "cache_threshold" in preset:
+        defaults["cache_threshold"] = check_threshold(preset["cache_threshold"], f"preset {name!r}: cache_threshold")
+    defaults.update(_preset_time(name, preset))
+    if "quantize" in preset:
+        defaults["quantize"] = check_quantize_name(preset["quantize"], f"preset {name!r}: quantize")
+    return defaults
+
+
+def _preset_time(name: str, preset: dict) -> dict:
+    """A motion preset's `fps` (the rate its model was trained at) and `max_frames` (its window)."""
+    out = {}
+    for key, integer, hi in (("fps", False, 240), ("max_frames", True, 10_000)):
+        if key not in preset:
+            continue
+        v = preset[key]
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not 0 < v <= hi:
+            what = "an integer" if integer else "a number"
+            raise FarmError(f"Preset {name!r}: {key} must be {what} > 0 and <= {hi}, got {v!r}.", code=2)
+        if preset.get("role") != "motion":
+            raise FarmError(f"Preset {name!r}: {key} applies to motion models only.", code=2)
+        out[key] = v
+    return out
+
+
+def check_quantize_name(value, label: str) -> str:
+    """`quantize = "int8"` or `"fp8"` (farm/fit.py says what each needs)."""
+    from ..placement import QUANTIZE
+
+    if value not in QUANTIZE:
+        raise FarmError(f"{label}: expected one of {', '.join(repr(q) for q in QUANTIZE)}, got {value!r}", code=2)
+    return value
+
+
+def _drivable() -> str:
+    return ", ".join(f"{p} ({role})" for p, role in sorted(families.roles().items()))
