@@ -9,18 +9,13 @@ downstream of it and nothing else.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 from . import timing
 from .acceleration import settings
 from .digest import file_digest
 from .spec import Spec
-
-# Bump a kind's version when the code that makes its output changes what it makes.
-# segment 2: generated at the model's frame rate and retimed to the shot's (farm/timing.py).
-VERSIONS = {"keyframe": 1, "segment": 2, "clip": 1, "assemble": 1}
+from .tasks import VERSIONS, task_key  # noqa: F401 - VERSIONS: where readers found it
 
 
 @dataclass(frozen=True)
@@ -45,11 +40,6 @@ class Plan:
 def assembly(tasks) -> dict | None:
     """The one `assemble` task among a job's tasks (queue rows or a manifest's entries), or None."""
     return next((t for t in tasks if t["kind"] == "assemble"), None)
-
-
-def task_key(kind: str, inputs: dict) -> str:
-    blob = json.dumps({"kind": kind, "version": VERSIONS[kind], **inputs}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _model(ref, loras=()) -> dict:

@@ -9,13 +9,14 @@ model, seed, steps and retiming, a crossfade and a hold in one shot, h265 with a
 keys and stored params were computed on the code before typed tasks (issue 20), and the params
 are kept in stored_tasks_before_format_1.json, as queues and manifests of that code hold them."""
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLE, ROOT
-from farm import plan, spec
+from farm import plan, spec, tasks
 
 TEMPLATE = """
 [shot]
@@ -230,3 +231,29 @@ def shot(case: str, folder) -> Path:
 def test_task_keys_are_what_they_were(case, tmp_path):
     got = {t.name: t.key for t in plan.build(spec.load(shot(case, tmp_path))).tasks}
     assert got == KEYS[case]
+
+
+STORED = Path(__file__).parent / "stored_tasks_before_format_1.json"
+
+
+def test_tasks_stored_before_format_1_read_back_whole_with_their_keys():
+    """Queues and manifests hold tasks as the code before typed tasks stored them (no "format"):
+    each reads back as its record, with its key, nothing lost or added."""
+    for row in json.loads(STORED.read_text()):
+        task = tasks.load(row["kind"], json.dumps(row["params"]))
+        assert task.kind == row["kind"] and task.key() == row["key"] and task.identity == row["model"], row["name"]
+        stored = task.to_json()
+        assert stored.pop("format") == tasks.FORMAT
+        stored.pop("form", None)
+        assert stored == row["params"], row["name"]
+
+
+def test_a_task_of_a_newer_format_an_unknown_kind_or_missing_fields_is_refused():
+    with pytest.raises(tasks.TaskFormatError, match="newer farm"):
+        tasks.load("assemble", {"format": tasks.FORMAT + 1})
+    with pytest.raises(tasks.TaskFormatError, match="unknown task kind"):
+        tasks.load("noop", {})
+    with pytest.raises(tasks.TaskFormatError, match="lacks"):
+        tasks.load("clip", {"format": tasks.FORMAT})
+    with pytest.raises(tasks.TaskFormatError, match="unknown form"):
+        tasks.load("segment", {"format": tasks.FORMAT, "form": "morph"})

@@ -58,6 +58,8 @@ def test_no_stage_reaches_back_to_the_commands():
         assert graph[stage] & {m for m in graph if m.startswith("farm.acceleration")} <= {
             "farm.acceleration", "farm.acceleration.settings"}, stage
     assert not graph["farm.acceleration"] & {"farm.models", "farm.pipeline", "farm.probe"}
+    # The task records are a leaf: the plan writes them, the queue stores them, every later stage reads them.
+    assert graph["farm.tasks"] == set()
     # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
     for stage in ("farm.worker", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode", "farm.manifest"):
         assert not graph[stage] & {"farm.spec", "farm.cli", "farm.render"}, stage
