@@ -110,10 +110,6 @@ class Model:
                    trust_remote_code=bool(d.get("trust_remote_code", False)))
 
 
-def _model(d: dict | None) -> Model | None:
-    return Model.from_json(d) if d is not None else None
-
-
 # --- the kinds --------------------------------------------------------------------------------
 
 
@@ -339,8 +335,9 @@ def load(kind: str, data: dict | str) -> AnyTask:
         raise TaskFormatError(f"unknown task kind {kind!r}")
     if not isinstance(d, dict):
         raise TaskFormatError(f"a stored {kind} task is not a JSON object")
-    if d.get("format", 0) > FORMAT:
-        raise TaskFormatError(f"a {kind} task stored by a newer farm (format {d['format']!r}); this one reads up to "
+    stored = d.get("format", 0)
+    if not isinstance(stored, int) or stored > FORMAT:
+        raise TaskFormatError(f"a {kind} task stored by a newer farm (format {stored!r}); this one reads up to "
                               f"format {FORMAT}")
     try:
         return KINDS[kind].from_json(d)

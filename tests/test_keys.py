@@ -257,3 +257,10 @@ def test_a_task_of_a_newer_format_an_unknown_kind_or_missing_fields_is_refused()
         tasks.load("clip", {"format": tasks.FORMAT})
     with pytest.raises(tasks.TaskFormatError, match="unknown form"):
         tasks.load("segment", {"format": tasks.FORMAT, "form": "morph"})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_task_reads_back_from_the_queue_as_the_plan_built_it(case, tmp_path):
+    for t in plan.build(spec.load(shot(case, tmp_path))).tasks:
+        back = tasks.load(t.kind, json.dumps(t.stored()))  # what the queue keeps, and a worker reads
+        assert back == t.params and back.key() == t.key and back.identity == t.model, t.name
