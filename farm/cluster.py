@@ -31,9 +31,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import tasks
 from .cache import Cache
 from .errors import FarmError
 from .publish import publish
@@ -192,7 +193,7 @@ class Actor:
         try:
             out["files"] = self.worker.produce(_on_this_node(task), inputs)
         except ModelMissing as e:  # said once by the driver, which gives the task to another actor
-            out["error"], out["missing"] = e.message, task["params"]["model"]["identity"]
+            out["error"], out["missing"] = e.message, task["model"]
         except Exception as e:  # noqa: BLE001 - reported to the driver, which records it in the queue
             out["error"], out["retry"] = self.worker.failure(task, e)
         return {**out, "seconds": time.perf_counter() - started, "models": sorted(self.worker.held()),
@@ -203,20 +204,21 @@ def _on_this_node(task: dict) -> dict:
     """The task with its model's source as found on this node: a hub model in this node's
     Hugging Face cache (at the commit the head planned with), a folder at the same path, or
     a built-in twin (built here on first use)."""
-    model = task["params"].get("model")
-    if not model or model["source"].startswith("builtin:") or Path(model["source"]).exists():
+    work = tasks.of(task)
+    model = work.model
+    if model is None or model.source.startswith("builtin:") or Path(model.source).exists():
         return task
     from . import models
 
-    if model["identity"].startswith("hub:"):
-        repo, commit = model["identity"][4:].rsplit("@", 1)
+    if model.identity.startswith("hub:"):
+        repo, commit = model.identity[4:].rsplit("@", 1)
         found = Path(models.hub_cache()) / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
         if found.is_dir():
-            return {**task, "params": {**task["params"], "model": {**model, "source": str(found)}}}
-        fix = f"run `farm models pull {model['name']}` there, or share HF_HOME"
+            return {**task, "params": replace(work, model=replace(model, source=str(found))).to_json()}
+        fix = f"run `farm models pull {model.name}` there, or share HF_HOME"
     else:
         fix = "put the model at the same path on every node"
-    raise ModelMissing(f"model {model['name']!r} is not on node {socket.gethostname()} ({model['source']}): {fix}")
+    raise ModelMissing(f"model {model.name!r} is not on node {socket.gethostname()} ({model.source}): {fix}")
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -397,14 +399,14 @@ class Driver:
     def _inputs(self, task: dict) -> dict:
         """What the actor needs from the head, as bytes: the cache entries of the tasks it reads,
         and a picture keyframe's picture."""
-        p = task["params"]
-        if task["kind"] == "keyframe":
-            if "image" not in p:
+        work = tasks.of(task)
+        if isinstance(work, tasks.Keyframe):
+            if work.image is None:
                 return {}
             from . import files
             from .checks import MAX_PICTURE_BYTES
 
-            return {"image": {"image": files.read_regular(p["image"], MAX_PICTURE_BYTES, "a keyframe picture")}}
+            return {"image": {"image": files.read_regular(work.image, MAX_PICTURE_BYTES, "a keyframe picture")}}
         keys = self.queue.needs(task["id"])  # keyframes, and a chain's clips: whatever it depends on
         return {k: {f.name: f.read_bytes() for f in self.cache.files(k)} for k in keys}
 

@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import families, files, timing
+from . import families, files, tasks, timing
 from .checks import FIT_KEYS, PLACEMENTS  # noqa: F401  (the placements' ladder and [fit]'s keys: farm/checks.py)
 from .errors import FarmError
 from .placement import (  # noqa: F401
@@ -319,17 +319,6 @@ def choose(est: Estimate, free: int, device: str, *, floor: dict | None = None, 
 # --- tasks --------------------------------------------------------------------------------
 
 
-def task_shape(kind: str, params: dict) -> tuple[int, int, int]:
-    """(width, height, frames the model generates in one call) of a keyframe, segment or clip task."""
-    if kind == "clip":  # one clip of a chain: its own frame count
-        return params["width"], params["height"], params["frames"]
-    if kind != "segment":
-        return params["width"], params["height"], 1
-    # Frames at the model's rate, per call: farm/plan.py gives every segment that loads a model
-    # its clips (a chain's segment loads none: its clip tasks do).
-    return params["width"], params["height"], max(params["clips"])
-
-
 def frame_rule(rule: families.Shape, wanted: int) -> int:
     """The smallest frame count >= wanted that a model with this rule generates (Wan 4k+1,
     LTX 8k+1; farm/timing.py's `shape` reads a model's rule from its config)."""
@@ -337,25 +326,24 @@ def frame_rule(rule: families.Shape, wanted: int) -> int:
     return max(offset + step * math.ceil(max(wanted - offset, 0) / step), wanted, 1 + step)
 
 
-def for_model(model: dict, shape: tuple[int, int, int], device: str, folder: Path | None = None) -> Estimate:
-    """The estimate of a task's model (its params["model"]) at a shape, on a device."""
-    dtype = "float32" if device == "cpu" else (model.get("dtype") or "bfloat16")
-    need = needs(model["pipeline"], model.get("name"), folder)
-    return estimate(need, *shape, dtype=dtype, quantize=model.get("quantize"), label=model.get("name", ""))
+def for_model(model: tasks.Model, shape: tuple[int, int, int], device: str, folder: Path | None = None) -> Estimate:
+    """The estimate of a task's model at a shape (the task's `shape`), on a device."""
+    dtype = "float32" if device == "cpu" else (model.dtype or "bfloat16")
+    need = needs(model.pipeline, model.name or None, folder)
+    return estimate(need, *shape, dtype=dtype, quantize=model.quantize, label=model.name)
 
 
-def task_memory(task_params: dict, kind: str, device: str = "cuda") -> int | None:
+def task_memory(task: tasks.AnyTask, device: str = "cuda") -> int | None:
     """The peak bytes of a task with everything on the device (what `farm plan` reports), or
     None for a task that loads no model."""
     from . import models
 
-    model = task_params.get("model")
-    if not model:
+    if task.model is None:
         return None
     try:
-        ref = models.ref_from_params(model)
+        ref = models.ref_from_params(task.model.to_json())
         folder = Path(ref.config) if ref.config else models.local_path(ref)  # a twin is built, as a render would
-        return for_model(model, task_shape(kind, task_params), device, folder).peaks["all"]
+        return for_model(task.model, task.shape, device, folder).peaks["all"]
     except (Unmeasured, OSError):  # no weights here and no [fit] table: unknown
         return None
 
@@ -381,8 +369,7 @@ def describe(name: str, width: int | None = None, height: int | None = None, fra
         pass
     if preset["role"] == "motion" and frames > 1:  # the rule of the version it is (CogVideoX 1.0 or 1.5)
         frames = frame_rule(timing.shape(ref) if ref else families.family(preset["pipeline"]).shape({}), frames)
-    model = {"pipeline": preset["pipeline"], "name": name, "dtype": defaults.get("dtype"),
-             "quantize": preset.get("quantize")}
+    model = tasks.Model("", preset["pipeline"], dtype=defaults.get("dtype"), quantize=preset.get("quantize"), name=name)
     try:
         return for_model(model, (width, height, frames), device, folder)
     except FarmError:

@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from . import home, plan as planner, spec as specs
+from . import home, plan as planner, spec as specs, tasks
 from .cache import Cache
 from .errors import FarmError
 
@@ -44,7 +44,7 @@ def forecast_spec(spec: specs.Spec, cache: Cache, history: History, made: set[st
         made.add(task.key)
         estimate = 0.0 if cached else history.estimate(task)
         row = {"name": task.name, "kind": task.kind, "model": _model_name(task.params), "cached": cached}
-        clips = _clips(task)
+        clips = _clips(task.params)
         if clips is not None:
             row["clips"] = clips
         row.update({"estimate_s": None if estimate is None else round(estimate, 2),
@@ -60,19 +60,20 @@ def forecast_spec(spec: specs.Spec, cache: Cache, history: History, made: set[st
             "estimate_s": None if unknown else round(total, 2)}
 
 
-def _model_name(params: dict) -> str | None:
-    model = params.get("model")
-    return model["name"] if isinstance(model, dict) else params.get("mode")
+def _model_name(task: tasks.AnyTask) -> str | None:
+    """The model's name, an animatic's mode, or None (a chain's segment, an assembly)."""
+    if task.model is not None:
+        return task.model.name
+    return task.mode if isinstance(task, tasks.Segment) else None
 
 
-def _clips(task) -> list[dict] | None:
+def _clips(task: tasks.AnyTask) -> list[dict] | None:
     """A segment's clips at the model's rate ([] for an animatic); None for other kinds."""
-    p = task.params
-    if task.kind != "segment":
+    if not isinstance(task, tasks.Segment):
         return None
-    if "mode" in p:
+    if task.form == tasks.ANIMATIC:
         return []
-    return [{"frames": n, "fps": p["model_fps"]} for n in p["clips"]]
+    return [{"frames": n, "fps": task.model_fps} for n in task.clips]
 
 
 def _memory_bytes(task, seen: dict) -> int | None:
@@ -84,12 +85,12 @@ def _memory_bytes(task, seen: dict) -> int | None:
     distinct estimates) spent 12 of its 13.7 s in `farm plan` here (2026-12-01)."""
     from . import fit
 
-    model = task.params.get("model")
-    if not model:
+    model = task.params.model
+    if model is None:
         return None
-    key = (task.kind, fit.task_shape(task.kind, task.params), json.dumps(model, sort_keys=True))
+    key = (task.kind, task.params.shape, json.dumps(model.to_json(), sort_keys=True))
     if key not in seen:
-        seen[key] = fit.task_memory(task.params, task.kind)
+        seen[key] = fit.task_memory(task.params)
     return seen[key]
 
 
@@ -114,25 +115,29 @@ class History:
 
         for kind, model, params, seconds in rows:
             try:
-                p = json.loads(params)
-            except ValueError:
+                task = tasks.load(kind, params)
+            except ValueError:  # a row of a kind or format this farm does not read: no history
                 continue
-            key, work = _signature(kind, model, p)
+            key, work = _signature(task, model)
             self.rates.setdefault(key, []).append(seconds / work)
 
     def estimate(self, task) -> float | None:
-        key, work = _signature(task.kind, task.model, task.params)
+        key, work = _signature(task.params, task.model)
         seen = self.rates.get(key)
         return statistics.median(seen) * work if seen else None
 
 
-def _signature(kind: str, model: str | None, p: dict) -> tuple[tuple, float]:
+def _signature(task: tasks.AnyTask, model: str | None) -> tuple[tuple, float]:
     """(what makes two tasks comparable, how much work this one is)."""
-    size = (p.get("width"), p.get("height"))
-    if kind in ("clip", "segment") and model:  # a model's frames: seconds per generated frame
-        frames = p["frames"] if kind == "clip" else p.get("native", p.get("frames", 1))
-        return ("video", model, *size, p.get("steps")), max(1, frames)
-    if kind == "keyframe":
-        return ("keyframe", model, *size, p.get("steps")), 1
+    size = (task.width, task.height)
+    if isinstance(task, tasks.Clip) and model:  # a model's frames: seconds per generated frame
+        return ("video", model, *size, task.steps), max(1, task.frames)
+    if isinstance(task, tasks.Segment) and model:
+        return ("video", model, *size, task.steps), max(1, task.native or task.frames)
+    if isinstance(task, tasks.Keyframe):
+        return ("keyframe", model, *size, task.steps), 1
     # ffmpeg's work (animatics, retiming, encoding): seconds per frame written
-    return (kind, p.get("mode") or ("retime" if "clip_keys" in p else None), *size), max(1, p.get("frames", 1))
+    what = None
+    if isinstance(task, tasks.Segment):
+        what = task.mode if task.form == tasks.ANIMATIC else "retime" if task.form == tasks.CHAIN else None
+    return (task.kind, what, *size), max(1, task.frames)

@@ -15,7 +15,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__, encode, files
+from . import __version__, encode, files, tasks as task_records
 from .cache import Cache
 from .digest import file_digest
 from .errors import FarmError
@@ -58,7 +58,7 @@ def assembled(cache: Cache, assemble: dict) -> tuple[Path, dict | None]:
         info = json.loads((folder / VIDEO_INFO).read_text())
     except (OSError, ValueError):
         info = None
-    return folder / f"video{assemble['params']['container']}", info
+    return folder / f"video{task_records.of(assemble).container}", info
 
 
 def video_of(cache: Cache, tasks: list[dict]) -> Path | None:
@@ -90,18 +90,18 @@ def build(queue: Queue, job: int, cache: Cache, *, video: dict | None = None) ->
     models: dict[str, dict] = {}
     entries = []
     for t in tasks:
-        params = t["params"]
-        model = params.get("model")
-        if model:
-            models.setdefault(model["identity"], {
-                "name": model["name"], "identity": model["identity"], "revision": revision(model["identity"]),
-                "source": model["source"], "pipeline": model["pipeline"], "dtype": model["dtype"],
+        work = task_records.of(t)
+        model = work.model
+        if model is not None:
+            models.setdefault(model.identity, {
+                "name": model.name, "identity": model.identity, "revision": revision(model.identity),
+                "source": model.source, "pipeline": model.pipeline, "dtype": model.dtype,
                 "tasks": []})["tasks"].append(t["name"])
         entry = {
             "name": t["name"], "kind": t["kind"], "key": t["key"], "state": t["state"],
             "cached": bool(t["cached"]), "attempts": t["attempts"], "worker": t["worker"], "device": t["device"],
             "started_at": t["started_at"], "finished_at": t["finished_at"],
-            "seconds": _seconds(t["started_at"], t["finished_at"]), "params": params,
+            "seconds": _seconds(t["started_at"], t["finished_at"]), "params": work.to_json(),
         }
         if t["cached"]:
             # Answered from the cache: say where (and on what) its output was first made.
@@ -165,6 +165,12 @@ def load(path: str | Path) -> dict:
              if not isinstance(data.get(where), dict) or not _is(data[where].get(k), types)]
     if not isinstance(data["tasks"], list) or not all(isinstance(t, dict) for t in data["tasks"]):
         wrong.append("tasks")
+    else:  # each task as farm stored it (any format farm has written): its readers use it typed
+        for i, t in enumerate(data["tasks"]):
+            try:
+                task_records.of(t)
+            except (KeyError, ValueError):
+                wrong.append(f"tasks[{i}]")
     if wrong:
         raise FarmError(f"{path} is not a valid farm manifest: {', '.join(wrong)} "
                         f"{'has' if len(wrong) == 1 else 'have'} the wrong type.", code=2)

@@ -9,28 +9,34 @@ downstream of it and nothing else.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
-from . import timing
+from . import tasks, timing
 from .acceleration import settings
 from .digest import file_digest
 from .spec import Spec
-
-# Bump a kind's version when the code that makes its output changes what it makes.
-# segment 2: generated at the model's frame rate and retimed to the shot's (farm/timing.py).
-VERSIONS = {"keyframe": 1, "segment": 2, "clip": 1, "assemble": 1}
+from .tasks import VERSIONS, task_key  # noqa: F401 - where they were before farm/tasks.py
 
 
 @dataclass(frozen=True)
 class Task:
-    name: str  # unique in the job: keyframe[0], segment[0], assemble
+    """A node of the job's graph: a typed task (`params`, farm/tasks.py) under a name unique in
+    the job (keyframe[0], segment[0], assemble), with the names of the tasks it needs."""
+    name: str
     kind: str
     key: str
-    params: dict
+    params: tasks.AnyTask
     deps: tuple[str, ...] = ()  # names of the tasks this one needs
     model: str | None = None  # identity of the model it loads (None for ffmpeg-only tasks)
+
+    def stored(self) -> dict:
+        """What the queue keeps of its task: the record's stored form (a plain dict passes as it
+        is: the queue's own tests and benchmarks submit tasks that no worker runs)."""
+        return self.params if isinstance(self.params, dict) else self.params.to_json()
+
+
+def _node(name: str, task: tasks.AnyTask, deps: tuple[str, ...] = ()) -> Task:
+    return Task(name, task.kind, task.key(), task, deps, task.identity)
 
 
 @dataclass(frozen=True)
@@ -47,64 +53,35 @@ def assembly(tasks) -> dict | None:
     return next((t for t in tasks if t["kind"] == "assemble"), None)
 
 
-def task_key(kind: str, inputs: dict) -> str:
-    blob = json.dumps({"kind": kind, "version": VERSIONS[kind], **inputs}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _model(ref, loras=()) -> dict:
-    """What of a model determines pixels: its identity, class, dtype and call options, and
-    (only when set, so keys made before they existed stay valid) its scheduler, LoRAs (each
-    by content digest and scale, not by path), quantization and acceleration (fused kernels round
-    differently, compiled graphs reorder sums, the cache skips blocks)."""
-    out = {"identity": ref.identity, "pipeline": ref.pipeline, "dtype": ref.defaults.get("dtype"),
-           "options": ref.options()}
-    if ref.defaults.get("scheduler"):
-        out["scheduler"] = ref.defaults["scheduler"]
-    if loras:
-        out["loras"] = [{"sha256": lo.sha256, "scale": lo.scale} for lo in loras]
-    if ref.defaults.get("quantize"):  # one-byte weights draw slightly other pixels
-        out["quantize"] = ref.defaults["quantize"]
-    features = ref.defaults.get("accelerate")
-    if features:
-        out["accelerate"] = list(features)
-        if "cache" in features:
-            out["cache_threshold"] = ref.defaults.get("cache_threshold", settings.DEFAULT_CACHE_THRESHOLD)
-        if "taylorseer" in features:  # its fixed schedule changes pixels too
-            out["taylorseer"] = [settings.TAYLORSEER_INTERVAL, settings.TAYLORSEER_WARMUP]
-    return out
-
-
-def _where(ref, loras=()) -> dict:
-    """Where and how to load a model: in the task's params, not its key (moving a folder,
-    renaming a preset or offloading to the CPU does not change what the model draws)."""
-    model = {**_model(ref, loras), "name": ref.name, "source": ref.source, "memory": ref.memory,
-             "config": ref.config, "component": ref.component}
-    if loras:
-        model["loras"] = [{"path": str(lo.path), "sha256": lo.sha256, "scale": lo.scale} for lo in loras]
-    if ref.trust_remote_code:
-        model["trust_remote_code"] = True
-    return {"model": model}
+def _model(ref, loras=()) -> tasks.Model:
+    """A model as its tasks hold it (farm/tasks.py's Model: what of it determines pixels, in
+    the key, and where and how to load it, not in the key)."""
+    features = tuple(ref.defaults.get("accelerate") or ())
+    return tasks.Model(
+        identity=ref.identity, pipeline=ref.pipeline, dtype=ref.defaults.get("dtype"), options=ref.options(),
+        scheduler=ref.defaults.get("scheduler"), loras=tuple(tasks.Lora(str(lo.path), lo.sha256, lo.scale)
+                                                             for lo in loras),
+        quantize=ref.defaults.get("quantize"), accelerate=features,
+        cache_threshold=ref.defaults.get("cache_threshold", settings.DEFAULT_CACHE_THRESHOLD)
+        if "cache" in features else None,
+        taylorseer=(settings.TAYLORSEER_INTERVAL, settings.TAYLORSEER_WARMUP) if "taylorseer" in features else None,
+        name=ref.name, source=ref.source, memory=ref.memory, config=ref.config, component=ref.component,
+        trust_remote_code=bool(ref.trust_remote_code))
 
 
 def build(spec: Spec) -> Plan:
     size = {"width": spec.width, "height": spec.height}
-    tasks: list[Task] = []
+    nodes: list[Task] = []
     keyframes: list[Task] = []
     for fr in spec.panels:
         k = fr.keyframe
         if k.image is not None:
-            inputs = {"image_sha256": file_digest(k.image), **size}
-            params = {"frame": fr.index, "image": str(k.image), **inputs}
-            model = None
+            task = tasks.Keyframe(fr.index, **size, image=str(k.image), image_sha256=file_digest(k.image))
         else:
-            inputs = {"model": _model(k.model, k.loras), "prompt": k.prompt, "negative_prompt": k.negative_prompt,
-                      "seed": k.seed, "steps": k.steps, "guidance": k.guidance, **size}
-            params = {"frame": fr.index, **inputs, **_where(k.model, k.loras)}
-            model = k.model.identity
-        task = Task(f"keyframe[{fr.index}]", "keyframe", task_key("keyframe", inputs), params, (), model)
-        keyframes.append(task)
-        tasks.append(task)
+            task = tasks.Keyframe(fr.index, **size, model=_model(k.model, k.loras), prompt=k.prompt,
+                                  negative_prompt=k.negative_prompt, seed=k.seed, steps=k.steps, guidance=k.guidance)
+        keyframes.append(_node(f"keyframe[{fr.index}]", task))
+        nodes.append(keyframes[-1])
 
     starts = spec.frame_starts()
     segments: list[Task] = []
@@ -114,13 +91,12 @@ def build(spec: Spec) -> Plan:
         frames = starts[i + 1] - starts[i]
         made = _segment(spec, fr, i, first, last, frames, size)
         segments.append(made[-1])
-        tasks.extend(made)
+        nodes.extend(made)
 
-    inputs = {"segments": [s.key for s in segments], "frames": starts[-1], "fps": spec.fps,
-              "codec": spec.codec, "quality": spec.quality, "container": spec.out.suffix.lower(), **size}
-    tasks.append(Task("assemble", "assemble", task_key("assemble", inputs), inputs,
-                      tuple(s.name for s in segments)))
-    return Plan(spec, tasks)
+    assemble = tasks.Assemble(tuple(s.key for s in segments), starts[-1], spec.fps, spec.codec, spec.quality,
+                              spec.out.suffix.lower(), **size)
+    nodes.append(_node("assemble", assemble, tuple(s.name for s in segments)))
+    return Plan(spec, nodes)
 
 
 def _segment(spec: Spec, fr, i: int, first: Task, last: Task | None, frames: int, size: dict) -> list[Task]:
@@ -132,21 +108,20 @@ def _segment(spec: Spec, fr, i: int, first: Task, last: Task | None, frames: int
     clip before it (the first: the keyframe's), and only the last one holds the next
     keyframe's, so editing that keyframe re-runs the last clip, the retiming and the assembly."""
     m = fr.motion
-    base = {"first": first.key, "last": last.key if last else None, "frames": frames, "fps": spec.fps, **size}
+    ends = {"first": first.key, "last": last.key if last else None}
+    shot = {"frame": i, "frames": frames, "fps": spec.fps, **size}
     deps = (first.name,) + ((last.name,) if last else ())
     if m.model.is_ffmpeg:  # an animatic: drawn at the shot's rate, nothing to retime
-        inputs = {**base, "mode": m.model.name}
-        return [Task(f"segment[{i}]", "segment", task_key("segment", inputs), {"frame": i, **inputs}, deps, None)]
+        return [_node(f"segment[{i}]", tasks.Segment(tasks.ANIMATIC, **shot, **ends, mode=m.model.name), deps)]
     time = timing.segment(m.model, frames, spec.fps)
-    call = {"model": _model(m.model, m.loras), "prompt": m.prompt, "negative_prompt": m.negative_prompt,
-            "steps": m.steps, "guidance": m.guidance, "model_fps": time.fps, **size}
-    retime = {"clips": list(time.clips), "native": time.native, "rate": str(time.rate), "ends": time.ends,
+    model = _model(m.model, m.loras)
+    call = {"model": model, "prompt": m.prompt, "negative_prompt": m.negative_prompt, "steps": m.steps,
+            "guidance": m.guidance}
+    retime = {"clips": tuple(time.clips), "native": time.native, "rate": str(time.rate), "ends": time.ends,
               "model_fps": time.fps, "retime": m.retime}
-    where = _where(m.model, m.loras)
     if len(time.clips) == 1:
-        inputs = {**base, **call, "seed": m.seed, **retime}
-        return [Task(f"segment[{i}]", "segment", task_key("segment", inputs), {"frame": i, **inputs, **where},
-                     deps, m.model.identity)]
+        segment = tasks.Segment(tasks.ONE_CLIP, **shot, **ends, **call, seed=m.seed, **retime)
+        return [_node(f"segment[{i}]", segment, deps)]
     # The last clip of a first/last-frame family ends on the next keyframe (the last segment
     # on its own keyframe, a loop, as a one-clip segment does); the others run free.
     end = (last or first) if time.ends else None
@@ -154,12 +129,9 @@ def _segment(spec: Spec, fr, i: int, first: Task, last: Task | None, frames: int
     for j, count in enumerate(time.clips):
         final = j == len(time.clips) - 1
         prev = clips[-1] if clips else first
-        inputs = {**call, "start": prev.key, "start_is_clip": bool(clips), "end": end.key if final and end else None,
-                  "frames": count, "clip": j, "seed": (m.seed + j) % (2**63)}
+        clip = tasks.Clip(i, j, **call, seed=(m.seed + j) % (2**63), model_fps=time.fps, **size, frames=count,
+                          start=prev.key, start_is_clip=bool(clips), end=end.key if final and end else None)
         cdeps = (prev.name,) + ((end.name,) if final and end and end.name != prev.name else ())
-        clips.append(Task(f"segment[{i}].clip[{j}]", "clip", task_key("clip", inputs),
-                          {"frame": i, **inputs, **where}, cdeps, m.model.identity))
-    inputs = {"frames": frames, "fps": spec.fps, **size, **retime, "clip_keys": [c.key for c in clips]}
-    segment = Task(f"segment[{i}]", "segment", task_key("segment", inputs), {"frame": i, **inputs},
-                   tuple(c.name for c in clips), None)
-    return clips + [segment]
+        clips.append(_node(f"segment[{i}].clip[{j}]", clip, cdeps))
+    segment = tasks.Segment(tasks.CHAIN, **shot, **retime, clip_keys=tuple(c.key for c in clips))
+    return clips + [_node(f"segment[{i}]", segment, tuple(c.name for c in clips))]

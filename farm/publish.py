@@ -24,7 +24,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import encode, files, manifest, plan
+from . import encode, files, manifest, plan, tasks
 from .cache import Cache
 from .errors import FarmError
 from .queue import Queue
@@ -54,7 +54,7 @@ def publish(queue: Queue, cache: Cache, job: int, worker: str | None = None) -> 
 
 def _publish(queue: Queue, cache: Cache, job: int, worker: str | None, out: Path) -> dict | None:
     task = assembly(queue, job)
-    p = task["params"]
+    p = tasks.of(task)
     stage = "video"
     try:
         problem = cache.check(task["key"])
@@ -62,15 +62,15 @@ def _publish(queue: Queue, cache: Cache, job: int, worker: str | None, out: Path
             raise FarmError(f"the assembled video in the cache is unusable ({problem}); render again")
         src, video = manifest.assembled(cache, task)
         if src.is_dir():
-            encode.encode(sorted(src.glob("*.png")), p["fps"], "png", None, out)
-            video = video or {"frames": len(list(out.glob("*.png"))), "fps": p["fps"], "width": p["width"],
-                              "height": p["height"]}
+            encode.encode(sorted(src.glob("*.png")), p.fps, "png", None, out)
+            video = video or {"frames": len(list(out.glob("*.png"))), "fps": p.fps, "width": p.width,
+                              "height": p.height}
         else:
             with files.atomic_path(out) as tmp:
                 shutil.copyfile(src, tmp)
             video = video or encode.probe(out)  # an entry from before its info was recorded
         stage = "sidecars"
-        sidecars = manifest.write_sidecars(queue, job, cache, video={"codec": p["codec"], **video})
+        sidecars = manifest.write_sidecars(queue, job, cache, video={"codec": p.codec, **video})
     except (OSError, FarmError) as e:
         why = e.message if isinstance(e, FarmError) else f"{type(e).__name__}: {e}"
         queue.published(job, "failed", worker, {"error": why, "stage": stage})

@@ -310,7 +310,7 @@ class Queue:
                 ids[t.name] = self.conn.execute(
                     "INSERT INTO tasks (job_id, name, kind, key, model, params, state, priority, max_attempts, "
                     "created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                    (job, t.name, t.kind, t.key, t.model, json.dumps(t.params), priority, max_attempts, now),
+                    (job, t.name, t.kind, t.key, t.model, json.dumps(t.stored()), priority, max_attempts, now),
                 ).lastrowid
             self.conn.executemany("INSERT INTO deps (task_id, needs) VALUES (?, ?)",
                                   [(ids[t.name], ids[d]) for t in plan.tasks for d in t.deps])

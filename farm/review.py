@@ -17,7 +17,7 @@ import re
 from functools import partial
 from pathlib import Path
 
-from . import encode, home, manifest as manifests, sheet
+from . import encode, home, manifest as manifests, sheet, tasks
 from .cache import Cache
 from .errors import FarmError
 from .files import atomic_path, atomic_write, link_or_copy
@@ -137,18 +137,18 @@ def settings(m: dict) -> dict[str, str]:
     """The settings of a render that a reviewer compares, flattened: `fps`, `keyframe[1].seed`..."""
     out = {}
     for t in m["tasks"]:
-        p = t["params"]
-        if t["kind"] == "assemble":
-            out.update({"size": f"{p['width']}x{p['height']}", "fps": f"{p['fps']:g}", "codec": p["codec"],
-                        "quality": "default" if p["quality"] is None else str(p["quality"]),
-                        "frames": str(p["frames"])})
+        task = tasks.of(t)
+        if isinstance(task, tasks.Assemble):
+            out.update({"size": f"{task.width}x{task.height}", "fps": f"{task.fps:g}", "codec": task.codec,
+                        "quality": "default" if task.quality is None else str(task.quality),
+                        "frames": str(task.frames)})
             continue
-        for field in SHOWN:
-            if field == "frames" and t["kind"] == "keyframe" or field not in p or p[field] is None:
+        for field in SHOWN:  # each kind has the fields it has; a keyframe's "frames" is none of its own
+            value = getattr(task, field, None)
+            if value is None or field == "frames" and isinstance(task, tasks.Keyframe):
                 continue
-            value = p[field]
             if field == "model":
-                value = f"{value['name']} ({manifests.revision(value['identity'])[:12]})"
+                value = f"{value.name} ({manifests.revision(value.identity)[:12]})"
             elif field == "image":
                 value = Path(value).name
             out[f"{t['name']}.{field}"] = str(value)
@@ -232,7 +232,7 @@ def _write(renders: list[dict], out: Path) -> Path:
             shown = _place(video, media / f"{stem}{video.suffix.lower()}")
         else:  # H.265, ProRes, a PNG folder...: a VP9 WebM that browsers play
             shown = media / f"{stem}.preview.webm"
-            fps = assembly(m["tasks"])["params"]["fps"]
+            fps = tasks.of(assembly(m["tasks"])).fps
             encode.preview(video, fps, shown)
         contact = media / f"{stem}.contact.png"
         if files["sheet"] is not None:
@@ -251,7 +251,7 @@ def _write(renders: list[dict], out: Path) -> Path:
 
 
 def _codec_of(m: dict) -> str:
-    return assembly(m["tasks"])["params"]["codec"]
+    return tasks.of(assembly(m["tasks"])).codec
 
 
 def _slug(name: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import files
+from . import files, tasks as task_records
 from .cache import Cache
 from .plan import assembly
 
@@ -57,16 +57,15 @@ def layout(tiles: int, width: int, height: int) -> Layout:
 
 def storyboard(manifest: dict) -> list[dict]:
     """The keyframes of a render in order, each with its timing (from its segment's frame count)."""
-    tasks = manifest["tasks"]
-    keyframes = sorted((t for t in tasks if t["kind"] == "keyframe"), key=lambda t: t["params"]["frame"])
-    frames = {t["params"]["frame"]: t["params"]["frames"] for t in tasks if t["kind"] == "segment"}
-    fps = assembly(tasks)["params"]["fps"]
+    tasks = [(t["key"], task_records.of(t)) for t in manifest["tasks"]]
+    keyframes = sorted(((key, k) for key, k in tasks if isinstance(k, task_records.Keyframe)), key=lambda t: t[1].frame)
+    frames = {s.frame: s.frames for _, s in tasks if isinstance(s, task_records.Segment)}
+    fps = task_records.of(assembly(manifest["tasks"])).fps
     board, start = [], 0
-    for t in keyframes:
-        p = t["params"]
-        n = frames.get(p["frame"], 0)
-        board.append({"index": p["frame"], "key": t["key"], "prompt": p.get("prompt"),
-                      "image": Path(p["image"]).name if "image" in p else None, "seed": p.get("seed"),
+    for key, k in keyframes:
+        n = frames.get(k.frame, 0)
+        board.append({"index": k.frame, "key": key, "prompt": k.prompt,
+                      "image": Path(k.image).name if k.image is not None else None, "seed": k.seed,
                       "start": start / fps, "end": (start + n) / fps, "frames": n})
         start += n
     return board
@@ -117,15 +116,15 @@ def _fit(draw, text: str, font, width: int, lines: int) -> list[str]:
 
 def draw(manifest: dict, cache: Cache) -> Image.Image:
     board = storyboard(manifest)
-    assemble = assembly(manifest["tasks"])["params"]
-    width, height, fps = assemble["width"], assemble["height"], assemble["fps"]
+    assemble = task_records.of(assembly(manifest["tasks"]))
+    width, height, fps = assemble.width, assemble.height, assemble.fps
     lay = layout(len(board), width, height)
     sheet = Image.new("RGB", lay.size, BACKGROUND)
     pen = ImageDraw.Draw(sheet)
     big, small = _font(15), _font(12)
     seconds = board[-1]["end"] if board else 0
     head = (f"{manifest['job']['name']}  ·  job {manifest['job']['id']}  ·  {len(board)} keyframes  ·  "
-            f"{seconds:.2f} s, {assemble['frames']} frames at {fps:g} fps  ·  {width}x{height}")
+            f"{seconds:.2f} s, {assemble.frames} frames at {fps:g} fps  ·  {width}x{height}")
     pen.text((GAP, (HEADER + GAP) // 2), head, font=big, fill=TEXT, anchor="lm")
     for i, k in enumerate(board):
         x0, y0, x1, y1 = lay.box(i)

@@ -21,9 +21,10 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
-from . import encode, files, fit, models, pipeline, timing
+from . import encode, files, fit, models, pipeline, tasks, timing
 from .cache import Cache
 from .errors import FarmError
 from .manifest import VIDEO_INFO
@@ -240,15 +241,16 @@ class Worker:
                         for name, data in files.items():
                             (out / name).write_bytes(data)
                     written.append(key)
+            work = tasks.of(task)
             if "image" in inputs:  # the head's path means nothing here: the picture's bytes came instead
                 self.cache.root.mkdir(parents=True, exist_ok=True)
                 folder = Path(tempfile.mkdtemp(prefix="image-", dir=self.cache.root))
-                picture = folder / ("picture" + Path(task["params"]["image"]).suffix)
+                picture = folder / ("picture" + Path(work.image).suffix)
                 picture.write_bytes(inputs["image"]["image"])
-                task = {**task, "params": {**task["params"], "image": str(picture)}}
+                work = replace(work, image=str(picture))
                 written.append(folder)
             self.current = task
-            self._produce(task)
+            self._produce(task, work)
             written.append(task["key"])
             return {f.name: f.read_bytes() for f in self.cache.files(task["key"])}
         finally:
@@ -259,13 +261,15 @@ class Worker:
                 else:
                     self.cache.discard(entry)
 
-    def _produce(self, task: dict):
-        """Run the task's handler into a fresh cache entry. Out of memory: free every loaded
-        model and try once more before it counts as a failure."""
+    def _produce(self, task: dict, work: tasks.AnyTask | None = None):
+        """Run the handler of the task (a queue row; `work`: its typed task, if not the row's
+        own) into a fresh cache entry. Out of memory: free every loaded model and try once more
+        before it counts as a failure."""
+        work = tasks.of(task) if work is None else work
         for last_try in (False, True):
             try:
                 with self.cache.writing(task["key"]) as out:
-                    HANDLERS[task["kind"]](self, task["params"], out)
+                    HANDLERS[task["kind"]](self, work, out)
                     self.check_lease()  # an abandoned attempt publishes nothing
                 return
             except Exception as e:  # noqa: BLE001
@@ -275,7 +279,7 @@ class Worker:
 
     # --- models -------------------------------------------------------------------------
 
-    def pipe(self, model: dict, shape: tuple[int, int, int] | None = None):
+    def pipe(self, model: tasks.Model, shape: tuple[int, int, int] | None = None):
         """The loaded pipeline for a task's model, loading it on first use (and unloading the
         least recently used ones while it would not fit in memory or in `max_warm`), with
         exactly the task's LoRAs active (one loaded base model serves every LoRA combination).
@@ -284,23 +288,23 @@ class Worker:
         claims compare). With the task's `shape` (width, height, frames), farm/fit.py first
         chooses how to run it so that it fits the device: a warm pipeline loaded for a smaller
         task is loaded again with more offloading when this one needs it."""
-        warm = json.dumps([model["identity"], model["dtype"], model.get("scheduler"), model.get("accelerate"),
-                           model.get("cache_threshold"), model.get("quantize")])
+        warm = json.dumps([model.identity, model.dtype, model.scheduler, list(model.accelerate) or None,
+                           model.cache_threshold, model.quantize])
         choice = self._choose(model, shape) if shape is not None else None
         if choice is not None and warm in self.pipelines and \
                 fit.offload_level(choice.placement) > fit.offload_level(self.placements.get(warm, "all")):
             self.unload(warm)
         if warm not in self.pipelines:
-            ref = models.ref_from_params(model)
+            ref = models.ref_from_params(model.to_json())
             need = choice.peak if choice is not None else models.footprint(ref)
             while self.pipelines and (len(self.pipelines) >= self.max_warm or not self._fits(need)):
                 self.unload(next(iter(self.pipelines)))
             pipe = models.load_pipeline(ref, self.device, placement=choice.placement if choice else None)
-            if model.get("accelerate"):
+            if model.accelerate:
                 from .acceleration import DEFAULT_CACHE_THRESHOLD, accelerate
 
-                accelerate(pipe, model["accelerate"],
-                           cache_threshold=model.get("cache_threshold", DEFAULT_CACHE_THRESHOLD))
+                accelerate(pipe, list(model.accelerate), cache_threshold=DEFAULT_CACHE_THRESHOLD
+                           if model.cache_threshold is None else model.cache_threshold)
             self.pipelines[warm] = pipe
             self.footprints[warm] = choice.resident if choice is not None else need
             self.placements[warm] = choice.placement if choice is not None else "all"
@@ -308,22 +312,22 @@ class Worker:
         pipe = self.pipelines.pop(warm)
         self.pipelines[warm] = pipe  # most recently used last
         if choice is not None:
-            fit.set_tiling(pipe, choice.tiling or bool(model.get("memory", {}).get("vae_tiling")))
-        models.use_loras(pipe, model.get("loras", []))
+            fit.set_tiling(pipe, choice.tiling or bool(model.memory.get("vae_tiling")))
+        models.use_loras(pipe, model.to_json().get("loras", []))
         pipe.set_progress_bar_config(disable=not self.steps_progress, leave=False, dynamic_ncols=True)
         return pipe
 
-    def _choose(self, model: dict, shape: tuple[int, int, int]) -> fit.Choice | None:
+    def _choose(self, model: tasks.Model, shape: tuple[int, int, int]) -> fit.Choice | None:
         """The cheapest way to run this task that fits what the device has free, counting the
         memory the warm models would give back if unloaded (FarmError if nothing fits)."""
-        ref = models.ref_from_params(model)
+        ref = models.ref_from_params(model.to_json())
         try:  # a single-file checkpoint is measured by its config folder
             est = fit.for_model(model, shape, self.device, Path(ref.config) if ref.config else models.local_path(ref))
         except fit.Unmeasured:  # no weights to measure and no [fit] table: load as before, unfitted
             return None
         free = models.free_memory(self.device) + sum(self.footprints.values())
         host = models.free_memory("cpu") if self.device != "cpu" else None
-        self.last_fit = fit.choose(est, free, self.device, floor=model.get("memory") or {}, host_free=host)
+        self.last_fit = fit.choose(est, free, self.device, floor=model.memory, host_free=host)
         return self.last_fit
 
     def _fits(self, need: int) -> bool:
@@ -366,17 +370,16 @@ def _is_oom(e: BaseException) -> bool:
 # --- handlers: one per task kind ------------------------------------------------------------
 
 
-def run_keyframe(worker: Worker, params: dict, out: Path):
-    if "image" in params:
-        image = _picture(params)
+def run_keyframe(worker: Worker, task: tasks.Keyframe, out: Path):
+    if task.image is not None:
+        image = _picture(task)
     else:
-        image = pipeline.keyframe(worker.pipe(params["model"], fit.task_shape("keyframe", params)), params,
-                                  on_step=worker.check_lease)
+        image = pipeline.keyframe(worker.pipe(task.model, task.shape), task.to_json(), on_step=worker.check_lease)
         worker.calls["keyframe"] += 1
     image.save(out / "image.png")
 
 
-def _picture(params: dict):
+def _picture(task: tasks.Keyframe):
     """A picture keyframe, fitted to the shot: the bytes are read once and must be the ones
     whose digest the task's key holds. A picture edited after the job was planned is refused,
     or its pixels would be cached under the old picture's key (and shown for it later)."""
@@ -385,57 +388,53 @@ def _picture(params: dict):
 
     from .checks import MAX_PICTURE_BYTES
 
-    path = Path(params["image"])
+    path = Path(task.image)
     try:  # a regular file only: the picture may have been swapped for a FIFO since validation
         data = files.read_regular(path, MAX_PICTURE_BYTES, "a keyframe picture")
     except OSError as e:
-        raise FarmError(f"Cannot read the picture of frames[{params['frame']}], {path} ({e.strerror or e}).",
+        raise FarmError(f"Cannot read the picture of frames[{task.frame}], {path} ({e.strerror or e}).",
                         code=2) from None
-    if hashlib.sha256(data).hexdigest() != params["image_sha256"]:
-        raise FarmError(f"The picture of frames[{params['frame']}], {path}, changed after the job was planned; "
+    if hashlib.sha256(data).hexdigest() != task.image_sha256:
+        raise FarmError(f"The picture of frames[{task.frame}], {path}, changed after the job was planned; "
                         f"render the spec again to use it as it is now.", code=2)
     with files.pictures().open(io.BytesIO(data)) as im:
-        return pipeline.fit(im, params["width"], params["height"])
+        return pipeline.fit(im, task.width, task.height)
 
 
-def run_segment(worker: Worker, params: dict, out: Path):
+def run_segment(worker: Worker, task: tasks.Segment, out: Path):
     """A segment: an animatic (hold / crossfade) at the shot's rate, or motion at the model's
     rate (one clip made here, or the chain of clip tasks it depends on), retimed to the shot's."""
-    first = worker.output(params["first"]) / "image.png" if "first" in params else None
-    last = worker.output(params["last"]) / "image.png" if params.get("last") else None
-    mode = params.get("mode")
-    if mode == "hold" or (mode == "crossfade" and last is None):
-        encode.hold(first, params["frames"], out)
-        return
-    if mode == "crossfade":
-        encode.crossfade(first, last, params["frames"], params["fps"], out)
+    first = worker.output(task.first) / "image.png" if task.first else None
+    last = worker.output(task.last) / "image.png" if task.last else None
+    if task.form == tasks.ANIMATIC:
+        if task.mode == "hold" or last is None:
+            encode.hold(first, task.frames, out)
+        else:
+            encode.crossfade(first, last, task.frames, task.fps, out)
         return
     with tempfile.TemporaryDirectory(prefix=".native-", dir=out) as tmp:
-        if "clip_keys" in params:  # a chain: each next clip starts on the last frame of the one before
-            native = [f for j, key in enumerate(params["clip_keys"]) for f in worker.frames_of(key)[(1 if j else 0):]]
+        if task.form == tasks.CHAIN:  # each next clip starts on the last frame of the one before
+            native = [f for j, key in enumerate(task.clip_keys) for f in worker.frames_of(key)[(1 if j else 0):]]
         else:  # one clip: the last segment of a first/last-frame family loops back to its keyframe
             start = _image(first)
-            end = _image(last) if last else (start if params["ends"] else None)
-            frames = pipeline.clip(worker.pipe(params["model"], fit.task_shape("segment", params)), params, start, end,
-                                   params["clips"][0],
-                                   params["seed"], on_step=worker.check_lease)
+            end = _image(last) if last else (start if task.ends else None)
+            frames = pipeline.clip(worker.pipe(task.model, task.shape), task.to_json(), start, end, task.clips[0],
+                                   task.seed, on_step=worker.check_lease)
             worker.calls["segment"] += 1
             native = []
             for i, frame in enumerate(frames):
                 native.append(Path(tmp) / FRAME.format(i))
                 frame.save(native[-1])
-        _retime(native, params, out)
+        _retime(native, task, out)
 
 
-def run_clip(worker: Worker, params: dict, out: Path):
+def run_clip(worker: Worker, task: tasks.Clip, out: Path):
     """One clip of a chain: from the segment's keyframe or the previous clip's last frame,
     towards the next keyframe when it is the last clip of a first/last-frame family."""
-    start = worker.frames_of(params["start"])[-1] if params["start_is_clip"] else \
-        worker.output(params["start"]) / "image.png"
-    end = _image(worker.output(params["end"]) / "image.png") if params["end"] else None
-    frames = pipeline.clip(worker.pipe(params["model"], fit.task_shape("clip", params)), params, _image(start), end,
-                           params["frames"], params["seed"],
-                           on_step=worker.check_lease)
+    start = worker.frames_of(task.start)[-1] if task.start_is_clip else worker.output(task.start) / "image.png"
+    end = _image(worker.output(task.end) / "image.png") if task.end else None
+    frames = pipeline.clip(worker.pipe(task.model, task.shape), task.to_json(), _image(start), end, task.frames,
+                           task.seed, on_step=worker.check_lease)
     worker.calls["clip"] += 1
     for i, frame in enumerate(frames):
         frame.save(out / FRAME.format(i))
@@ -449,31 +448,31 @@ def _image(path: Path):
         return im.convert("RGB")
 
 
-def _retime(native: list[Path], params: dict, out: Path):
-    """Native frames (at params["rate"]) -> the segment's frames at the shot's fps."""
-    if len(native) != params["native"]:
-        raise FarmError(f"segment expected {params['native']} frames at the model's rate, found {len(native)}")
-    n, rate, fps = params["frames"], params["rate"], params["fps"]
-    if params["retime"] == "nearest" or timing.is_identity(len(native), rate, n, fps):
+def _retime(native: list[Path], task: tasks.Segment, out: Path):
+    """Native frames (at the task's model rate) -> the segment's frames at the shot's fps."""
+    if len(native) != task.native:
+        raise FarmError(f"segment expected {task.native} frames at the model's rate, found {len(native)}")
+    n, rate, fps = task.frames, task.rate, task.fps
+    if task.retime == "nearest" or timing.is_identity(len(native), rate, n, fps):
         for k, i in enumerate(timing.nearest(len(native), rate, n, fps)):
             files.link_or_copy(native[i], out / FRAME.format(k))
     else:
-        encode.retime(native, timing.rational(rate), timing.rational(fps), n, params["retime"], out)
+        encode.retime(native, timing.rational(rate), timing.rational(fps), n, task.retime, out)
 
 
-def run_assemble(worker: Worker, params: dict, out: Path):
-    frames = [f for key in params["segments"] for f in worker.frames_of(key)]
-    if len(frames) != params["frames"]:
-        raise FarmError(f"assembly expected {params['frames']} frames from its segments, found {len(frames)}")
-    dest = out / f"video{params['container']}"
-    encode.encode(frames, params["fps"], params["codec"], params["quality"], dest)
-    if params["codec"] == "png":
-        info = {"codec": "png", "width": params["width"], "height": params["height"], "fps": params["fps"],
+def run_assemble(worker: Worker, task: tasks.Assemble, out: Path):
+    frames = [f for key in task.segments for f in worker.frames_of(key)]
+    if len(frames) != task.frames:
+        raise FarmError(f"assembly expected {task.frames} frames from its segments, found {len(frames)}")
+    dest = out / f"video{task.container}"
+    encode.encode(frames, task.fps, task.codec, task.quality, dest)
+    if task.codec == "png":
+        info = {"codec": "png", "width": task.width, "height": task.height, "fps": task.fps,
                 "frames": len(list(dest.glob("*.png")))}
     else:
         info = encode.probe(dest)  # decoded once, here: publishing the cached video reads this instead
-    if info["frames"] != params["frames"]:
-        raise FarmError(f"the encoder wrote {info['frames']} frames into {dest.name}; the plan has {params['frames']}")
+    if info["frames"] != task.frames:
+        raise FarmError(f"the encoder wrote {info['frames']} frames into {dest.name}; the plan has {task.frames}")
     (out / VIDEO_INFO).write_text(json.dumps(info))
     worker.calls["assemble"] += 1
 

@@ -163,7 +163,7 @@ def test_the_worker_tiles_the_vae_of_a_twin_when_only_that_fits(write_spec, farm
     text = SHOT.format(extra="")
     task = plan.build(spec.load(write_spec(text))).by_name()["keyframe[0]"]
     folder = models.local_path(models.resolve("tiny-sdxl"))
-    est = fit.for_model(task.params["model"], fit.task_shape("keyframe", task.params), "cpu", folder)
+    est = fit.for_model(task.params.model, task.params.shape, "cpu", folder)
     assert est.decode_tiled < est.decode / 3  # the twin's VAE tiles at 64 px; 128 px is 4 tiles
 
     q, job, w, _ = run_job(write_spec, farm_home, text, free_for(est, "vae_tiling", "cpu"), monkeypatch)
@@ -200,7 +200,7 @@ def test_offload_choices_are_applied_to_a_twin(write_spec, farm_home, monkeypatc
     text = SHOT.format(extra="")
     task = plan.build(spec.load(write_spec(text))).by_name()["keyframe[0]"]
     folder = models.local_path(models.resolve("tiny-sdxl"))
-    est = fit.for_model(task.params["model"], fit.task_shape("keyframe", task.params), "cuda:0", folder)
+    est = fit.for_model(task.params.model, task.params.shape, "cuda:0", folder)
     real_load, placed = models.load_pipeline, []
 
     def load_on_cpu(ref, dev=None, placement=None):
@@ -243,7 +243,7 @@ def test_a_warm_pipeline_is_reloaded_with_more_offloading_when_a_bigger_task_nee
     monkeypatch.setattr(models, "load_pipeline", load)
     monkeypatch.setattr(models, "release_memory", lambda dev: None)
     folder = models.local_path(models.resolve("tiny-sdxl"))
-    model = plan._where(models.resolve("tiny-sdxl"))["model"]
+    model = plan._model(models.resolve("tiny-sdxl"))
     small = fit.for_model(model, (128, 128, 1), "cuda:0", folder)
     device_free = free_for(small, "all", "cuda:0")
     monkeypatch.setattr(models, "free_memory", lambda dev: 10**12 if dev == "cpu" else device_free)
@@ -276,8 +276,8 @@ def test_int8_weight_only_on_a_twin_renders_and_differs_only_slightly(write_spec
     stock = plan.build(spec.load(write_spec(SHOT.format(extra=""), "stock.toml"))).by_name()["keyframe[0]"]
     text = SHOT.format(extra='quantize = "int8"').replace("out/fit.mp4", "out/int8.mp4")
     quant = plan.build(spec.load(write_spec(text, "int8.toml"))).by_name()["keyframe[0]"]
-    assert "quantize" not in stock.params["model"]  # keys of unquantized models are as they were
-    assert quant.params["model"]["quantize"] == "int8" and quant.key != stock.key
+    assert "quantize" not in stock.params.to_json()["model"]  # keys of unquantized models are as they were
+    assert quant.params.model.quantize == "int8" and quant.key != stock.key
     for name in ("stock.toml", "int8.toml"):
         code, out, err = cli("render", write_spec((SHOT.format(extra="") if name == "stock.toml" else text)
                                                   .replace("out/fit.mp4", f"out/{name}.mp4"), name), "--json")
@@ -288,7 +288,7 @@ def test_int8_weight_only_on_a_twin_renders_and_differs_only_slightly(write_spec
     b = np.asarray(Image.open(cache.path(quant.key) / "image.png")).astype(int)
     diff = np.abs(a - b)
     assert 0 < diff.mean() < 1.0 and diff.max() <= 8  # int8 weights: another picture, barely
-    pipe = models.load_pipeline(models.ref_from_params(quant.params["model"]), "cpu")
+    pipe = models.load_pipeline(models.ref_from_params(quant.params.model.to_json()), "cpu")
     weight = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight
     assert type(weight).__module__.startswith("torchao")  # quantized by diffusers' TorchAO backend
     assert all(type(p) is torch.nn.Parameter for p in pipe.text_encoder.parameters())  # the denoiser only
@@ -304,7 +304,7 @@ def test_quantize_in_a_preset(write_spec, farm_home, tmp_path, monkeypatch):
         'role = "keyframes"\npipeline = "StableDiffusionXLPipeline"\nsource = "builtin:sdxl"\nquantize = "int8"\n'
         '[defaults]\nsteps = 2\n')
     task = plan.build(spec.load(write_spec(SHOT.replace('"tiny-sdxl"', '"tiny-sdxl-int8"').format(extra=""))))
-    assert task.by_name()["keyframe[0]"].params["model"]["quantize"] == "int8"
+    assert task.by_name()["keyframe[0]"].params.model.quantize == "int8"
     est = fit.describe("tiny-sdxl-int8", device="cpu")
     unet = fit.folder_params(models.local_path(models.resolve("tiny-sdxl")))["unet"]
     assert est.quantize == "int8"  # a UNet's Linear weights in one byte, its convolutions in float32
@@ -335,13 +335,13 @@ def test_fp8_needs_compute_capability_8_9(write_spec, cli, monkeypatch):
     assert code == 2 and "has 8.6" in err
     monkeypatch.setattr(fit, "cuda_capabilities", lambda: [(9, 0)])
     task = plan.build(spec.load(write_spec(text))).by_name()["keyframe[0]"]
-    assert task.params["model"]["quantize"] == "fp8"
+    assert task.params.model.quantize == "fp8"
     # ...and where the model loads, before any weight is read
     from farm import placement
 
     monkeypatch.setattr(placement, "capability", lambda dev: (8, 0))
     with pytest.raises(FarmError, match="cuda:0 has 8.0"):
-        models.load_pipeline(models.ref_from_params(task.params["model"]), "cuda:0")
+        models.load_pipeline(models.ref_from_params(task.params.model.to_json()), "cuda:0")
     code, out, err = cli("render", write_spec(SHOT.format(extra='quantize = "nf4"')))
     assert code == 2 and "keyframes.quantize: expected one of 'int8', 'fp8', got 'nf4'" in err
 
@@ -370,10 +370,9 @@ def test_farm_plan_reports_each_tasks_peak_memory(write_spec, cli):
     tasks = {t["name"]: t for t in json.loads(out)["tasks"]}
     built = plan.build(spec.load(write_spec(text))).by_name()
     for name, task in tasks.items():
-        kind = built[name].kind
-        expected = fit.task_memory(built[name].params, kind)
+        expected = fit.task_memory(built[name].params)
         assert task["memory_bytes"] == expected, name
-        assert (expected is None) == ("model" not in built[name].params), name
+        assert (expected is None) == (built[name].params.model is None), name
     assert tasks["keyframe[0]"]["memory_bytes"] > 0 and tasks["assemble"]["memory_bytes"] is None
 
 
@@ -389,7 +388,7 @@ def test_farm_plan_of_a_sweep_estimates_each_model_and_shape_once(write_spec, mo
     path = write_spec(text)
     calls = []
     real = fit.task_memory
-    monkeypatch.setattr(fit, "task_memory", lambda params, kind, *a: calls.append(kind) or real(params, kind, *a))
+    monkeypatch.setattr(fit, "task_memory", lambda task, *a: calls.append(task.kind) or real(task, *a))
     results = forecast(path)
     assert len(results) == 16
     shapes = set()
@@ -397,8 +396,7 @@ def test_farm_plan_of_a_sweep_estimates_each_model_and_shape_once(write_spec, mo
         built = plan.build(variant).by_name()
         for task in result["tasks"]:
             params = built[task["name"]].params
-            assert task["memory_bytes"] == real(params, task["kind"]), (variant.name, task["name"])
-            if "model" in params:
-                shapes.add((task["kind"], fit.task_shape(task["kind"], params),
-                            json.dumps(params["model"], sort_keys=True)))
+            assert task["memory_bytes"] == real(params), (variant.name, task["name"])
+            if params.model is not None:
+                shapes.add((task["kind"], params.shape, json.dumps(params.model.to_json(), sort_keys=True)))
     assert len(calls) == len(shapes) < 16 * 3

@@ -2,14 +2,21 @@
 user's job. These are the keys of fixed specs (jobs/example.toml, and one spec per twin: each
 motion twin with a segment long enough to chain clips, each keyframe twin), computed on the
 code before the families registry (issue 20) and hard-coded: they must never change by
-accident. A change meant to change pixels bumps plan.VERSIONS or a recipe, and updates these."""
+accident. A change meant to change pixels bumps plan.VERSIONS or a recipe, and updates these.
 
+`wide` (WIDE below) adds what the others leave out: LoRAs, acceleration, per-frame overrides of
+model, seed, steps and retiming, a crossfade and a hold in one shot, h265 with a quality; its
+keys and stored params were computed on the code before typed tasks (issue 20), and the params
+are kept in stored_tasks_before_format_1.json, as queues and manifests of that code hold them."""
+
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLE, ROOT
-from farm import plan, spec
+from farm import plan, spec, tasks
 
 TEMPLATE = """
 [shot]
@@ -44,7 +51,56 @@ seconds = 2.5
 CASES = {"example": None, "tiny-video": ("tiny", "tiny-video"), "tiny-wan22": ("tiny", "tiny-wan22"),
          "tiny-ltx": ("tiny", "tiny-ltx"), "tiny-cogvideox": ("tiny", "tiny-cogvideox"),
          "crossfade": ("tiny", "crossfade"), "tiny-sdxl": ("tiny-sdxl", "hold"), "tiny-sd3": ("tiny-sd3", "hold"),
-         "tiny-flux": ("tiny-flux", "hold")}
+         "tiny-flux": ("tiny-flux", "hold"), "wide": "WIDE"}
+
+WIDE = """
+[shot]
+name = "wide"
+fps = 12
+size = [64, 64]
+seed = 9
+out = "out/wide.mp4"
+codec = "h265"
+quality = 20
+
+[keyframes]
+model = "tiny"
+steps = 2
+guidance = 4.5
+negative_prompt = "blurry"
+loras = [{ path = "style.safetensors", scale = 0.8 }]
+accelerate = ["cache"]
+
+[motion]
+model = "tiny-video"
+steps = 2
+negative_prompt = "static"
+prompt = "slow dolly in"
+retime = "blend"
+
+[[frames]]
+prompt = "a red ball on the left, blue sky"
+seconds = 6.0
+
+[[frames]]
+prompt = "a red ball on the right, blue sky"
+seconds = 1.0
+seed = 11
+steps = 3
+model = "tiny-sdxl"
+loras = []
+motion = { steps = 3, retime = "nearest", seed = 4 }
+
+[[frames]]
+image = "refs/boat.png"
+seconds = 0.5
+motion = { model = "crossfade" }
+
+[[frames]]
+prompt = "a blue box in the middle, sand"
+seconds = 0.5
+motion = { model = "hold" }
+"""
 
 KEYS = {
     "example": {
@@ -139,18 +195,72 @@ KEYS = {
         "segment[2]": "3daa9ae7987657031a1fe18e32dbc65693e15e15a3b2ff3a9106d1f59fd0ab55",
         "assemble": "0646fbeac1696817fb6820a3d454f1118bab12b785d4eab5996edcf4f2254afd",
     },
+    "wide": {
+        "keyframe[0]": "610e7728f0dc11ef74f4605ac34cdbc588c8c1405cd9224029963a18e0bef702",
+        "keyframe[1]": "0a5e5fbfd885306f510db3d277a6c11e47c03f907a3a5fe989de8fc21dba6074",
+        "keyframe[2]": "b3ab2db48b5a032f424efb64bb5433eb7cb7a5d17f0f8af1dd53a82675e577c2",
+        "keyframe[3]": "a358373e23ec2cc5a5d074f5b41c206e2e77b78054dcd3a93b5bcecee8aba4eb",
+        "segment[0].clip[0]": "24010dedf8361345a4f714e751c455898497a7144d5d1bb2c4a035960522212c",
+        "segment[0].clip[1]": "50109f4e9720f20dfcdf21e3bfc79af8e8811f1cff22f58f8f04600da2d64e8e",
+        "segment[0]": "20e30e8e33386891b638905309b27551fe2da6947698c8d4bdc9393ef55c514a",
+        "segment[1]": "3301fc39589e7662dfc4dd983ea7a0ac025d45251546dfd3149a65e299c6bd2c",
+        "segment[2]": "acca0e42707c0180feb66c9095f1149b1e197ba01ef28360ff9dcb97edaea315",
+        "segment[3]": "8fdd988df3e32ec6179204aae9dafded20f078ff7bc5995072b788a7c5bb8e2a",
+        "assemble": "18c01ea639464cc740eddd309768d058983c8dd45f36e4dd49d1a87490ce7518",
+    },
 }
+
+
+def shot(case: str, folder) -> Path:
+    """The spec file of a case, with the picture (and the LoRA file) it reads beside it."""
+    if CASES[case] is None:
+        return EXAMPLE
+    (folder / "refs").mkdir()
+    shutil.copy(ROOT / "jobs" / "refs" / "boat.png", folder / "refs" / "boat.png")
+    path = folder / "shot.toml"
+    if CASES[case] == "WIDE":  # a plan reads a LoRA file's digest only, not its tensors
+        (folder / "style.safetensors").write_bytes(b"not really a lora, only its digest matters to a plan")
+        path.write_text(WIDE)
+    else:
+        keyframes, motion = CASES[case]
+        path.write_text(TEMPLATE.format(keyframes=keyframes, motion=motion))
+    return path
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_task_keys_are_what_they_were(case, tmp_path):
-    if CASES[case] is None:
-        path = EXAMPLE
-    else:
-        (tmp_path / "refs").mkdir()
-        shutil.copy(ROOT / "jobs" / "refs" / "boat.png", tmp_path / "refs" / "boat.png")
-        keyframes, motion = CASES[case]
-        path = tmp_path / "shot.toml"
-        path.write_text(TEMPLATE.format(keyframes=keyframes, motion=motion))
-    got = {t.name: t.key for t in plan.build(spec.load(path)).tasks}
+    got = {t.name: t.key for t in plan.build(spec.load(shot(case, tmp_path))).tasks}
     assert got == KEYS[case]
+
+
+STORED = Path(__file__).parent / "stored_tasks_before_format_1.json"
+
+
+def test_tasks_stored_before_format_1_read_back_whole_with_their_keys():
+    """Queues and manifests hold tasks as the code before typed tasks stored them (no "format"):
+    each reads back as its record, with its key, nothing lost or added."""
+    for row in json.loads(STORED.read_text()):
+        task = tasks.load(row["kind"], json.dumps(row["params"]))
+        assert task.kind == row["kind"] and task.key() == row["key"] and task.identity == row["model"], row["name"]
+        stored = task.to_json()
+        assert stored.pop("format") == tasks.FORMAT
+        stored.pop("form", None)
+        assert stored == row["params"], row["name"]
+
+
+def test_a_task_of_a_newer_format_an_unknown_kind_or_missing_fields_is_refused():
+    with pytest.raises(tasks.TaskFormatError, match="newer farm"):
+        tasks.load("assemble", {"format": tasks.FORMAT + 1})
+    with pytest.raises(tasks.TaskFormatError, match="unknown task kind"):
+        tasks.load("noop", {})
+    with pytest.raises(tasks.TaskFormatError, match="lacks"):
+        tasks.load("clip", {"format": tasks.FORMAT})
+    with pytest.raises(tasks.TaskFormatError, match="unknown form"):
+        tasks.load("segment", {"format": tasks.FORMAT, "form": "morph"})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_task_reads_back_from_the_queue_as_the_plan_built_it(case, tmp_path):
+    for t in plan.build(spec.load(shot(case, tmp_path))).tasks:
+        back = tasks.load(t.kind, json.dumps(t.stored()))  # what the queue keeps, and a worker reads
+        assert back == t.params and back.key() == t.key and back.identity == t.model, t.name

@@ -65,6 +65,8 @@ def test_no_stage_reaches_back_to_the_commands():
     for i, module in enumerate(order):
         assert not graph[module] & set(order[i + 1:]), module
         assert "farm.models" not in graph[module], module  # the package re-exports them: never imported back
+    # The task records are a leaf: the plan writes them, the queue stores them, every later stage reads them.
+    assert graph["farm.tasks"] == set()
     # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
     for stage in ("farm.worker", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode", "farm.manifest"):
         assert not graph[stage] & {"farm.spec", "farm.cli", "farm.render"}, stage

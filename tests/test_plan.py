@@ -17,11 +17,11 @@ def test_shape_and_dependencies(write_spec):
     assert t["segment[0]"].deps == ("keyframe[0]", "keyframe[1]")
     assert t["segment[2]"].deps == ("keyframe[2]",)  # the last frame's segment holds or animates it alone
     assert t["assemble"].deps == ("segment[0]", "segment[1]", "segment[2]")
-    assert t["segment[1]"].params["first"] == t["keyframe[1]"].key
-    assert t["segment[1]"].params["last"] == t["keyframe[2]"].key
+    assert t["segment[1]"].params.first == t["keyframe[1]"].key
+    assert t["segment[1]"].params.last == t["keyframe[2]"].key
     # 8 fps: 1.0 s, 0.5 s, 0.75 s -> boundaries 0, 8, 12, 18
-    assert [t[f"segment[{i}]"].params["frames"] for i in range(3)] == [8, 4, 6]
-    assert t["assemble"].params["frames"] == 18
+    assert [t[f"segment[{i}]"].params.frames for i in range(3)] == [8, 4, 6]
+    assert t["assemble"].params.frames == 18
     assert t["keyframe[2]"].model is None and t["keyframe[0]"].model.startswith("builtin:text-to-image")
     assert len({x.key for x in p.tasks}) == 7
 

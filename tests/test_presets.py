@@ -83,12 +83,12 @@ def test_preset_defaults_size_scheduler_and_memory(write_spec, presets, farm_hom
     s = spec.load(write_spec(no_size))
     assert (s.width, s.height) == (48, 32) and s.panels[0].keyframe.steps == 3
     task = plan.build(s).by_name()["keyframe[0]"]
-    assert task.params["model"]["scheduler"] == "EulerDiscreteScheduler"
-    assert task.params["model"]["memory"] == {"vae_tiling": True, "cpu_offload": True}
+    assert task.params.model.scheduler == "EulerDiscreteScheduler"
+    assert task.params.model.memory == {"vae_tiling": True, "cpu_offload": True}
     plain = plan.build(spec.load(write_spec(no_size.replace('"tiny-euler"', '"tiny"\nsteps = 3').replace(
         "[shot]", "[shot]\nsize = [48, 32]")))).by_name()["keyframe[0]"]
     assert task.key != plain.key  # same weights, another scheduler: other pixels
-    pipe = models.load_pipeline(models.ref_from_params(task.params["model"]))
+    pipe = models.load_pipeline(models.ref_from_params(task.params.model.to_json()))
     assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler" and pipe.vae.use_tiling
     assert pipe.device.type == "cpu"  # offload is for accelerators; the CPU just runs it
 
@@ -96,10 +96,10 @@ def test_preset_defaults_size_scheduler_and_memory(write_spec, presets, farm_hom
 def test_existing_tiny_keys_are_unchanged(write_spec):
     """Keys made before presets grew options, schedulers and LoRAs stay valid (cache hits)."""
     tasks = plan.build(spec.load(write_spec(SMALL))).by_name()
-    assert tasks["keyframe[0]"].params["model"]["options"] == {}
-    assert "scheduler" not in tasks["keyframe[0]"].params["model"]
-    assert "loras" not in tasks["segment[0]"].params["model"]
-    assert tasks["segment[0]"].params["model"]["options"] == {"max_sequence_length": 64}
+    assert tasks["keyframe[0]"].params.model.options == {}
+    assert "scheduler" not in tasks["keyframe[0]"].params.to_json()["model"]  # absent, as before it existed
+    assert "loras" not in tasks["segment[0]"].params.to_json()["model"]
+    assert tasks["segment[0]"].params.model.options == {"max_sequence_length": 64}
 
 
 def test_single_file_checkpoint_preset(presets, write_spec, tmp_path, monkeypatch):
@@ -284,7 +284,7 @@ def test_remote_code_only_when_a_preset_says_so(presets, write_spec, monkeypatch
                        f'trust_remote_code = true\n')
     for name, trusted in (("tiny", False), (str(folder), False), ("trusted", True)):
         task = plan.build(spec.load(write_spec(SMALL.replace('model = "tiny"', f'model = "{name}"')))).by_name()
-        models.load_pipeline(models.ref_from_params(task["keyframe[0]"].params["model"]))
+        models.load_pipeline(models.ref_from_params(task["keyframe[0]"].params.model.to_json()))
         assert seen[-1] is trusted, name
 
 

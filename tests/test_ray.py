@@ -202,12 +202,17 @@ def test_two_models_on_two_actors_each_keeps_its_own(ray_local, built_models, wr
 
 
 def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from farm import tasks
     from farm.cluster import ModelMissing, _on_this_node
     from farm.errors import FarmError
     from farm.worker import Worker
 
-    model = {"name": "sdxl", "identity": "hub:org/big@abc123", "source": "/head/hf/models--org--big/snapshots/abc123"}
-    task = {"name": "keyframe[0]", "kind": "keyframe", "params": {"model": model, "prompt": "x"}}
+    model = tasks.Model("hub:org/big@abc123", "StableDiffusionXLPipeline", name="sdxl",
+                        source="/head/hf/models--org--big/snapshots/abc123")
+    work = tasks.Keyframe(0, 64, 64, model=model, prompt="x", negative_prompt="", seed=0, steps=2, guidance=5.0)
+    task = {"name": "keyframe[0]", "kind": "keyframe", "model": model.identity, "params": work.to_json()}
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelMissing) as e:
         _on_this_node(task)
@@ -217,9 +222,10 @@ def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing
     here = tmp_path / "hub" / "models--org--big" / "snapshots" / "abc123"
     here.mkdir(parents=True)
     moved = _on_this_node(task)
-    assert moved["params"]["model"]["source"] == str(here) and moved["params"]["prompt"] == "x"
-    assert task["params"]["model"]["source"].startswith("/head/")  # the claimed task itself is untouched
-    builtin = {"params": {"model": {"name": "tiny", "identity": "x", "source": "builtin:text-to-image"}}}
+    assert tasks.of(moved).model.source == str(here) and tasks.of(moved).prompt == "x"
+    assert tasks.of(task).model.source.startswith("/head/")  # the claimed task itself is untouched
+    twin = replace(work, model=replace(model, source="builtin:text-to-image"))
+    builtin = {"kind": "keyframe", "params": twin.to_json()}
     assert _on_this_node(builtin) is builtin
 
 

@@ -199,7 +199,8 @@ def test_a_job_rendered_over_is_reviewed_from_the_cache(home_with_models, write_
 
 def _fake(job, seed, model):
     params = {"frame": 0, "prompt": "p", "seed": seed, "steps": 2, "guidance": 1.0, "negative_prompt": "",
-              "width": 64, "height": 64, "model": {"name": model, "identity": f"builtin:{model}@recipe1"}}
+              "width": 64, "height": 64, "model": {"name": model, "identity": f"builtin:{model}@recipe1",
+                                                   "pipeline": "StableDiffusionPipeline"}}
     return {"job": {"id": job, "name": "s"}, "tasks": [{"name": "keyframe[0]", "kind": "keyframe", "params": params}]}
 
 

@@ -150,12 +150,15 @@ def ramp(folder: Path, count: int) -> list[Path]:
 
 @pytest.mark.parametrize("mode", ["interpolate", "blend", "nearest"])
 def test_retiming_keeps_the_models_motion_speed(tmp_path, mode):
+    from farm.tasks import CHAIN, Segment
     from farm.worker import _retime
 
     native = ramp(tmp_path / "native", 33)  # 2 s at 16 fps, and the next keyframe
     out = tmp_path / "out"
     out.mkdir()
-    _retime(native, {"native": 33, "frames": 48, "rate": "16", "fps": 24, "retime": mode}, out)
+    segment = Segment(CHAIN, frame=0, frames=48, fps=24, width=32, height=32, clips=(33,), native=33, rate="16",
+                      ends=True, model_fps=16, retime=mode)
+    _retime(native, segment, out)
     frames = sorted(out.glob("*.png"))
     assert len(frames) == 48
     levels = [int(np.asarray(Image.open(p))[16, 16, 0]) for p in frames]

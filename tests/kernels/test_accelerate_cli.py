@@ -51,11 +51,11 @@ def test_spec_accelerate_changes_exactly_the_model_tasks_keys(write_spec):
     fast = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["compile", "kernels"]'), "b.toml")))
     kf_plain, kf_fast = plain.by_name()["keyframe[0]"], fast.by_name()["keyframe[0]"]
     assert kf_plain.key != kf_fast.key
-    assert kf_fast.params["model"]["accelerate"] == ["kernels", "compile"]
-    assert "accelerate" not in kf_plain.params["model"] and "accelerate" not in kf_fast.params["model"]["options"]
+    assert kf_fast.params.model.accelerate == ("kernels", "compile")
+    assert "accelerate" not in kf_plain.params.to_json()["model"] and "accelerate" not in kf_fast.params.model.options
     # Claims prefer workers holding the model's identity, accelerated or not; the worker holds the
     # accelerated pipeline apart from the plain one (see test_worker_holds_accelerated_apart).
-    assert kf_fast.model == kf_plain.model == kf_plain.params["model"]["identity"]
+    assert kf_fast.model == kf_plain.model == kf_plain.params.model.identity
     # The threshold is in the key only when the cache is on.
     a = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["cache"]\ncache_threshold = 0.1'), "c.toml")))
     b = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["cache"]\ncache_threshold = 0.2'), "d.toml")))
@@ -63,7 +63,7 @@ def test_spec_accelerate_changes_exactly_the_model_tasks_keys(write_spec):
     # TaylorSeer's schedule is in the key; a threshold it does not use is not.
     t = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["taylorseer"]\ncache_threshold = 0.1'),
                                         "t.toml"))).by_name()["keyframe[0]"]
-    assert t.params["model"]["taylorseer"] == [5, 3] and "cache_threshold" not in t.params["model"]
+    assert t.params.model.taylorseer == (5, 3) and "cache_threshold" not in t.params.to_json()["model"]
     assert t.key not in (kf_plain.key, kf_fast.key, a.by_name()["keyframe[0]"].key)
 
 
@@ -87,7 +87,7 @@ def test_preset_accelerate(tmp_path, monkeypatch, write_spec):
                                        'source = "builtin:text-to-image"\naccelerate = ["kernels", "attention"]\n')
     monkeypatch.setenv("FARM_PRESETS", str(presets))
     p = plan.build(spec.load(write_spec(SHOT.format(accel="").replace('"tiny"', '"fast"'))))
-    assert p.by_name()["keyframe[0]"].params["model"]["accelerate"] == ["kernels", "attention"]
+    assert p.by_name()["keyframe[0]"].params.model.accelerate == ("kernels", "attention")
 
 
 def test_render_with_acceleration(home_with_models, write_spec, cli, monkeypatch):
@@ -116,11 +116,11 @@ def test_worker_holds_accelerated_apart(home_with_models, write_spec, tmp_path):
 
     plain = plan.build(spec.load(write_spec(SHOT.format(accel=""))))
     fast = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["attention"]'), "b.toml")))
-    m_plain = plain.by_name()["keyframe[0]"].params["model"]
-    m_fast = fast.by_name()["keyframe[0]"].params["model"]
+    m_plain = plain.by_name()["keyframe[0]"].params.model
+    m_fast = fast.by_name()["keyframe[0]"].params.model
     with Worker(Queue(tmp_path / "q.db"), Cache(tmp_path / "cache"), max_warm=2) as w:
         a, b = w.pipe(m_plain), w.pipe(m_fast)
         assert a is not b and len(w.pipelines) == 2 and w.calls["load"] == 2
         assert getattr(a, "_farm_acceleration", None) is None and b._farm_acceleration.model
-        assert w.held() == {m_plain["identity"]}
+        assert w.held() == {m_plain.identity}
         assert w.pipe(m_plain) is a and w.pipe(m_fast) is b and w.calls["load"] == 2
