@@ -346,3 +346,68 @@ def test_a_worker_that_must_load_takes_a_model_no_one_else_is_running(tmp_path):
     assert first["name"] == "a0" and second["name"] == "b0"  # w2 spreads to b rather than load a as well
     assert q.claim("w3", models=set())["name"] == "a1"  # every model is running: strict order again
     assert q.claim("w2", models={"b"})["name"] == "b1"  # and a warm model still comes first
+
+# --- the test hook that holds a task in flight (farm/pipeline.py: `hold`) -------------------------
+
+
+def test_the_hold_hook_holds_at_a_step_until_released_and_a_lost_lease_still_stops_it(home_with_models, write_spec,
+                                                                                      tmp_path, monkeypatch):
+    import threading
+
+    from farm import pipeline, plan, spec
+    from farm.worker import LeaseLost
+
+    monkeypatch.delenv("FARM_TEST_HOLD", raising=False)
+    assert pipeline._steps(None, {"frame": 0}, "keyframe") == {}  # unset: nothing at all
+    folder = tmp_path / "hold"
+    monkeypatch.setenv("FARM_TEST_HOLD", str(folder))
+    calls = []
+    step = pipeline._steps(calls.append, {"frame": 1}, "clip")["callback_on_step_end"]
+    assert step(None, 0, None, {"x": 1}) == {"x": 1} and calls == [0]  # not armed (no folder): runs through
+
+    folder.mkdir()
+    monkeypatch.setenv("FARM_TEST_HOLD_TASKS", "segment[1]")
+    assert pipeline._steps(None, {"frame": 0}, "keyframe") == {}  # not a task to hold
+    step = pipeline._steps(calls.append, {"frame": 1}, "clip")["callback_on_step_end"]
+    thread = threading.Thread(target=step, args=(None, 0, None, {}), daemon=True)
+    thread.start()
+    (marker,) = wait_for(lambda: list(folder.glob("*.held")), timeout=10)
+    assert marker.name == f"segment[1]@{os.getpid()}.held"
+    assert json.loads(marker.read_text()) == {"task": "segment[1]", "pid": os.getpid()}
+    seen = len(calls)
+    time.sleep(0.5)
+    assert thread.is_alive() and len(calls) > seen + 3  # held, checking the lease all the while
+    (folder / "release").touch()
+    thread.join(5)
+    assert not thread.is_alive()
+    calls.clear()
+    step(None, 0, None, {})  # released: nothing holds any more
+    assert calls == [0]
+
+    lost, raised = threading.Event(), []
+
+    def check_lease(i):
+        if lost.is_set():
+            raise LeaseLost()
+
+    def run():
+        try:
+            pipeline._steps(check_lease, {"frame": 1}, "clip")["callback_on_step_end"](None, 0, None, {})
+        except LeaseLost as e:
+            raised.append(e)
+
+    (folder / "release").unlink()
+    marker.unlink()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_for(lambda: thread.is_alive() and len(list(folder.glob("*.held"))), timeout=10)
+    lost.set()
+    thread.join(5)
+    assert not thread.is_alive() and len(raised) == 1  # a held task stops as a running one does
+
+    # the markers name tasks as the plan does
+    for task in plan.build(spec.load(write_spec(SMALL))).tasks:
+        if task.model is not None:
+            kind = "keyframe" if task.kind == "keyframe" else "clip"
+            assert pipeline._name(task.params, kind) == task.name
+
