@@ -21,9 +21,6 @@ from farm.plan import Plan, Task
 from farm.queue import Queue
 from farm.worker import HANDLERS, Worker
 
-SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2',
-                              '[motion]\nmodel = "tiny-video"\nsteps = 100')
-
 
 class FakeSpec:
     name = "bench"
@@ -253,10 +250,10 @@ def in_flight(db, kind="segment", name=None):
 
 
 def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models, write_spec, cli, tmp_path,
-                                                                   monkeypatch, work_proc):
+                                                                   monkeypatch, work_proc, hold):
     import shutil
 
-    path = write_spec(SLOW_SEGMENTS)
+    path = write_spec(SMALL)
     clean_home, farm_home = tmp_path / "clean", tmp_path / "farm"
     for h in (clean_home, farm_home):
         shutil.copytree(built_models, h / "models")
@@ -268,10 +265,14 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     monkeypatch.setenv("FARM_HOME", str(farm_home))
     code, out, _ = cli("submit", path, "--json")
     job = json.loads(out)["job"]
-    proc = work_proc("--workers", "1", "--lease", "2", "--until-empty", "--quiet")
+    held = hold("segment")
+    proc = work_proc("--workers", "1", "--lease", "2", "--until-empty", "--quiet", env=held.env())
     db = farm_home / "queue.db"
+    marker = held.wait(proc=proc)
     pid, task_id, name = wait_for(lambda: in_flight(db), proc=proc)
+    assert (marker["pid"], marker["task"]) == (pid, name)
     os.kill(pid, signal.SIGKILL)  # the worker dies mid-segment; the supervisor starts another
+    held.release()  # which runs the segment through
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "died" in err and "restarting" in err
@@ -288,8 +289,10 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
 
 
-def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home, work_proc):
-    proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet")
+def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home, work_proc,
+                                                              hold):
+    held = hold("segment", armed=False)  # armed once the first render is done
+    proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet", env=held.env())
     db = farm_home / "queue.db"
     wait_for(lambda: in_flight_worker(db), proc=proc)
     code, out, err = cli("render", write_spec(SMALL), "--json", "-q")
@@ -300,9 +303,10 @@ def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, w
     assert runners and not any(w.startswith("render:") for w in runners)  # the farm drew it, not the CLI
 
     # status --json while a worker runs a long task
-    very_slow = SLOW_SEGMENTS.replace("steps = 100", "steps = 500")  # stopped long before it ends
-    code, out, _ = cli("submit", write_spec(very_slow, "slow.toml"), "--json")
+    held.arm()  # its first segment is held until the worker is stopped
+    code, out, _ = cli("submit", write_spec(SMALL.replace("a red boat", "a slow boat"), "slow.toml"), "--json")
     slow = json.loads(out)["job"]
+    assert held.wait(proc=proc)["task"] == "segment[0]"
     wait_for(lambda: in_flight(db))
 
     def loaded():  # a worker reports its models with its next heartbeat (every third of a lease)
@@ -346,6 +350,7 @@ def test_a_worker_that_must_load_takes_a_model_no_one_else_is_running(tmp_path):
     assert first["name"] == "a0" and second["name"] == "b0"  # w2 spreads to b rather than load a as well
     assert q.claim("w3", models=set())["name"] == "a1"  # every model is running: strict order again
     assert q.claim("w2", models={"b"})["name"] == "b1"  # and a warm model still comes first
+
 
 # --- the test hook that holds a task in flight (farm/pipeline.py: `hold`) -------------------------
 
