@@ -416,3 +416,109 @@ def test_the_hold_hook_holds_at_a_step_until_released_and_a_lost_lease_still_sto
             kind = "keyframe" if task.kind == "keyframe" else "clip"
             assert pipeline._name(task.params, kind) == task.name
 
+
+# --- farm logs --follow --------------------------------------------------------------------------
+
+
+def test_logs_follow_prints_events_as_they_are_added_and_ends_with_the_job(tmp_path):
+    import queue as lines_queue
+    import threading
+
+    db = tmp_path / "q.db"
+    q = Queue(db)
+
+    def follow(job):
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "logs", str(job), "--follow", "--db", str(db)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = lines_queue.Queue()
+        threading.Thread(target=lambda: [lines.put(json.loads(line)) for line in proc.stdout], daemon=True).start()
+        return proc, lambda: lines.get(timeout=30)
+
+    job = q.submit(flat_plan(2))
+    proc, line = follow(job)
+    try:
+        assert line()["event"] == "job.queued"
+        t = q.claim("w1")
+        started = line()
+        assert {k: started[k] for k in ("event", "job", "task", "worker")} == \
+            {"event": "task.started", "job": job, "task": "t0", "worker": "w1"}
+        time.sleep(1.5)  # three of its polls: a running job is followed, not left
+        assert proc.poll() is None
+        q.complete(t, "w1", cached=False, seconds=0.25)
+        done = line()
+        assert (done["event"], done["task"], done["seconds"]) == ("task.done", "t0", 0.25)
+        t = q.claim("w1")
+        q.complete(t, "w1", cached=True, seconds=0)
+        assert [line()["event"] for _ in range(3)] == ["task.started", "task.cached", "job.done"]
+        _, err = proc.communicate(timeout=30)  # the job is done: it ends
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    job = q.submit(flat_plan(1, prefix="c"))  # a job canceled while followed ends it too
+    proc, line = follow(job)
+    try:
+        assert line()["event"] == "job.queued"
+        q.cancel(job, "canceled by the user")
+        canceled = line()
+        assert canceled["event"] == "job.canceled" and canceled["reason"] == "canceled by the user"
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+# --- farm work: --gpus, and a worker that keeps dying ---------------------------------------------
+
+
+def test_work_gpus_is_parsed_into_one_worker_per_gpu_and_refused_with_exit_2(cli, monkeypatch, farm_home):
+    from farm import supervisor
+
+    monkeypatch.setattr(supervisor, "_gpu_count", lambda: 4)  # no GPU needed: the count is what parsing reads
+    started = []
+    monkeypatch.setattr(supervisor, "work", lambda slots, **kw: started.append(slots) or 0)
+    for value, gpus in (("all", [0, 1, 2, 3]), ("1,3", [1, 3]), ("2", [2]), (" 0, 2 ", [0, 2]), ("3,", [3])):
+        code, _, err = cli("work", "--gpus", value)
+        assert code == 0, (value, err)
+        slots = started.pop()
+        assert [(s.index, s.device, s.env) for s in slots] == \
+            [(n, f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for n, i in enumerate(gpus)], value
+    for value, words in (("x", "expects `all` or GPU indices"), ("0;1", "expects"), ("1.5", "expects"),
+                         ("4", "this machine has 4 GPU(s) (indices 0..3)"), ("-1", "has 4 GPU(s)"),
+                         (",", "has 4 GPU(s)"), ("0,7", "has 4 GPU(s)")):
+        code, out, err = cli("work", "--gpus", value)
+        assert code == 2 and out == "" and words in err and "Traceback" not in err, (value, err)
+    code, _, err = cli("work", "--gpus", "0", "--cpu")
+    assert code == 2 and "not both" in err
+    assert started == []  # no refused value started anything
+
+    monkeypatch.setattr(supervisor, "_gpu_count", lambda: 0)
+    code, _, err = cli("work", "--gpus", "all")
+    assert code == 2 and "no CUDA GPU is visible" in err and "--cpu" in err
+    code, _, err = cli("work", "--gpus", "0")
+    assert code == 2 and "0 GPU(s)" in err
+    assert cli("work")[0] == 0  # no --gpus on a machine without one: a CPU worker
+    assert [s.device for s in started.pop()] == ["cpu"]
+
+
+def die_at_once(slot, opts):
+    """A worker process that exits at once with code 3 (a crashed driver, say)."""
+    os._exit(3)
+
+
+def test_a_worker_that_keeps_dying_is_restarted_at_most_max_restarts_times(tmp_path, monkeypatch, capsys):
+    from farm import supervisor
+
+    monkeypatch.setattr(supervisor, "child", die_at_once)  # what each spawned process runs
+    started = time.time()
+    supervisor.work([supervisor.Slot(0, "cpu", {})], db=str(tmp_path / "q.db"), lease=5, until_empty=True,
+                           grace=1, memory=None, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("farm: worker cpu died (exit code 3); restarting it.") == supervisor.MAX_RESTARTS
+    assert err.strip().splitlines()[-1] == (f"farm: worker cpu died {supervisor.MAX_RESTARTS + 1} times in a minute "
+                                            f"(last exit code 3); not restarting it.")
+    assert time.time() - started < 60  # it gave up, within the minute (and returned: the loop ended)
