@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import textwrap
 import time
 from pathlib import Path
@@ -81,6 +82,31 @@ class Hold:
                 raise AssertionError(f"process exited before a task was held: {proc.communicate()}")
             time.sleep(0.05)
         raise AssertionError(f"no task {self.tasks or ''}* was held within {timeout} s")
+
+    def caught(self, db: Path, proc=None, timeout: float = 120) -> str:
+        """The name of a task this hold applies to, once one is running in the queue database
+        `db`: claimed, it cannot finish before its first step, where it holds, so it is caught
+        in flight from here, seconds sooner than its marker (written once its model is loaded
+        and a step is done). Not for a task the cache may answer: that one never holds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"process exited before a task was caught: {proc.communicate()}")
+            rows = []
+            if Path(db).exists():
+                try:
+                    conn = sqlite3.connect(db)
+                    try:
+                        rows = conn.execute("SELECT name FROM tasks WHERE state = 'running' ORDER BY id").fetchall()
+                    finally:
+                        conn.close()
+                except sqlite3.OperationalError:  # not made yet, or locked a moment
+                    pass
+            names = [name for (name,) in rows if name.startswith(self.tasks)]
+            if names:
+                return names[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no task {self.tasks}* was running within {timeout} s")
 
     def release(self):
         """Let every held task go on; nothing holds after this."""

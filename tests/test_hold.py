@@ -46,7 +46,7 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
     path = write_spec(SMALL.replace("a red boat", "version one"))
     held = hold("segment")
     proc = start("render", path, "-q", env=held.env())
-    held.wait(proc=proc)
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()  # SIGKILL: no handler runs, its job and worker row stay behind
     proc.communicate()
     path.write_text(SMALL.replace("a red boat", "version two"))
@@ -70,7 +70,7 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
 def test_status_shows_a_killed_renders_job_as_canceled_at_once(home_with_models, write_spec, farm_home, hold):
     held = hold("segment")
     proc = start("render", write_spec(SMALL), "-q", env=held.env())
-    held.wait(proc=proc)
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()
     proc.communicate()
     status = json.loads(farm("status", "--json").stdout)  # no worker ran since, and no lease expired
@@ -135,7 +135,7 @@ def test_publishing_a_superseded_job_again_changes_nothing(home_with_models, wri
 def test_sighup_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_home, hold):
     held = hold("segment")
     proc = start("render", write_spec(SMALL), "-q", env=held.env())
-    held.wait(proc=proc)
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.send_signal(signal.SIGHUP)  # the terminal closed
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 129, err
@@ -155,7 +155,7 @@ def test_a_render_left_to_farm_work_is_canceled_when_the_render_dies(home_with_m
             assert time.time() < deadline, "farm work did not start"
             time.sleep(0.3)
         proc = start("render", write_spec(SMALL), "-q")
-        held.wait(proc=proc)
+        held.caught(farm_home / "queue.db", proc=proc)
         worker = db(farm_home).execute("SELECT lease_owner FROM tasks WHERE state = 'running'").fetchone()[0]
         assert not worker.startswith("render:")  # drawn by `farm work`
         proc.kill()

@@ -15,7 +15,7 @@ def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, wr
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(path), "--json", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=held.env())
     db_path = farm_home / "queue.db"
-    held.wait(proc=proc)
+    held.caught(db_path, proc=proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

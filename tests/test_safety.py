@@ -143,10 +143,10 @@ def test_two_renders_at_once_both_finish(home_with_models, write_spec):
 
 
 def test_a_render_after_a_killed_render_finishes(home_with_models, write_spec, farm_home, hold):
-    held = hold("segment")
+    held = hold()  # killed at its first task
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(write_spec(SMALL, "slow.toml")), "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=held.env())
-    held.wait(proc=proc)
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()  # SIGKILL: its worker row stays behind, its heartbeat fresh for a while
     proc.wait()
     assert db(farm_home).execute("SELECT count(*) FROM workers WHERE name LIKE 'render:%'").fetchone()[0] == 1
@@ -174,7 +174,7 @@ def test_sigterm_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm
     held = hold("segment")
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(write_spec(SMALL)), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=held.env())
-    held.wait(proc=proc)
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -198,7 +198,7 @@ def test_farm_work_exit_codes_reach_the_shell(home_with_models, write_spec, farm
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", "-q", "--grace", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env=held.env())
-    held.wait(proc=proc)
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)  # the second: release the task in flight now
