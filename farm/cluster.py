@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import tasks
+from . import pipeline, tasks
 from .cache import Cache
 from .errors import FarmError
 from .publish import publish
@@ -571,6 +571,8 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
     gpus = 0 if cpu else int(ray.cluster_resources().get("GPU", 0))
     actors = gpus or workers
     env = {"FARM_HOME": str(home.home())} if address == "local" else {}  # this machine's, for its own actors
+    # The test hook (farm/pipeline.py: `hold`) reaches actors on every node, as it reaches `farm work`'s workers.
+    env |= {k: os.environ[k] for k in (pipeline.HOLD, pipeline.HOLD_TASKS) if k in os.environ}
     # CPU actors share the head's cores, as `farm work --cpu` workers do; FARM_TORCH_THREADS sets
     # the count (on the CPU, torch sums in another order with another thread count: pixels move).
     threads = int(os.environ["FARM_TORCH_THREADS"]) if os.environ.get("FARM_TORCH_THREADS") else \

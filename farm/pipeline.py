@@ -11,7 +11,11 @@ adapter that turns (first, last) into its keyword arguments, and the context its
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from contextlib import nullcontext
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -24,17 +28,62 @@ def generator(seed: int):
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def _steps(on_step) -> dict:
+# A test-only hook: hold a task at a denoising step until the test releases it (see `hold`).
+# Unset, it costs one environment lookup per pipeline call and changes nothing. It is no part of
+# a task's params, so keys and cache entries never depend on it.
+HOLD = "FARM_TEST_HOLD"  # a folder: markers are written and the release is looked for there
+HOLD_TASKS = "FARM_TEST_HOLD_TASKS"  # hold only tasks whose name starts with this (default: every one)
+HOLD_POLL = 0.05  # seconds between looks for the release, each calling `on_step`
+
+
+def _steps(on_step, params: dict, kind: str) -> dict:
     """`callback_on_step_end` calling `on_step(i)` between denoising steps: where a worker
-    whose lease was lost stops (by raising) instead of finishing another attempt's work."""
-    if on_step is None:
+    whose lease was lost stops (by raising) instead of finishing another attempt's work.
+    (`params` and `kind`, "keyframe" or "clip", name the task for the test hook, `hold`.)"""
+    folder = os.environ.get(HOLD)
+    task = _name(params, kind) if folder else ""
+    held = bool(folder) and task.startswith(os.environ.get(HOLD_TASKS, ""))
+    if on_step is None and not held:
         return {}
 
     def callback(pipe, i, t, tensors):
-        on_step(i)
+        if on_step is not None:
+            on_step(i)
+        if held and i == 0:
+            hold(Path(folder), task, lambda: on_step(i) if on_step is not None else None)
         return tensors
 
     return {"callback_on_step_end": callback}
+
+
+def hold(folder: Path, task: str, check) -> None:
+    """The test-only hook. With `FARM_TEST_HOLD=<folder>` in its environment and that folder
+    there, a task (one whose name starts with `FARM_TEST_HOLD_TASKS`, when that is set) stops
+    after its first denoising step: it writes the marker `<folder>/<task>@<pid>.held` (JSON:
+    task, pid; written whole, by a rename) and waits until the file `<folder>/release` exists,
+    calling `check` (the worker's `on_step`) every HOLD_POLL seconds meanwhile, so that a lost
+    lease, a canceled job, SIGINT and SIGTERM stop a held task as they stop a running one. No
+    folder yet: nothing holds (a test arms the hold by making it); `release` there: nothing holds
+    any more (a task run again after its worker was killed runs through). Tests use it to catch
+    a task in flight without making it slow (tests/conftest.py: `hold`)."""
+    release = folder / "release"
+    if not folder.is_dir() or release.exists():
+        return
+    marker = folder / f"{task}@{os.getpid()}.held"
+    partial = folder / f".{marker.name}.tmp"
+    partial.write_text(json.dumps({"task": task, "pid": os.getpid()}))
+    os.replace(partial, marker)
+    while not release.exists():
+        check()
+        time.sleep(HOLD_POLL)
+
+
+def _name(params: dict, kind: str) -> str:
+    """The name farm/plan.py gives the task of a call: `keyframe[i]`, `segment[i]` or
+    `segment[i].clip[j]` (for the test hook's markers and its FARM_TEST_HOLD_TASKS)."""
+    if kind == "keyframe":
+        return f"keyframe[{params.get('frame')}]"
+    return f"segment[{params.get('frame')}]" + (f".clip[{params['clip']}]" if "clip" in params else "")
 
 
 def keyframe(pipe, params: dict, on_step=None) -> Image.Image:
@@ -47,7 +96,7 @@ def keyframe(pipe, params: dict, on_step=None) -> Image.Image:
         width=params["width"],
         height=params["height"],
         generator=generator(params["seed"]),
-        **_steps(on_step),
+        **_steps(on_step, params, "keyframe"),
         **params["model"]["options"],
     ).images[0]
 
@@ -83,7 +132,7 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
             generator=generator(seed),
             output_type="pil",
             **condition(family, params, first, last, frames),
-            **_steps(on_step),
+            **_steps(on_step, params, "clip"),
             **params["model"]["options"],
         ).frames[0]
     if len(out) != frames:

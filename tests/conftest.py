@@ -1,7 +1,10 @@
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -40,12 +43,102 @@ def crash_clip_once(monkeypatch) -> list:
     return made
 
 
+class Hold:
+    """farm/pipeline.py's test hook (`pipeline.hold`) for one test: a farm process given `env()`
+    (or this process, after `set()`) stops each task whose name starts with `tasks` after its
+    first denoising step, until `release()`. A task caught this way is in flight for as long as
+    the test needs, at 2 steps instead of hundreds."""
+
+    def __init__(self, folder: Path, tasks: str = ""):
+        self.folder, self.tasks = folder, tasks
+
+    def vars(self) -> dict:
+        return {"FARM_TEST_HOLD": str(self.folder), "FARM_TEST_HOLD_TASKS": self.tasks}
+
+    def env(self) -> dict:
+        """This process's environment (as it is now) with the hook set: for a subprocess."""
+        return {**os.environ, **self.vars()}
+
+    def set(self, monkeypatch):
+        for k, v in self.vars().items():
+            monkeypatch.setenv(k, v)
+
+    def arm(self):
+        """From now on, tasks hold (the folder exists); `hold()` arms at once unless told not to."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def held(self) -> list[dict]:
+        """The markers written so far ({task, pid} each), oldest name first."""
+        return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.held"))]
+
+    def wait(self, timeout: float = 120, proc=None) -> dict:
+        """The first held task's marker, once there is one; fails if `proc` exits first."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = self.held()
+            if found:
+                return found[0]
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"process exited before a task was held: {proc.communicate()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no task {self.tasks or ''}* was held within {timeout} s")
+
+    def caught(self, db: Path, proc=None, timeout: float = 120) -> str:
+        """The name of a task this hold applies to, once one is running in the queue database
+        `db`: claimed, it cannot finish before its first step, where it holds, so it is caught
+        in flight from here, seconds sooner than its marker (written once its model is loaded
+        and a step is done). Not for a task the cache may answer: that one never holds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"process exited before a task was caught: {proc.communicate()}")
+            rows = []
+            if Path(db).exists():
+                try:
+                    conn = sqlite3.connect(db)
+                    try:
+                        rows = conn.execute("SELECT name FROM tasks WHERE state = 'running' ORDER BY id").fetchall()
+                    finally:
+                        conn.close()
+                except sqlite3.OperationalError:  # not made yet, or locked a moment
+                    pass
+            names = [name for (name,) in rows if name.startswith(self.tasks)]
+            if names:
+                return names[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no task {self.tasks}* was running within {timeout} s")
+
+    def release(self):
+        """Let every held task go on; nothing holds after this."""
+        self.arm()
+        (self.folder / "release").touch()
+
+
+@pytest.fixture
+def hold(tmp_path):
+    """`hold(tasks="segment", armed=True)`: a `Hold` in a folder of its own; every hold is
+    released when the test ends, pass or fail, so that nothing it held waits on."""
+    made = []
+
+    def make(tasks: str = "", armed: bool = True) -> Hold:
+        made.append(Hold(tmp_path / f"hold-{len(made)}", tasks))
+        if armed:
+            made[-1].arm()
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.release()
+
+
 @pytest.fixture(autouse=True)
 def farm_home(tmp_path, monkeypatch):
     """Every test gets its own queue, cache and model folder."""
     home = tmp_path / "farm-home"
     monkeypatch.setenv("FARM_HOME", str(home))
     monkeypatch.delenv("FARM_FFMPEG", raising=False)
+    for hook in ("FARM_TEST_HOLD", "FARM_TEST_HOLD_TASKS"):  # set by the `hold` fixture alone
+        monkeypatch.delenv(hook, raising=False)
     return home
 
 

@@ -21,9 +21,6 @@ from farm.plan import Plan, Task
 from farm.queue import Queue
 from farm.worker import HANDLERS, Worker
 
-SLOW_SEGMENTS = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2',
-                              '[motion]\nmodel = "tiny-video"\nsteps = 100')
-
 
 class FakeSpec:
     name = "bench"
@@ -253,10 +250,10 @@ def in_flight(db, kind="segment", name=None):
 
 
 def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models, write_spec, cli, tmp_path,
-                                                                   monkeypatch, work_proc):
+                                                                   monkeypatch, work_proc, hold):
     import shutil
 
-    path = write_spec(SLOW_SEGMENTS)
+    path = write_spec(SMALL)
     clean_home, farm_home = tmp_path / "clean", tmp_path / "farm"
     for h in (clean_home, farm_home):
         shutil.copytree(built_models, h / "models")
@@ -268,10 +265,12 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     monkeypatch.setenv("FARM_HOME", str(farm_home))
     code, out, _ = cli("submit", path, "--json")
     job = json.loads(out)["job"]
-    proc = work_proc("--workers", "1", "--lease", "2", "--until-empty", "--quiet")
+    held = hold("segment")
+    proc = work_proc("--workers", "1", "--lease", "2", "--until-empty", "--quiet", env=held.env())
     db = farm_home / "queue.db"
-    pid, task_id, name = wait_for(lambda: in_flight(db), proc=proc)
+    pid, task_id, name = wait_for(lambda: in_flight(db), proc=proc)  # held from here until released
     os.kill(pid, signal.SIGKILL)  # the worker dies mid-segment; the supervisor starts another
+    held.release()  # which runs the segment through
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "died" in err and "restarting" in err
@@ -288,8 +287,10 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
 
 
-def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home, work_proc):
-    proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet")
+def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, write_spec, cli, farm_home, work_proc,
+                                                              hold):
+    held = hold("segment", armed=False)  # armed once the first render is done
+    proc = work_proc("--workers", "1", "--lease", "5", "--grace", "1", "--quiet", env=held.env())
     db = farm_home / "queue.db"
     wait_for(lambda: in_flight_worker(db), proc=proc)
     code, out, err = cli("render", write_spec(SMALL), "--json", "-q")
@@ -300,9 +301,10 @@ def test_render_uses_running_workers_then_sigterm_stops_them(home_with_models, w
     assert runners and not any(w.startswith("render:") for w in runners)  # the farm drew it, not the CLI
 
     # status --json while a worker runs a long task
-    very_slow = SLOW_SEGMENTS.replace("steps = 100", "steps = 500")  # stopped long before it ends
-    code, out, _ = cli("submit", write_spec(very_slow, "slow.toml"), "--json")
+    held.arm()  # its first segment is held until the worker is stopped
+    code, out, _ = cli("submit", write_spec(SMALL.replace("a red boat", "a slow boat"), "slow.toml"), "--json")
     slow = json.loads(out)["job"]
+    assert held.wait(proc=proc)["task"] == "segment[0]"
     wait_for(lambda: in_flight(db))
 
     def loaded():  # a worker reports its models with its next heartbeat (every third of a lease)
@@ -346,3 +348,175 @@ def test_a_worker_that_must_load_takes_a_model_no_one_else_is_running(tmp_path):
     assert first["name"] == "a0" and second["name"] == "b0"  # w2 spreads to b rather than load a as well
     assert q.claim("w3", models=set())["name"] == "a1"  # every model is running: strict order again
     assert q.claim("w2", models={"b"})["name"] == "b1"  # and a warm model still comes first
+
+
+# --- the test hook that holds a task in flight (farm/pipeline.py: `hold`) -------------------------
+
+
+def test_the_hold_hook_holds_at_a_step_until_released_and_a_lost_lease_still_stops_it(home_with_models, write_spec,
+                                                                                      tmp_path, monkeypatch):
+    import threading
+
+    from farm import pipeline, plan, spec
+    from farm.worker import LeaseLost
+
+    monkeypatch.delenv("FARM_TEST_HOLD", raising=False)
+    assert pipeline._steps(None, {"frame": 0}, "keyframe") == {}  # unset: nothing at all
+    folder = tmp_path / "hold"
+    monkeypatch.setenv("FARM_TEST_HOLD", str(folder))
+    calls = []
+    step = pipeline._steps(calls.append, {"frame": 1}, "clip")["callback_on_step_end"]
+    assert step(None, 0, None, {"x": 1}) == {"x": 1} and calls == [0]  # not armed (no folder): runs through
+
+    folder.mkdir()
+    monkeypatch.setenv("FARM_TEST_HOLD_TASKS", "segment[1]")
+    assert pipeline._steps(None, {"frame": 0}, "keyframe") == {}  # not a task to hold
+    step = pipeline._steps(calls.append, {"frame": 1}, "clip")["callback_on_step_end"]
+    thread = threading.Thread(target=step, args=(None, 0, None, {}), daemon=True)
+    thread.start()
+    (marker,) = wait_for(lambda: list(folder.glob("*.held")), timeout=10)
+    assert marker.name == f"segment[1]@{os.getpid()}.held"
+    assert json.loads(marker.read_text()) == {"task": "segment[1]", "pid": os.getpid()}
+    seen = len(calls)
+    time.sleep(0.5)
+    assert thread.is_alive() and len(calls) > seen + 3  # held, checking the lease all the while
+    (folder / "release").touch()
+    thread.join(5)
+    assert not thread.is_alive()
+    calls.clear()
+    step(None, 0, None, {})  # released: nothing holds any more
+    assert calls == [0]
+
+    lost, raised = threading.Event(), []
+
+    def check_lease(i):
+        if lost.is_set():
+            raise LeaseLost()
+
+    def run():
+        try:
+            pipeline._steps(check_lease, {"frame": 1}, "clip")["callback_on_step_end"](None, 0, None, {})
+        except LeaseLost as e:
+            raised.append(e)
+
+    (folder / "release").unlink()
+    marker.unlink()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    wait_for(lambda: thread.is_alive() and len(list(folder.glob("*.held"))), timeout=10)
+    lost.set()
+    thread.join(5)
+    assert not thread.is_alive() and len(raised) == 1  # a held task stops as a running one does
+
+    # the markers name tasks as the plan does
+    for task in plan.build(spec.load(write_spec(SMALL))).tasks:
+        if task.model is not None:
+            kind = "keyframe" if task.kind == "keyframe" else "clip"
+            assert pipeline._name(task.params, kind) == task.name
+
+
+# --- farm logs --follow --------------------------------------------------------------------------
+
+
+def test_logs_follow_prints_events_as_they_are_added_and_ends_with_the_job(tmp_path):
+    import queue as lines_queue
+    import threading
+
+    db = tmp_path / "q.db"
+    q = Queue(db)
+
+    def follow(job):
+        proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "logs", str(job), "--follow", "--db", str(db)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = lines_queue.Queue()
+        threading.Thread(target=lambda: [lines.put(json.loads(line)) for line in proc.stdout], daemon=True).start()
+        return proc, lambda: lines.get(timeout=30)
+
+    job = q.submit(flat_plan(2))
+    proc, line = follow(job)
+    try:
+        assert line()["event"] == "job.queued"
+        t = q.claim("w1")
+        started = line()
+        assert {k: started[k] for k in ("event", "job", "task", "worker")} == \
+            {"event": "task.started", "job": job, "task": "t0", "worker": "w1"}
+        time.sleep(1.5)  # three of its polls: a running job is followed, not left
+        assert proc.poll() is None
+        q.complete(t, "w1", cached=False, seconds=0.25)
+        done = line()
+        assert (done["event"], done["task"], done["seconds"]) == ("task.done", "t0", 0.25)
+        t = q.claim("w1")
+        q.complete(t, "w1", cached=True, seconds=0)
+        assert [line()["event"] for _ in range(3)] == ["task.started", "task.cached", "job.done"]
+        _, err = proc.communicate(timeout=30)  # the job is done: it ends
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    job = q.submit(flat_plan(1, prefix="c"))  # a job canceled while followed ends it too
+    proc, line = follow(job)
+    try:
+        assert line()["event"] == "job.queued"
+        q.cancel(job, "canceled by the user")
+        canceled = line()
+        assert canceled["event"] == "job.canceled" and canceled["reason"] == "canceled by the user"
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+# --- farm work: --gpus, and a worker that keeps dying ---------------------------------------------
+
+
+def test_work_gpus_is_parsed_into_one_worker_per_gpu_and_refused_with_exit_2(cli, monkeypatch, farm_home):
+    from farm import supervisor
+
+    monkeypatch.setattr(supervisor, "_gpu_count", lambda: 4)  # no GPU needed: the count is what parsing reads
+    started = []
+    monkeypatch.setattr(supervisor, "work", lambda slots, **kw: started.append(slots) or 0)
+    for value, gpus in (("all", [0, 1, 2, 3]), ("1,3", [1, 3]), ("2", [2]), (" 0, 2 ", [0, 2]), ("3,", [3])):
+        code, _, err = cli("work", "--gpus", value)
+        assert code == 0, (value, err)
+        slots = started.pop()
+        assert [(s.index, s.device, s.env) for s in slots] == \
+            [(n, f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for n, i in enumerate(gpus)], value
+    for value, words in (("x", "expects `all` or GPU indices"), ("0;1", "expects"), ("1.5", "expects"),
+                         ("4", "this machine has 4 GPU(s) (indices 0..3)"), ("-1", "has 4 GPU(s)"),
+                         (",", "has 4 GPU(s)"), ("0,7", "has 4 GPU(s)")):
+        code, out, err = cli("work", "--gpus", value)
+        assert code == 2 and out == "" and words in err and "Traceback" not in err, (value, err)
+    code, _, err = cli("work", "--gpus", "0", "--cpu")
+    assert code == 2 and "not both" in err
+    assert started == []  # no refused value started anything
+
+    monkeypatch.setattr(supervisor, "_gpu_count", lambda: 0)
+    code, _, err = cli("work", "--gpus", "all")
+    assert code == 2 and "no CUDA GPU is visible" in err and "--cpu" in err
+    code, _, err = cli("work", "--gpus", "0")
+    assert code == 2 and "0 GPU(s)" in err
+    assert cli("work")[0] == 0  # no --gpus on a machine without one: a CPU worker
+    assert [s.device for s in started.pop()] == ["cpu"]
+
+
+def die_at_once(slot, opts):
+    """A worker process that exits at once with code 3 (a crashed driver, say)."""
+    os._exit(3)
+
+
+def test_a_worker_that_keeps_dying_is_restarted_at_most_max_restarts_times(tmp_path, monkeypatch, capsys):
+    from farm import supervisor
+
+    monkeypatch.setattr(supervisor, "child", die_at_once)  # what each spawned process runs
+    started = time.time()
+    supervisor.work([supervisor.Slot(0, "cpu", {})], db=str(tmp_path / "q.db"), lease=5, until_empty=True,
+                           grace=1, memory=None, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("farm: worker cpu died (exit code 3); restarting it.") == supervisor.MAX_RESTARTS
+    assert err.strip().splitlines()[-1] == (f"farm: worker cpu died {supervisor.MAX_RESTARTS + 1} times in a minute "
+                                            f"(last exit code 3); not restarting it.")
+    assert time.time() - started < 60  # it gave up, within the minute (and returned: the loop ended)

@@ -18,8 +18,6 @@ from conftest import SMALL
 from farm.outputs import manifest_path
 from farm.queue import Queue
 
-SLOW = SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2', '[motion]\nmodel = "tiny-video"\nsteps = 400')
-
 
 def farm(*args, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "farm.cli", *map(str, args)], capture_output=True, text=True,
@@ -35,19 +33,6 @@ def db(home):
     return sqlite3.connect(home / "queue.db")
 
 
-def wait_running(home, kind="segment", timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            if db(home).execute("SELECT count(*) FROM tasks WHERE state = 'running' AND kind = ?",
-                                (kind,)).fetchone()[0]:
-                return
-        except sqlite3.OperationalError:
-            pass
-    raise AssertionError(f"no {kind} task started within {timeout} s")
-
-
 def sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -56,11 +41,12 @@ def job_states(home):
     return dict(db(home).execute("SELECT id, state FROM jobs ORDER BY id").fetchall())
 
 
-def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models, write_spec, farm_home):
-    """The issue's scenario: SIGKILL a slow render, edit the spec, render again, then `farm work`."""
-    path = write_spec(SLOW.replace("a red boat", "version one"))
-    proc = start("render", path, "-q")
-    wait_running(farm_home)
+def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models, write_spec, farm_home, hold):
+    """The issue's scenario: SIGKILL a render mid-segment, edit the spec, render again, then `farm work`."""
+    path = write_spec(SMALL.replace("a red boat", "version one"))
+    held = hold("segment")
+    proc = start("render", path, "-q", env=held.env())
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()  # SIGKILL: no handler runs, its job and worker row stay behind
     proc.communicate()
     path.write_text(SMALL.replace("a red boat", "version two"))
@@ -81,9 +67,10 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
     assert not [w for w in status["workers"] if w["name"].startswith("render:")]
 
 
-def test_status_shows_a_killed_renders_job_as_canceled_at_once(home_with_models, write_spec, farm_home):
-    proc = start("render", write_spec(SLOW), "-q")
-    wait_running(farm_home)
+def test_status_shows_a_killed_renders_job_as_canceled_at_once(home_with_models, write_spec, farm_home, hold):
+    held = hold("segment")
+    proc = start("render", write_spec(SMALL), "-q", env=held.env())
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()
     proc.communicate()
     status = json.loads(farm("status", "--json").stdout)  # no worker ran since, and no lease expired
@@ -145,9 +132,10 @@ def test_publishing_a_superseded_job_again_changes_nothing(home_with_models, wri
     assert sha(video) == before and publish.outcome(queue, old)["event"] == publish.SUPERSEDED
 
 
-def test_sighup_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_home):
-    proc = start("render", write_spec(SLOW), "-q")
-    wait_running(farm_home)
+def test_sighup_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_home, hold):
+    held = hold("segment")
+    proc = start("render", write_spec(SMALL), "-q", env=held.env())
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.send_signal(signal.SIGHUP)  # the terminal closed
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 129, err
@@ -156,16 +144,18 @@ def test_sighup_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_
     assert db(farm_home).execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone() == (0,)
 
 
-def test_a_render_left_to_farm_work_is_canceled_when_the_render_dies(home_with_models, write_spec, farm_home):
+def test_a_render_left_to_farm_work_is_canceled_when_the_render_dies(home_with_models, write_spec, farm_home, hold):
     """With `farm work` running, a render waits for it; kill the render and the workers drop its job."""
-    work = start("work", "--cpu", "--workers", "1", "--lease", "6", "-q", start_new_session=True)  # beats every 2 s
+    held = hold("segment")  # never released: the worker must drop the held segment on its own
+    work = start("work", "--cpu", "--workers", "1", "--lease", "6", "-q", start_new_session=True,
+                 env=held.env())  # beats every 2 s
     try:
         deadline = time.time() + 60
         while not json.loads(farm("status", "--json").stdout)["workers"]:
             assert time.time() < deadline, "farm work did not start"
             time.sleep(0.3)
-        proc = start("render", write_spec(SLOW), "-q")
-        wait_running(farm_home)
+        proc = start("render", write_spec(SMALL), "-q")
+        held.caught(farm_home / "queue.db", proc=proc)
         worker = db(farm_home).execute("SELECT lease_owner FROM tasks WHERE state = 'running'").fetchone()[0]
         assert not worker.startswith("render:")  # drawn by `farm work`
         proc.kill()

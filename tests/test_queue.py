@@ -268,3 +268,112 @@ def test_farm_plan_reads_run_times_from_a_read_only_queue(file_q, tmp_path):
     with pytest.raises(FarmError, match="task history"):
         reader.run_times()
     reader.close()
+
+
+def test_a_task_no_live_worker_may_take_fails_at_once(q, monkeypatch):
+    """`Queue.fail`: once every live worker is blocklisted for a task's kind in its job, the task
+    fails now, attempts left or not, instead of waiting for a worker that will never take it.
+    Workers that are not live do not count: one whose heartbeat is older than its lease, one
+    stopping, and a `farm render`'s (it draws its own job only)."""
+    monkeypatch.setattr(queue_mod, "BACKOFF_CAP", 0)  # a retry is claimable at once
+    job = q.submit(make_plan(1), max_attempts=10)
+    for name in ("a", "b", "gone", "stopping"):
+        q.register(name, device="cpu", lease=60)
+    q.register("render:1", device="cpu", lease=60, role="render")
+    q.conn.execute("UPDATE workers SET heartbeat_at = 0 WHERE name = 'gone'")
+    q.heartbeat("stopping", models=[], state="stopping")
+
+    def fail(worker):
+        t = q.claim(worker)
+        assert t is not None and t["name"] == "keyframe[0]", (worker, t)
+        q.fail(t, worker, f"driver error on {worker}")
+        return q.conn.execute("SELECT state, attempts FROM tasks WHERE id = ?", (t["id"],)).fetchone()
+
+    for _ in range(queue_mod.BLOCK_AFTER):
+        assert fail("a")["state"] == "queued"  # b may still take it
+    assert q.claim("a") is None  # blocklisted for keyframes of this job
+    for _ in range(queue_mod.BLOCK_AFTER - 1):
+        assert fail("b")["state"] == "queued"
+    row = fail("b")  # the last live worker's last allowed failure: nobody is left
+    assert row["state"] == "failed" and row["attempts"] == 2 * queue_mod.BLOCK_AFTER < 10
+    assert q.job(job)["state"] == "failed" and q.job(job)["error"] == "keyframe[0]: driver error on b"
+    assert q.counts(job) == {"failed": 1, "canceled": 1}  # the assembly will never run
+    events = [e["event"] for e in q.events(job)]
+    assert events.count("task.retry") == 2 * queue_mod.BLOCK_AFTER - 1
+    assert events[-2:] == ["task.failed", "job.failed"]
+    assert q.claim("gone") is None and q.pending() == 0  # nothing left waiting
+
+
+def old_database(path, version):
+    """A queue database as a farm of schema `version` left it (its first `version` migrations,
+    applied as `Queue` applies them), with rows in every table: a done job, and a running job
+    with a done keyframe, a queued assembly that needs it, a worker, a blocklist entry, events."""
+    conn = sqlite3.connect(path)
+    for migration in queue_mod.MIGRATIONS[:version]:
+        for statement in migration.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO jobs (id, name, spec_path, spec_digest, output, state, priority, tasks_total, tasks_left, "
+        "created_at, started_at, finished_at) VALUES (?, ?, ?, 'd', ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(1, "old", "/tmp/old.toml", "/tmp/old.mp4", "done", 50, 1, 0, now - 90, now - 80, now - 70),
+         (2, "live", "/tmp/live.toml", "/tmp/live.mp4", "running", 70, 2, 1, now - 60, now - 50, None)])
+    conn.executemany(
+        "INSERT INTO tasks (id, job_id, name, kind, key, model, params, state, priority, attempts, cached, worker, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(1, 1, "assemble", "assemble", "a1", None, '{"frames": 8}', "done", 50, 1, 0, "w-old", now - 90),
+         (2, 2, "keyframe[0]", "keyframe", "k2", "m", '{"frame": 0, "seed": 3}', "done", 70, 2, 0, "w-old", now - 60),
+         (3, 2, "assemble", "assemble", "a2", None, '{"frames": 8}', "queued", 70, 0, None, None, now - 60)])
+    conn.execute("INSERT INTO deps (task_id, needs) VALUES (3, 2)")
+    worker = {"name": "w-old", "pid": 1, "host": "elsewhere", "device": "cpu", "models": '["m"]', "lease": 60,
+              "started_at": now - 100, "heartbeat_at": now - 5, **({"role": "render"} if version >= 2 else {})}
+    conn.execute(f"INSERT INTO workers ({', '.join(worker)}) VALUES ({', '.join('?' * len(worker))})",
+                 list(worker.values()))
+    conn.execute("INSERT INTO blocklist (job_id, worker, kind, failures) VALUES (2, 'w-old', 'keyframe', 1)")
+    conn.executemany("INSERT INTO events (ts, job_id, task_id, event, worker, data) VALUES (?, ?, ?, ?, ?, ?)",
+                     [(now - 60, 2, None, "job.queued", None, '{"tasks": 2}'),
+                      (now - 50, 2, 2, "task.started", "w-old", '{"attempt": 1}'),
+                      (now - 40, 2, 2, "task.retry", "w-old", '{"error": "boom"}'),
+                      (now - 30, 2, 2, "task.done", "w-old", '{"seconds": 1.5}')])
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_database_is_upgraded_with_its_rows_and_works(tmp_path, version):
+    path = tmp_path / "old.db"
+    old_database(path, version)
+    q = Queue(path)  # today's farm opens it: every later migration runs, in order
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == queue_mod.SCHEMA_VERSION
+    assert {"role", "node", "driver_pid", "driver_host"} <= {r[1] for r in conn.execute("PRAGMA table_info(workers)")}
+    assert {"owner", "published"} <= {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+    index = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_claim'").fetchone()[0]
+    assert "kind" in index  # the covering claim index replaced version 1's
+
+    # the rows are all there, as they were, with the new columns' values for old rows
+    jobs = [(j["id"], j["name"], j["state"], j["priority"], j["tasks_left"], j["owner"], j["published"])
+            for j in q.jobs()]
+    assert jobs == [(1, "old", "done", 50, 0, None, "published"), (2, "live", "running", 70, 1, None, None)]
+    tasks = [(t["name"], t["state"], t["attempts"], t["params"]) for t in q.tasks(2)]
+    assert tasks == [("keyframe[0]", "done", 2, {"frame": 0, "seed": 3}), ("assemble", "queued", 0, {"frames": 8})]
+    assert q.needs(3) == ["k2"]
+    (worker,) = q.workers()
+    assert (worker["name"], worker["models"], worker["role"]) == ("w-old", ["m"], "render" if version >= 2 else "farm")
+    assert worker["node"] is None and worker["driver_pid"] is None
+    assert q.conn.execute("SELECT failures FROM blocklist WHERE worker = 'w-old'").fetchone()[0] == 1
+    assert [e["event"] for e in q.events(2)] == ["job.queued", "task.started", "task.retry", "task.done"]
+    assert q.live_keys() == {"k2", "a2"}  # the old done job counts as published: gc may take its entries
+
+    # and it works: the queued assembly is claimed and completed, and a new job goes in beside them
+    t = q.claim("w-new", lease=30)
+    assert (t["id"], t["name"], t["attempts"], t["lease_owner"]) == (3, "assemble", 1, "w-new")
+    assert q.complete(t, "w-new", cached=False, seconds=0.5)
+    assert q.job(2)["state"] == "done" and q.job(2)["tasks_left"] == 0 and q.job(2)["published"] is None
+    assert [e["event"] for e in q.events(2)][-3:] == ["task.started", "task.done", "job.done"]
+    new = q.submit(make_plan(1))
+    assert new == 3 and q.claim("w-new")["job_id"] == new
+    q.close()
+    conn.close()

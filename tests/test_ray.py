@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from test_farm import SLOW_SEGMENTS, in_flight, wait_for
+from test_farm import in_flight, wait_for
 
 # Ray started by the tests (and by `--ray local`) listens on the loopback address only: the
 # simulated cluster's nodes by their own option; Ray in this process as farm.cluster.connect
@@ -26,11 +26,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is an optional extra: pip install 'farm[ray]'")
-
-
-# segment[0] takes 100 steps: long enough to be caught in flight; the others stay quick
-SLOW_FIRST = SMALL.replace('seconds = 1.0\n', 'seconds = 1.0\nmotion = { steps = 100 }\n', 1)
-assert SLOW_FIRST != SMALL
 
 
 def sha(path):
@@ -108,7 +103,7 @@ def ray_local():
 def driver_for(home, **kwargs):
     """A driver with two CPU actors. Two torch threads each, as the in-process reference
     render has (conftest): on the CPU, torch sums in another order with another thread
-    count, and after 100 steps the pixels differ."""
+    count, and the pixels differ."""
     from farm.cache import Cache
     from farm.cluster import Driver
     from farm.queue import Queue
@@ -119,15 +114,18 @@ def driver_for(home, **kwargs):
 
 @needs_ray
 def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_local, built_models, write_spec, cli,
-                                                                        tmp_path, monkeypatch):
-    path = write_spec(SLOW_FIRST)
+                                                                        tmp_path, monkeypatch, hold):
+    path = write_spec(SMALL)
     clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
-    driver = driver_for(ray_home, lease=2)
+    held = hold("segment[0]")  # in the actors' environment (the driver sets it), not in this process's
+    driver = driver_for(ray_home, lease=2, env={"FARM_HOME": str(ray_home), **held.vars()})
     result = {}
     thread = threading.Thread(target=lambda: result.update(code=driver.run()), daemon=True)
     thread.start()
     db = ray_home / "queue.db"
+    marker = held.wait()
     pid, task_id, _ = wait_for(lambda: in_flight(db, name="segment[0]"))
+    assert marker == {"task": "segment[0]", "pid": pid}
 
     status = json.loads(cli("status", "--json")[1])  # Ray actors are workers, with their node
     actors = {w["pid"]: w for w in status["workers"]}
@@ -136,6 +134,7 @@ def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_loca
     assert actors[pid]["task"] is not None and actors[pid]["device"] == "cpu"
 
     os.kill(pid, signal.SIGKILL)  # the actor's process dies mid-segment; Ray restarts it
+    held.release()  # the segment's next attempt runs through
     thread.join(timeout=300)
     assert not thread.is_alive() and result["code"] == 0
     conn = sqlite3.connect(db)
@@ -303,14 +302,15 @@ def running_on(db, node, kind):
 
 @needs_ray
 def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models, write_spec, cli, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, hold):
     """Two nodes of one CPU each (Ray's own simulated cluster), an actor on each; the second
     node removed while its actor runs a task. The task runs again on the head's actor, the job
     is published, and `--until-empty` ends: the actor that Ray cannot place again anywhere is
     not waited for. Nothing of Ray's own logs reaches farm's output."""
     from ray.cluster_utils import Cluster
 
-    path = write_spec(SLOW_SEGMENTS)  # a segment of 100 steps is still running when its node goes
+    path = write_spec(SMALL)
+    held = hold("segment")  # a segment is still running when its node goes (the driver passes it to its actors)
     (home,) = homes(built_models, tmp_path, "ray")
     monkeypatch.setenv("FARM_HOME", str(home))
     code, out, err = cli("submit", path, "--json")
@@ -320,7 +320,7 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
     proc = None
     try:
         second = cluster.add_node(num_cpus=1, **LOOPBACK)
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FARM_DEBUG")}
+        env = {k: v for k, v in held.env().items() if k not in ("RAY_ADDRESS", "FARM_DEBUG")}
         env["FARM_TORCH_THREADS"] = "1"  # two actors on two cores
         proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", cluster.address, "--cpu",
                                  "--workers", "2", "--until-empty", "--lease", "8"],
@@ -328,6 +328,7 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
         db = home / "queue.db"
         lost = wait_for(lambda: running_on(db, second.node_id, "segment"), timeout=180, proc=proc)
         cluster.remove_node(second, allow_graceful=False)  # the node is lost, as a machine that goes away
+        held.release()
         try:
             out, err = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:

@@ -142,19 +142,11 @@ def test_two_renders_at_once_both_finish(home_with_models, write_spec):
         assert json.loads(out)["frames"] == 18
 
 
-def test_a_render_after_a_killed_render_finishes(home_with_models, write_spec, farm_home):
-    slow = write_spec(SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2',
-                                    '[motion]\nmodel = "tiny-video"\nsteps = 400'), "slow.toml")
-    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(slow), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            if db(farm_home).execute("SELECT count(*) FROM tasks WHERE state = 'running'").fetchone()[0]:
-                break
-        except sqlite3.OperationalError:
-            pass
+def test_a_render_after_a_killed_render_finishes(home_with_models, write_spec, farm_home, hold):
+    held = hold()  # killed at its first task
+    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(write_spec(SMALL, "slow.toml")), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=held.env())
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()  # SIGKILL: its worker row stays behind, its heartbeat fresh for a while
     proc.wait()
     assert db(farm_home).execute("SELECT count(*) FROM workers WHERE name LIKE 'render:%'").fetchone()[0] == 1
@@ -178,20 +170,11 @@ def test_ffmpeg_that_hangs_is_stopped_and_names_its_input(home_with_models, writ
     assert time.time() - started < 60
 
 
-def test_sigterm_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_home):
-    path = write_spec(SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2',
-                                    '[motion]\nmodel = "tiny-video"\nsteps = 400'))
-    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(path), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            if db(farm_home).execute("SELECT count(*) FROM tasks WHERE state = 'running' AND kind = 'segment'"
-                                     ).fetchone()[0]:
-                break
-        except sqlite3.OperationalError:
-            pass
+def test_sigterm_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_home, hold):
+    held = hold("segment")
+    proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(write_spec(SMALL)), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=held.env())
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -202,7 +185,7 @@ def test_sigterm_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm
     assert conn.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] >= 3
 
 
-def test_farm_work_exit_codes_reach_the_shell(home_with_models, write_spec, farm_home, tmp_path):
+def test_farm_work_exit_codes_reach_the_shell(home_with_models, write_spec, farm_home, tmp_path, hold):
     assert farm("work", "--cpu", "--until-empty", "-q").returncode == 0
     bad = farm("work", "--cpu", "--gpus", "0")
     assert bad.returncode == 2 and "not both" in bad.stderr
@@ -210,17 +193,12 @@ def test_farm_work_exit_codes_reach_the_shell(home_with_models, write_spec, farm
     broken = farm("work", "--cpu", "--until-empty", "--db", tmp_path / "file" / "q.db")
     assert broken.returncode == 1 and "Cannot open the queue database" in broken.stderr
 
-    path = write_spec(SMALL.replace('[motion]\nmodel = "tiny-video"\nsteps = 2',
-                                    '[motion]\nmodel = "tiny-video"\nsteps = 400'))
-    assert farm("submit", path).returncode == 0
+    assert farm("submit", write_spec(SMALL)).returncode == 0
+    held = hold("segment")  # never released: the second Ctrl-C must release it
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--cpu", "-q", "--grace", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if db(farm_home).execute("SELECT count(*) FROM tasks WHERE state = 'running' AND kind = 'segment'"
-                                 ).fetchone()[0]:
-            break
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=held.env())
+    held.caught(farm_home / "queue.db", proc=proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)  # the second: release the task in flight now
@@ -327,25 +305,24 @@ def test_a_stale_attempt_never_completes_a_reclaimed_task(home_with_models, writ
 
 
 def test_a_worker_whose_job_is_canceled_abandons_the_task_at_the_next_step(home_with_models, write_spec,
-                                                                           farm_home):
-    text = animatic().replace("[keyframes]\nmodel = \"tiny\"\nsteps = 2", "[keyframes]\nmodel = \"tiny\"\nsteps = 500")
-    q, job, worker = _queue_and_worker(farm_home, write_spec(text), lease=0.3)
+                                                                           farm_home, monkeypatch, hold):
+    held = hold("keyframe")  # never released: only the cancel can end the task
+    held.set(monkeypatch)
+    q, job, worker = _queue_and_worker(farm_home, write_spec(animatic()), lease=0.3)
     from farm.queue import Queue
 
-    def cancel_when_running():
+    def cancel_when_held():
         other = Queue(q.path)
-        while worker.current is None:
-            time.sleep(0.02)
-        time.sleep(0.5)
+        held.wait()
         other.cancel(job, "canceled by the user")
 
-    threading.Thread(target=cancel_when_running, daemon=True).start()
+    threading.Thread(target=cancel_when_held, daemon=True).start()
     started = time.time()
     with worker:
         stats = worker.drain(job)
     events = [e for (e,) in q.conn.execute("SELECT event FROM events WHERE job_id = ?", (job,))]
     assert stats["lost"] == 1 and stats["run"] == 0, (stats, events)
-    assert time.time() - started < 30  # 500 steps would take minutes: it stopped at a step
+    assert time.time() - started < 30  # it stopped at a step, while held
     events = [e for (e,) in q.conn.execute("SELECT event FROM events WHERE job_id = ?", (job,))]
     assert "task.abandoned" in events
     key = q.tasks(job)[0]["key"]
