@@ -412,7 +412,7 @@ def test_the_hold_hook_holds_at_a_step_until_released_and_a_lost_lease_still_sto
     for task in plan.build(spec.load(write_spec(SMALL))).tasks:
         if task.model is not None:
             kind = "keyframe" if task.kind == "keyframe" else "clip"
-            assert pipeline._name(task.params, kind) == task.name
+            assert pipeline._name(task.params.to_json(), kind) == task.name  # what the worker passes
 
 
 # --- farm logs --follow --------------------------------------------------------------------------
