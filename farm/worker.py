@@ -35,6 +35,8 @@ class Worker:
         """`runner` runs the tasks; given a Cache instead, the worker makes its own Runner on
         it with `options` (device, memory_budget, max_warm, steps_progress)."""
         self.queue = queue
+        if isinstance(runner, Runner) and options:
+            raise TypeError(f"Worker: {', '.join(options)} are the runner's options; give them to Runner")
         self.runner = runner if isinstance(runner, Runner) else Runner(runner, **options)
         self.cache = self.runner.cache
         self.role = role  # "farm" (`farm work`) or "render" (a `farm render` drawing its own job)
