@@ -37,8 +37,9 @@ from pathlib import Path
 from . import pipeline, tasks
 from .cache import Cache
 from .errors import FarmError
-from .publish import publish
+from .publish import finish
 from .queue import Queue
+from .runner import Runner
 from .supervisor import Restarts
 from .worker import Worker
 
@@ -164,8 +165,8 @@ def _watch():
 
 
 class Actor:
-    """A farm Worker without a queue: an LRU of loaded pipelines on one GPU, running the
-    handlers of `farm.worker` on inputs sent as bytes. Wrapped with `ray.remote` by `Driver`."""
+    """A farm Runner on one GPU (its loaded pipelines and the task handlers, no queue), running
+    tasks on inputs sent as bytes. Wrapped with `ray.remote` by `Driver`."""
 
     def __init__(self, name: str, env: dict, threads: int | None, memory: int | None):
         os.environ.update(env)
@@ -177,27 +178,28 @@ class Actor:
 
             torch.set_num_threads(threads)
         scratch = Path(tempfile.mkdtemp(prefix="farm-actor-"))  # inputs and outputs, only while a task runs
-        self.worker = Worker(None, Cache(scratch), name=name, memory_budget=memory)
+        self.name = name
+        self.runner = Runner(Cache(scratch), memory_budget=memory)
 
     def info(self) -> dict:
         import ray
 
         gpus = ray.get_gpu_ids()
         return {"pid": os.getpid(), "host": socket.gethostname(), "node": ray.get_runtime_context().get_node_id(),
-                "device": f"cuda:{gpus[0]}" if gpus else "cpu", "models": sorted(self.worker.held())}
+                "device": f"cuda:{gpus[0]}" if gpus else "cpu", "models": sorted(self.runner.held())}
 
     def run(self, task: dict, inputs: dict) -> dict:
-        """Run one task; its output files as bytes, or its failure as the worker classifies it."""
+        """Run one task; its output files as bytes, or its failure as the runner classifies it."""
         started = time.perf_counter()
         out = {}
         try:
-            out["files"] = self.worker.produce(_on_this_node(task), inputs)
+            out["files"] = self.runner.produce(_on_this_node(task), inputs)
         except ModelMissing as e:  # said once by the driver, which gives the task to another actor
             out["error"], out["missing"] = e.message, task["model"]
         except Exception as e:  # noqa: BLE001 - reported to the driver, which records it in the queue
-            out["error"], out["retry"] = self.worker.failure(task, e)
-        return {**out, "seconds": time.perf_counter() - started, "models": sorted(self.worker.held()),
-                "calls": dict(self.worker.calls)}
+            out["error"], out["retry"] = self.runner.failure(task, e)
+        return {**out, "seconds": time.perf_counter() - started, "models": sorted(self.runner.held()),
+                "calls": dict(self.runner.calls)}
 
 
 def _on_this_node(task: dict) -> dict:
@@ -411,12 +413,12 @@ class Driver:
         return {k: {f.name: f.read_bytes() for f in self.cache.files(k)} for k in keys}
 
     def _worker(self, name: str, queue: Queue | None = None) -> Worker:
-        """A local worker's code on the head, acting for the actor `name` (cache hits,
-        classifying failures, assembly)."""
-        return Worker(queue or self.queue, self.cache, name=name, device="cpu", label="head")
+        """A local worker's code on the head, acting for the actor `name` (cache hits and
+        assembly)."""
+        return Worker(queue or self.queue, Runner(self.cache, device="cpu"), name=name, label="head")
 
     def _failure(self, task, e) -> tuple[str, bool]:
-        return self._worker("head").failure(task, e)
+        return Runner(self.cache, device="cpu").failure(task, e)
 
     def _assemble(self, slot: str, task: dict) -> bool | None:
         """On the head, in a thread: a local worker's own execution under the claiming actor's
@@ -430,8 +432,7 @@ class Driver:
                 return None
             if not queue.complete(task, slot, cached=outcome == "cached", seconds=time.perf_counter() - started):
                 return None
-            publish(queue, self.cache, task["job_id"], slot)
-            worker.after_job()
+            finish(queue, self.cache, task["job_id"], slot)
             return outcome == "cached"
         finally:
             queue.close()

@@ -52,6 +52,18 @@ def publish(queue: Queue, cache: Cache, job: int, worker: str | None = None) -> 
         return _publish(queue, cache, job, worker, out)
 
 
+def finish(queue: Queue, cache: Cache, job: int, worker: str | None = None):
+    """What follows the accepted completion of a job's assembly, wherever it ran (the job-done
+    hook of `farm render`, `farm work` and its Ray driver): publish the job, then prune the
+    cache to its configured size (`cache_max_size`), if one is set."""
+    from . import gc
+
+    publish(queue, cache, job, worker)
+    limit = gc.configured_max_size()
+    if limit is not None:
+        gc.collect(queue, cache, max_size=limit)
+
+
 def _publish(queue: Queue, cache: Cache, job: int, worker: str | None, out: Path) -> dict | None:
     task = assembly(queue, job)
     p = tasks.of(task)

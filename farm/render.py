@@ -195,7 +195,7 @@ def _follow(queue: Queue, job: int, worker: Worker, defer: bool, on_task, bar, p
         if record["state"] in TERMINAL:
             return
         if not (defer and _farm_workers(queue)):
-            worker.drain(job, on_task=on_task)
+            worker.drain(job, on_task=on_task, on_job_done=publisher.finish)
             if queue.job(job)["state"] in TERMINAL:
                 continue
         time.sleep(poll)

@@ -145,10 +145,11 @@ def child(slot: Slot, opts: dict):
     os.environ.update(slot.env)
     os.setpgrp()  # signals come from the supervisor, once
     parent = os.getppid()
-    from . import home
+    from . import home, publish
     from .cache import Cache
     from .queue import Queue
     from .quiet import quiet_libraries
+    from .runner import Runner
     from .worker import Worker
 
     quiet_libraries()
@@ -158,8 +159,8 @@ def child(slot: Slot, opts: dict):
         torch.set_num_threads(int(os.environ["FARM_TORCH_THREADS"]))
     queue = Queue(opts["db"] or home.db_path())
     device = "cpu" if slot.device == "cpu" else "cuda:0"  # inside the process, its one visible GPU
-    worker = Worker(queue, Cache(home.cache_dir()), lease=opts["lease"], device=device, label=slot.device,
-                    memory_budget=opts["memory"])
+    runner = Runner(Cache(home.cache_dir()), device=device, memory_budget=opts["memory"])
+    worker = Worker(queue, runner, lease=opts["lease"], label=slot.device)
     abort = threading.Event()
 
     def on_signal(signum, _frame):
@@ -176,7 +177,7 @@ def child(slot: Slot, opts: dict):
     code = 0
     with worker:
         try:
-            worker.drain(on_task=show, until_empty=opts["until_empty"])
+            worker.drain(on_task=show, until_empty=opts["until_empty"], on_job_done=publish.finish)
         except KeyboardInterrupt:  # the task in flight was released by Worker.execute
             code = 130 if abort.is_set() or not worker.stopping else 0
     queue.close()

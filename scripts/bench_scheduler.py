@@ -10,7 +10,7 @@ an animatic whose keyframes alternate two models, storyboards reusing the others
 Each job is what `farm/plan.py` builds: one keyframe task per frame, one segment per
 keyframe that needs it and the next, one assembly (no model) that needs every segment.
 Every task costs 1 unit of simulated time, loading a model 10 units, and a worker holds at
-most 2 models (it unloads the least recently used one, as `Worker.pipe` does with
+most 2 models (it unloads the least recently used one, as `Runner.pipe` does with
 `max_warm = 2` on a GPU).
 
 Two runs over the same workload, both through the same queue and the same workers (each

@@ -92,7 +92,7 @@ def render_keyframes(folder: Path, prompts_seeds, steps=None) -> list:
     worker = _worker()
     render(path, worker=worker)
     tasks = plan.build(spec.load(path)).by_name()
-    return [Image.open(worker.output(tasks[f"keyframe[{i}]"].key) / "image.png").convert("RGB")
+    return [Image.open(worker.runner.output(tasks[f"keyframe[{i}]"].key) / "image.png").convert("RGB")
             for i in range(len(prompts_seeds))]
 
 
@@ -128,10 +128,10 @@ def render_motion(folder: Path, prompts, seconds: float, steps=None, fps: int = 
                        key=lambda n: int(n[n.rindex("[") + 1:-1]))
         out = []
         for j, n in enumerate(clips or [f"segment[{k}]"]):
-            got = [Image.open(p).convert("RGB") for p in worker.frames_of(tasks[n].key)]
+            got = [Image.open(p).convert("RGB") for p in worker.runner.frames_of(tasks[n].key)]
             out += got if j == 0 else got[1:]
         segments.append(out)
-    keyframes = [Image.open(worker.output(tasks[f"keyframe[{k}]"].key) / "image.png").convert("RGB")
+    keyframes = [Image.open(worker.runner.output(tasks[f"keyframe[{k}]"].key) / "image.png").convert("RGB")
                  for k in range(len(prompts))]
     shot = [Image.open(p).convert("RGB") for p in sorted(Path(result["output"]).glob("*.png"))]
     return {"segments": segments, "keyframes": keyframes, "shot": shot, "tasks": tasks, "worker": worker}

@@ -19,7 +19,8 @@ from farm import queue as queue_mod
 from farm.cache import Cache
 from farm.plan import Plan, Task
 from farm.queue import Queue
-from farm.worker import HANDLERS, Worker
+from farm.runner import HANDLERS
+from farm.worker import Worker
 
 
 class FakeSpec:
@@ -129,10 +130,10 @@ def test_retries_blocklist_and_failed_job_in_status(home_with_models, write_spec
     job = q.submit(plan.build(spec.load(write_spec(SMALL))), max_attempts=10)
     real = HANDLERS["keyframe"]
 
-    def flaky(worker, params, out):
-        if worker.name == "bad":
+    def flaky(runner, params, out):
+        if runner is bad.runner:
             raise RuntimeError("driver error on this box")
-        return real(worker, params, out)
+        return real(runner, params, out)
 
     monkeypatch.setitem(HANDLERS, "keyframe", flaky)
     cache = Cache(farm_home / "cache")
@@ -168,16 +169,16 @@ def test_out_of_memory_frees_models_and_retries_once(home_with_models, write_spe
     real = HANDLERS["segment"]
     calls = {"n": 0}
 
-    def oom_once(worker, params, out):
+    def oom_once(runner, params, out):
         calls["n"] += 1
         if calls["n"] == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(worker, params, out)
+        return real(runner, params, out)
 
     monkeypatch.setitem(HANDLERS, "segment", oom_once)
     with Worker(q, Cache(farm_home / "cache")) as w:
         w.drain(job)
-        assert w.calls["unload"] >= 1  # the model cache was emptied before the retry
+        assert w.runner.calls["unload"] >= 1  # the model cache was emptied before the retry
     assert q.job(job)["state"] == "done"
     seg0 = next(t for t in q.tasks(job) if t["name"] == "segment[0]")
     assert seg0["attempts"] == 1  # retried in place, not counted as a failure
@@ -191,7 +192,7 @@ def test_model_cache_is_bounded_by_memory(home_with_models, write_spec, farm_hom
     job = q.submit(plan.build(spec.load(write_spec(SMALL))))
     with Worker(q, Cache(farm_home / "cache"), memory_budget=need + 1000) as w:  # room for one model only
         w.drain(job)
-        assert w.calls["load"] == 2 and w.calls["unload"] == 1
+        assert w.runner.calls["load"] == 2 and w.runner.calls["unload"] == 1
         assert w.held() == {models.resolve("tiny-video").identity}
     assert q.job(job)["state"] == "done"
 

@@ -13,6 +13,7 @@ from farm import families, fit, models, plan, spec
 from farm.cache import Cache
 from farm.errors import FarmError
 from farm.queue import Queue
+from farm.runner import Runner
 from farm.worker import Worker
 
 # the presets of real weights on the hub (pinned to a revision); not the twins (built in code) nor
@@ -168,14 +169,14 @@ def test_the_worker_tiles_the_vae_of_a_twin_when_only_that_fits(write_spec, farm
 
     q, job, w, _ = run_job(write_spec, farm_home, text, free_for(est, "vae_tiling", "cpu"), monkeypatch)
     assert q.job(job)["state"] == "done"
-    assert w.last_fit.placement == "vae_tiling" and next(iter(w.pipelines.values())).vae.use_tiling
-    tiled = np.asarray(Image.open(w.output(q.tasks(job)[0]["key"]) / "image.png")).astype(int)
+    assert w.runner.last_fit.placement == "vae_tiling" and next(iter(w.runner.pipelines.values())).vae.use_tiling
+    tiled = np.asarray(Image.open(w.runner.output(q.tasks(job)[0]["key"]) / "image.png")).astype(int)
 
     home2 = farm_home.parent / "home2"
     monkeypatch.setenv("FARM_HOME", str(home2))
     q, job, w, _ = run_job(write_spec, home2, text, 64 * 10**9, monkeypatch)
-    assert w.last_fit.placement == "all" and not next(iter(w.pipelines.values())).vae.use_tiling
-    plain = np.asarray(Image.open(w.output(q.tasks(job)[0]["key"]) / "image.png")).astype(int)
+    assert w.runner.last_fit.placement == "all" and not next(iter(w.runner.pipelines.values())).vae.use_tiling
+    plain = np.asarray(Image.open(w.runner.output(q.tasks(job)[0]["key"]) / "image.png")).astype(int)
     assert not np.array_equal(tiled, plain)  # tiles blend at their seams: the decode really was tiled
 
     home3 = farm_home.parent / "home3"
@@ -216,11 +217,11 @@ def test_offload_choices_are_applied_to_a_twin(write_spec, farm_home, monkeypatc
         free = free_for(est, placement, "cuda:0")
         q, job, w, _ = run_job(write_spec, home, text, free, monkeypatch, device="cuda:0")
         assert q.job(job)["state"] == "done", [t["error"] for t in q.tasks(job)]
-        assert placed[-1] == ("cuda:0", placement) and w.last_fit.placement == placement
-        pipe = next(iter(w.pipelines.values()))
+        assert placed[-1] == ("cuda:0", placement) and w.runner.last_fit.placement == placement
+        pipe = next(iter(w.runner.pipelines.values()))
         assert hasattr(pipe.unet, "_hf_hook") == (placement == "model_offload"), placement
         assert sequential == ([("StableDiffusionXLPipeline", "cpu")] if placement == "sequential_offload" else [])
-        images[placement] = np.asarray(Image.open(w.output(q.tasks(job)[0]["key"]) / "image.png")).astype(int)
+        images[placement] = np.asarray(Image.open(w.runner.output(q.tasks(job)[0]["key"]) / "image.png")).astype(int)
     # offloading moves weights, not the picture (within one 8-bit level here); the offloads tile
     # the VAE as vae_tiling does, which blends tile seams: unlike the untiled decode
     assert np.abs(images["model_offload"] - images["vae_tiling"]).max() <= 1
@@ -247,7 +248,7 @@ def test_a_warm_pipeline_is_reloaded_with_more_offloading_when_a_bigger_task_nee
     small = fit.for_model(model, (128, 128, 1), "cuda:0", folder)
     device_free = free_for(small, "all", "cuda:0")
     monkeypatch.setattr(models, "free_memory", lambda dev: 10**12 if dev == "cpu" else device_free)
-    w = Worker(Queue(farm_home / "q.db"), Cache(farm_home / "cache"), device="cuda:0")
+    w = Runner(Cache(farm_home / "cache"), device="cuda:0")
     first = w.pipe(model, (128, 128, 1))
     assert first.placement == "all" and w.calls["load"] == 1
     assert w.pipe(model, (128, 128, 1)) is first and w.calls["load"] == 1  # warm

@@ -68,8 +68,13 @@ def test_no_stage_reaches_back_to_the_commands():
     # The task records are a leaf: the plan writes them, the queue stores them, every later stage reads them.
     assert graph["farm.tasks"] == set()
     # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
-    for stage in ("farm.worker", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode", "farm.manifest"):
+    for stage in ("farm.worker", "farm.runner", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode",
+                  "farm.manifest"):
         assert not graph[stage] & {"farm.spec", "farm.cli", "farm.render"}, stage
+    # The runner runs tasks with no queue (a Ray actor has none); publishing and gc follow a job
+    # through the hook its drainer passes in, never from the worker or the runner.
+    assert not graph["farm.runner"] & {"farm.queue", "farm.worker", "farm.publish", "farm.gc"}
+    assert not graph["farm.worker"] & {"farm.publish", "farm.gc"}
     # The spec reads the codec table (farm.codecs), not the encoder that drives ffmpeg.
     assert "farm.encode" not in graph["farm.spec"]
 

@@ -57,7 +57,7 @@ def test_lora_changes_pixels_and_keys_and_one_warm_model_serves_both(home_with_m
     a, b = keyframe_keys(plain["job"]), keyframe_keys(styled["job"])
     assert a["keyframe[0]"] != b["keyframe[0]"] and a["keyframe[2]"] == b["keyframe[2]"]  # the picture: no model
     assert image(a["keyframe[0]"]) != image(b["keyframe[0]"])  # the adapter changed what was drawn
-    assert worker.calls["load"] == 1  # one base model, adapters switched per call
+    assert worker.runner.calls["load"] == 1  # one base model, adapters switched per call
     # after a LoRA call, a plain call draws as if no LoRA had ever been loaded
     c = keyframe_keys(again["job"])
     worker2 = Worker(Queue(home.db_path()), Cache(home.cache_dir() / "fresh"))
@@ -150,7 +150,7 @@ def test_a_motion_lora_changes_the_segment(home_with_models, write_spec, tmp_pat
     frames = [sorted((home.cache_dir() / k[:2] / k).glob("*.png")) for k in seg]
     assert seg[0] != seg[1] and len(frames[0]) == len(frames[1]) == 4
     assert frames[0][-1].read_bytes() != frames[1][-1].read_bytes()
-    assert worker.calls["load"] == 2  # tiny + tiny-video, the adapter added to the warm one
+    assert worker.runner.calls["load"] == 2  # tiny + tiny-video, the adapter added to the warm one
 
 
 def test_lora_on_an_accelerated_model(home_with_models, write_spec, lora_file):
@@ -164,7 +164,7 @@ def test_lora_on_an_accelerated_model(home_with_models, write_spec, lora_file):
     styled = render(write_spec(styled_spec, "fast-styled.toml"), worker=worker)
     a, b = keyframe_keys(plain["job"]), keyframe_keys(styled["job"])
     assert image(a["keyframe[0]"]) != image(b["keyframe[0]"])
-    assert worker.calls["load"] == 1
+    assert worker.runner.calls["load"] == 1
 
 
 def test_a_lora_edited_after_planning_is_refused(home_with_models, write_spec, lora_file):

@@ -206,7 +206,7 @@ def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing
     from farm import tasks
     from farm.cluster import ModelMissing, _on_this_node
     from farm.errors import FarmError
-    from farm.worker import Worker
+    from farm.runner import Runner
 
     model = tasks.Model("hub:org/big@abc123", "StableDiffusionXLPipeline", name="sdxl",
                         source="/head/hf/models--org--big/snapshots/abc123")
@@ -216,7 +216,7 @@ def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing
     with pytest.raises(ModelMissing) as e:
         _on_this_node(task)
     assert "farm models pull sdxl" in e.value.message
-    assert isinstance(e.value, FarmError) and Worker(None, None, device="cpu").failure(task, e.value) == (
+    assert isinstance(e.value, FarmError) and Runner(None, device="cpu").failure(task, e.value) == (
         e.value.message, True)  # retried: another node may have it
     here = tmp_path / "hub" / "models--org--big" / "snapshots" / "abc123"
     here.mkdir(parents=True)

@@ -330,19 +330,19 @@ def test_a_worker_whose_job_is_canceled_abandons_the_task_at_the_next_step(home_
 
 
 def test_a_canceled_jobs_assembly_writes_no_video(home_with_models, write_spec, farm_home, monkeypatch):
-    from farm import worker as worker_mod
+    from farm import publish, runner
 
     path = write_spec(animatic())
     q, job, worker = _queue_and_worker(farm_home, path)
-    real = worker_mod.HANDLERS["assemble"]
+    real = runner.HANDLERS["assemble"]
 
     def cancel_then_assemble(w, params, out):
         q.cancel(job, "canceled by the user")
         real(w, params, out)
 
-    monkeypatch.setitem(worker_mod.HANDLERS, "assemble", cancel_then_assemble)
+    monkeypatch.setitem(runner.HANDLERS, "assemble", cancel_then_assemble)
     with worker:
-        worker.drain(job)
+        worker.drain(job, on_job_done=publish.finish)
     assert q.job(job)["state"] == "canceled"
     assert not (path.parent / "renders" / "anim.mp4").exists()
     assert not (path.parent / "renders" / "anim.manifest.json").exists()
@@ -350,12 +350,12 @@ def test_a_canceled_jobs_assembly_writes_no_video(home_with_models, write_spec, 
 
 def test_the_heartbeat_renews_leases_in_every_variant_of_a_sweep(home_with_models, write_spec, farm_home,
                                                                   monkeypatch):
-    from farm import home, render, worker as worker_mod
+    from farm import home, render, runner, worker as worker_mod
     from farm.cache import Cache
     from farm.queue import Queue
 
     path = write_spec(animatic() + '\n[sweep]\n"shot.seed" = [1, 2]\n')
-    real = worker_mod.HANDLERS["keyframe"]
+    real = runner.HANDLERS["keyframe"]
     seen, left = {"n": 0}, []
 
     def slow_in_second_variant(w, params, out):
@@ -368,7 +368,7 @@ def test_the_heartbeat_renews_leases_in_every_variant_of_a_sweep(home_with_model
             left.append(expires - time.time())
         real(w, params, out)
 
-    monkeypatch.setitem(worker_mod.HANDLERS, "keyframe", slow_in_second_variant)
+    monkeypatch.setitem(runner.HANDLERS, "keyframe", slow_in_second_variant)
     q = Queue(home.db_path())
     w = worker_mod.Worker(q, Cache(home.cache_dir()), name="sweeper", lease=0.6)
     results = render.render_all(path, worker=w)
@@ -615,7 +615,7 @@ def test_cache_entries_are_fsynced_before_they_are_published(tmp_path, monkeypat
 
 
 def test_farm_work_prunes_the_cache_between_jobs(home_with_models, write_spec, farm_home, monkeypatch):
-    from farm import home, plan, spec
+    from farm import home, plan, publish, spec
     from farm.cache import Cache
     from farm.queue import Queue
     from farm.worker import Worker
@@ -628,9 +628,9 @@ def test_farm_work_prunes_the_cache_between_jobs(home_with_models, write_spec, f
                                                        "b.toml"))))
     worker = Worker(q, Cache(home.cache_dir()), name="w1")
     with worker:
-        worker.drain(first)
+        worker.drain(first, on_job_done=publish.finish)  # `farm work`'s job-done hook
         left = {r.parent.name for r in (farm_home / "cache").rglob(".entry.json")}
         assert left and left <= q.live_keys()  # only what the queued second job needs is kept
-        worker.drain(second)
+        worker.drain(second, on_job_done=publish.finish)
     assert not list((farm_home / "cache").rglob(".entry.json"))
     assert (path.parent / "renders" / "anim.mp4").is_file() and (path.parent / "renders" / "b.mp4").is_file()

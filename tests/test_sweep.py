@@ -107,9 +107,10 @@ def test_a_worker_keeps_at_most_max_warm_pipelines_loaded(home_with_models, writ
         'zip = [["keyframes.model", "keyframes.steps"]]\n'
     worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()), max_warm=2)
     evicted = []
-    real = worker.unload
-    monkeypatch.setattr(worker, "unload", lambda warm: (evicted.append(json.loads(warm)[0]), real(warm)))
+    real = worker.runner.unload
+    monkeypatch.setattr(worker.runner, "unload", lambda warm: (evicted.append(json.loads(warm)[0]), real(warm)))
     results = render_all(write_spec(text), worker=worker)
-    assert len(results) == 3 and len(worker.pipelines) == 2
+    assert len(results) == 3 and len(worker.runner.pipelines) == 2
     # tiny, tiny-video; then tiny-sdxl evicts tiny (tiny-video was used after it); then tiny evicts tiny-sdxl
-    assert worker.calls["load"] == 4 and [i.split("@")[0] for i in evicted] == ["builtin:text-to-image", "builtin:sdxl"]
+    assert worker.runner.calls["load"] == 4
+    assert [i.split("@")[0] for i in evicted] == ["builtin:text-to-image", "builtin:sdxl"]

@@ -72,7 +72,7 @@ def worker_for(home):
 
 
 def frames_in(worker, key):
-    return worker.frames_of(key)
+    return worker.runner.frames_of(key)
 
 
 # --- the arithmetic ---------------------------------------------------------------------------
@@ -150,8 +150,8 @@ def ramp(folder: Path, count: int) -> list[Path]:
 
 @pytest.mark.parametrize("mode", ["interpolate", "blend", "nearest"])
 def test_retiming_keeps_the_models_motion_speed(tmp_path, mode):
+    from farm.runner import _retime
     from farm.tasks import CHAIN, Segment
-    from farm.worker import _retime
 
     native = ramp(tmp_path / "native", 33)  # 2 s at 16 fps, and the next keyframe
     out = tmp_path / "out"
@@ -193,8 +193,8 @@ def test_a_long_segment_is_a_chain_of_clips(write_spec, home_with_models, spy):
     assert encode.probe(Path(result["output"]))["frames"] == 48 + 2
     (_, n0, first0, last0), (_, n1, first1, last1) = spy[:2]
     assert (n0, n1) == (49, 49) and last0 is None  # the first clip runs free of an end frame
-    keyframe0 = np.asarray(Image.open(w.output(t["keyframe[0]"].key) / "image.png").convert("RGB"))
-    keyframe1 = np.asarray(Image.open(w.output(t["keyframe[1]"].key) / "image.png").convert("RGB"))
+    keyframe0 = np.asarray(Image.open(w.runner.output(t["keyframe[0]"].key) / "image.png").convert("RGB"))
+    keyframe1 = np.asarray(Image.open(w.runner.output(t["keyframe[1]"].key) / "image.png").convert("RGB"))
     clip0_last = np.asarray(Image.open(frames_in(w, t["segment[0].clip[0]"].key)[-1]).convert("RGB"))
     assert np.array_equal(first0, keyframe0)
     assert np.array_equal(first1, clip0_last)  # the next clip continues from the last frame

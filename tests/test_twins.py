@@ -93,11 +93,11 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
     result = render(write_spec(SPEC.format(name=twin, keyframes=kf, motion=mo)), worker=worker)
     info = encode.probe(Path(result["output"]))
     assert (info["frames"], info["width"], info["height"]) == (8, 32, 32)
-    assert cls in {type(p).__name__ for p in worker.pipelines.values()}
+    assert cls in {type(p).__name__ for p in worker.runner.pipelines.values()}
     if role == "keyframes":
-        assert worker.calls["keyframe"] == 2 and worker.calls["segment"] == 0
+        assert worker.runner.calls["keyframe"] == 2 and worker.runner.calls["segment"] == 0
     else:
-        assert worker.calls["segment"] == 2
+        assert worker.runner.calls["segment"] == 2
         # 0.5 s per segment at the family's own rate (Wan, CogVideoX 16 fps; LTX 25), with the
         # next keyframe for end-frame families, rounded to the family's frame rule
         ref = models.resolve(twin)

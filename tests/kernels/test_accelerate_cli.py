@@ -119,8 +119,8 @@ def test_worker_holds_accelerated_apart(home_with_models, write_spec, tmp_path):
     m_plain = plain.by_name()["keyframe[0]"].params.model
     m_fast = fast.by_name()["keyframe[0]"].params.model
     with Worker(Queue(tmp_path / "q.db"), Cache(tmp_path / "cache"), max_warm=2) as w:
-        a, b = w.pipe(m_plain), w.pipe(m_fast)
-        assert a is not b and len(w.pipelines) == 2 and w.calls["load"] == 2
+        a, b = w.runner.pipe(m_plain), w.runner.pipe(m_fast)
+        assert a is not b and len(w.runner.pipelines) == 2 and w.runner.calls["load"] == 2
         assert getattr(a, "_farm_acceleration", None) is None and b._farm_acceleration.model
         assert w.held() == {m_plain.identity}
-        assert w.pipe(m_plain) is a and w.pipe(m_fast) is b and w.calls["load"] == 2
+        assert w.runner.pipe(m_plain) is a and w.runner.pipe(m_fast) is b and w.runner.calls["load"] == 2
