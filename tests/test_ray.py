@@ -147,7 +147,9 @@ def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_loca
                         "GROUP BY task_id HAVING count(*) > 1").fetchall()
     assert done == []  # no task counted twice
     restarted = conn.execute("SELECT count(*) FROM events WHERE event = 'worker.started'").fetchone()[0]
-    assert restarted == 3  # two actors, and the killed one again
+    # Two actors; Ray restarts the killed one, which is counted once it answers, and the job (its
+    # segment taken by the other actor after the lease ran out) may end before it does.
+    assert restarted in (2, 3)
     assert sha(path.parent / "out" / "small.mp4") == clean
     written = json.loads((path.parent / "out" / "small.manifest.json").read_text())
     assert written["job"]["id"] == job and (path.parent / "out" / "small.contact.png").is_file()
