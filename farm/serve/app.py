@@ -42,7 +42,8 @@ from .guard import Guard
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/static/app.js": ("app.js", "text/javascript"),
          "/static/style.css": ("style.css", "text/css")}
-STATES = ("queued", "running", "done", "failed", "canceled")
+STATES = status.STATES
+FILES = ("video", "contact_sheet", "manifest")
 PER_PAGE, MAX_PER_PAGE = 25, 200
 POLL = 0.25  # seconds between looks at the database for the live stream
 KEEPALIVE = 15.0
@@ -125,7 +126,7 @@ def routes(farm: Farm) -> list[Route]:
 
     async def job(request: Request):
         job_id = _job_id(request)
-        _record(farm, job_id)
+        record = _record(farm, job_id)
         summary = status.job(farm.queue, job_id)
         tasks = farm.queue.tasks(job_id)
         board = []
@@ -142,8 +143,8 @@ def routes(farm: Farm) -> list[Route]:
                      "clips": [{"task": c["id"], "name": c["name"], "state": c["state"]} for c in tasks
                                if c["kind"] == "clip" and c["name"].startswith(t["name"] + ".clip[")]}
                     for t in tasks if t["kind"] == "segment"]
-        files = {name: f"/files/jobs/{job_id}/{name}" if _file(farm, job_id, name) else None
-                 for name in ("video", "contact_sheet", "manifest")}
+        files = {name: f"/files/jobs/{job_id}/{name}" if path else None
+                 for name, path in _files(farm, record, tasks).items()}
         return JSONResponse({"job": summary, "storyboard": board, "segments": segments, "files": files,
                              "tasks": [{"task": t["id"], "name": t["name"], "kind": t["kind"], "state": t["state"],
                                         "worker": t["worker"], "cached": t["cached"], "error": t["error"]}
@@ -179,8 +180,8 @@ def routes(farm: Farm) -> list[Route]:
 
     async def job_file(request: Request):
         job_id, name = _job_id(request), request.path_params["name"]
-        _record(farm, job_id)
-        path = _file(farm, job_id, name)
+        record = _record(farm, job_id)
+        path = _files(farm, record, farm.queue.tasks(job_id)).get(name) if name in FILES else None
         if path is None:
             raise FarmError(f"Job {job_id} has no {name.replace('_', ' ')} (yet).", code=4)
         return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
@@ -242,26 +243,27 @@ def routes(farm: Farm) -> list[Route]:
     return out
 
 
-def _file(farm: Farm, job_id: int, name: str) -> Path | None:
-    """A job's own file: its video (the assembly in the cache, which a later render cannot
-    overwrite, else the published output), or the contact sheet and manifest published beside
-    its output, while they are this job's (the manifest names the job)."""
-    record = farm.queue.job(job_id)
-    if record is None or record["state"] != "done":
-        return None
-    if name == "video":
-        video = manifest.video_of(farm.cache, farm.queue.tasks(job_id))
-        return video if video is not None and video.is_file() else None
-    if name not in ("contact_sheet", "manifest") or record["published"] != "published" or not record["output"]:
-        return None
+def _files(farm: Farm, record: dict, tasks: list[dict]) -> dict[str, Path | None]:
+    """A done job's own files: its video (the assembly in the cache, which a later render cannot
+    overwrite), and the contact sheet and manifest published beside its output while they are
+    this job's (the manifest, read once, names the job). None where there is none (yet)."""
+    found = dict.fromkeys(FILES)
+    if record["state"] != "done":
+        return found
+    video = manifest.video_of(farm.cache, tasks)
+    found["video"] = video if video is not None and video.is_file() else None
+    if record["published"] != "published" or not record["output"]:
+        return found
     side = manifest.path_for(record["output"])
     try:
-        if manifest.load(side)["job"]["id"] != job_id:  # a later render of the same output replaced it
-            return None
+        if manifest.load(side)["job"]["id"] != record["id"]:  # a later render of the same output replaced it
+            return found
     except (FarmError, OSError, KeyError, TypeError, ValueError):
-        return None
-    path = side if name == "manifest" else manifest.sidecar(record["output"], ".contact.png")
-    return path if path.is_file() else None
+        return found
+    sheet_path = manifest.sidecar(record["output"], ".contact.png")
+    found["manifest"] = side if side.is_file() else None
+    found["contact_sheet"] = sheet_path if sheet_path.is_file() else None
+    return found
 
 
 def app(db: Path, cache: Path, *, bind: str = "127.0.0.1", token: str | None = None,
