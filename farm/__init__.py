@@ -1,7 +1,8 @@
 """farm: a single-node render farm for generative media.
 
 spec (TOML) -> plan (task graph) -> queue (SQLite) -> worker -> pipeline -> assembly (ffmpeg).
-Each stage is the module of that name; `farm.render.render()` runs them all for one spec.
+Each stage is the subpackage of that name (the worker is in farm/run/, the pipeline in farm/models/,
+assembly in farm/media/); `farm.run.render.render()` runs them all for one spec.
 """
 
 __version__ = "0.1.0"

@@ -198,7 +198,7 @@ def preset_defaults(c: Checker, defaults, prefix: str):
         c.number(defaults, k, prefix, 0, 1)
 
 
-# A preset's [fit] table (farm/fit.py reads it): parameter counts in billions per component, the
+# A preset's [fit] table (farm/models/fit.py reads it): parameter counts in billions per component, the
 # activation figures that override the family's rule, and the published figures it was checked
 # against (tests/test_fit.py compares each estimate with its `gb`).
 FIT_KEYS = ("params", "token_bytes", "decode_bytes", "patch", "checks")

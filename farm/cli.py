@@ -61,7 +61,7 @@ def render(
     Draws in this process, or, when `farm work` workers are running, enqueues the job and
     waits for them. A spec with a [sweep] renders one video per variant: one line (or JSON
     object) each."""
-    from .render import render_all
+    from .run.render import render_all
 
     terminate_as_interrupt()
 
@@ -86,7 +86,7 @@ def plan_cmd(
 ):
     """Validate and plan a storyboard without rendering: every task, whether the cache has it,
     each segment's clips at the model's frame rate, and the time it should take."""
-    from .forecast import forecast
+    from .plan.forecast import forecast
 
     for result in forecast(spec, db=db):
         typer.echo(json.dumps(result) if json_out else _plan_text(result))
@@ -140,8 +140,9 @@ def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `fa
                 device: Annotated[str, typer.Option("--device", help="cuda (the preset's dtype) or cpu "
                                                     "(float32).")] = "cuda"):
     """Print one preset: source, role, defaults, memory options, twin, where its weights are, and
-    its estimated peak memory for each way to run it (farm/fit.py)."""
-    from . import fit, models
+    its estimated peak memory for each way to run it (farm/models/fit.py)."""
+    from . import models
+    from .models import fit
 
     info = models.describe(name)
     width = height = None
@@ -183,7 +184,7 @@ def submit(
     force: ForceOpt = False,
 ):
     """Plan and enqueue jobs for `farm work` workers; print their job ids."""
-    from .render import submit as enqueue
+    from .run.render import submit as enqueue
 
     for job in enqueue(specs, db=db, priority=priority, retries=retries, force=force):
         typer.echo(json.dumps(job) if json_out else f"job {job['job']}: {job['name']} ({job['tasks']} tasks) "
@@ -211,12 +212,12 @@ def work(
 ):
     """Drain the queue with one worker process per GPU (or --cpu --workers N), or one Ray actor
     per GPU of a cluster (--ray), until stopped."""
-    from . import supervisor
+    from .run import supervisor
 
     if ray is not None:
         if gpus:
             raise FarmError("--gpus does not apply with --ray: Ray gives each actor one GPU of the cluster.", code=2)
-        from . import cluster
+        from .ray import cluster
 
         code = cluster.work(ray, cpu=cpu, workers=workers, db=str(db) if db else None, lease=lease,
                             until_empty=until_empty, grace=grace, memory=supervisor.parse_memory(memory),
@@ -231,13 +232,13 @@ def work(
 
 def _queue(db):
     from . import home
-    from .queue import Queue
+    from .queue.queue import Queue
 
     return Queue(db or home.db_path())
 
 
 def _job_or_fail(queue, job: int) -> dict:
-    from . import control
+    from .run import control
 
     return control.job(queue, job)
 
@@ -249,7 +250,7 @@ def status(
     db: DbOpt = None,
 ):
     """Jobs (tasks by state, elapsed, ETA) and workers (device, loaded models, task in flight)."""
-    from . import status as st
+    from .run import status as st
 
     queue = _queue(db)
     if job is not None:
@@ -265,7 +266,7 @@ def status(
 @app.command()
 def cancel(job: JobArg, db: DbOpt = None):
     """Cancel a job: its queued tasks never run; tasks in flight finish but are not counted."""
-    from . import control
+    from .run import control
 
     typer.echo(control.cancel(_queue(db), job))
 
@@ -273,7 +274,7 @@ def cancel(job: JobArg, db: DbOpt = None):
 @app.command()
 def retry(job: JobArg, db: DbOpt = None):
     """Requeue the failed and canceled tasks of a job, with fresh attempts."""
-    from . import control
+    from .run import control
 
     typer.echo(control.retry(_queue(db), job))
 
@@ -284,7 +285,7 @@ OptJobArg = Annotated[int | None, typer.Argument(help="A job; without it, the wh
 @app.command()
 def pause(job: OptJobArg = None, db: DbOpt = None):
     """Stop workers claiming tasks (of one job, or all); tasks in flight finish."""
-    from . import control
+    from .run import control
 
     typer.echo(control.pause(_queue(db), job, True))
 
@@ -292,7 +293,7 @@ def pause(job: OptJobArg = None, db: DbOpt = None):
 @app.command()
 def resume(job: OptJobArg = None, db: DbOpt = None):
     """Let workers claim again (one job's tasks, or all)."""
-    from . import control
+    from .run import control
 
     typer.echo(control.pause(_queue(db), job, False))
 
@@ -301,7 +302,7 @@ def resume(job: OptJobArg = None, db: DbOpt = None):
 def priority(job: JobArg, value: Annotated[int, typer.Argument(help="New priority; higher runs first.")],
              db: DbOpt = None):
     """Change a job's priority (its queued tasks move in the queue at once)."""
-    from . import control
+    from .run import control
 
     typer.echo(control.priority(_queue(db), job, value))
 
@@ -314,8 +315,8 @@ def logs(job: JobArg,
     """A job's events as JSON lines (task started/finished/failed, with worker and timings)."""
     import time
 
-    from . import status as st
-    from .queue import TERMINAL
+    from .queue.queue import TERMINAL
+    from .run import status as st
 
     queue = _queue(db)
     _job_or_fail(queue, job)
@@ -341,7 +342,7 @@ def review(
     db: DbOpt = None,
 ):
     """Write a static HTML page comparing renders side by side; print its path (or URL with --serve)."""
-    from . import review as rv
+    from .review import review as rv
 
     page = rv.write(rv.collect(targets, db=db), out)
     if not serve:
@@ -371,7 +372,7 @@ def serve(
 ):
     """A live web page of the farm (jobs, storyboards, workers, actions) and a JSON API beside it."""
     from . import home
-    from .serve import serve as run
+    from .review.serve import serve as run
 
     def ready(url: str):
         typer.echo(f"farm serve: {url} (Ctrl-C to stop)", err=True)
@@ -398,7 +399,7 @@ def accelerate_cmd(
 ):
     """Accelerate a model (fused Triton kernels, torch.compile, attention backend, step caching) and
     report what was chosen and replaced."""
-    from .probe import probe
+    from .media.probe import probe
 
     if not report:
         raise FarmError("Nothing to do: `farm accelerate --report MODEL` reports what acceleration does to a "
@@ -421,8 +422,9 @@ def gc(
     db: DbOpt = None,
 ):
     """Shrink the task cache, least recently used first; never what a queued or running job needs."""
-    from . import gc as collector, home
-    from .cache import Cache
+    from . import home
+    from .queue.cache import Cache
+    from .run import gc as collector
     from .units import human, parse_age, parse_size
 
     limit = parse_size(max_size) if max_size is not None else collector.configured_max_size()

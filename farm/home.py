@@ -30,7 +30,7 @@ def config_path() -> Path:
 
 
 def config() -> dict:
-    """$FARM_HOME/config.toml as a dict ({} when there is none): `cache_max_size` (farm/gc.py),
+    """$FARM_HOME/config.toml as a dict ({} when there is none): `cache_max_size` (farm/run/gc.py),
     `[serve] token` (farm serve)."""
     import tomli
 

@@ -9,7 +9,7 @@ JSON line: {"ratio": ... (of the medians), "best_ratio": ... (of the fastest run
 On a shared machine a run can take twice its time (other processes, the page cache); the
 fastest runs are the least disturbed, so read both figures.
 
-The plain script does the work farm does (farm/timing.py): the Wan twin draws at 16 fps, so
+The plain script does the work farm does (farm/models/timing.py): the Wan twin draws at 16 fps, so
 each 1-second segment is 16 frames of motion plus the next keyframe, 17 frames (Wan's 4k+1),
 and at a shot rate of 12 (`--fps 12`, the default) they are retimed to 12 frames with
 ffmpeg's minterpolate, as farm's default `retime = "interpolate"` does; at `--fps 16` the

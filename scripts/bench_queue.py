@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from farm.plan import Plan, Task
-from farm.queue import Queue
+from farm.plan.plan import Plan, Task
+from farm.queue.queue import Queue
 
 
 class _Spec:

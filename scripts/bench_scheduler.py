@@ -7,7 +7,7 @@ workers' time is simulated: nothing sleeps, a clock jumps from one task's end to
 The workload (`workload()`): 14 models (7 text-to-image, 7 image-to-video), 4 GPU workers,
 19 jobs submitted at once, 451 tasks: long storyboards, two sweeps (seed x keyframe model),
 an animatic whose keyframes alternate two models, storyboards reusing the others' models.
-Each job is what `farm/plan.py` builds: one keyframe task per frame, one segment per
+Each job is what `farm/plan/plan.py` builds: one keyframe task per frame, one segment per
 keyframe that needs it and the next, one assembly (no model) that needs every segment.
 Every task costs 1 unit of simulated time, loading a model 10 units, and a worker holds at
 most 2 models (it unloads the least recently used one, as `Runner.pipe` does with
@@ -37,9 +37,9 @@ import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
-from farm import queue as queue_mod
-from farm.plan import Plan, Task
-from farm.queue import Queue
+from farm.plan.plan import Plan, Task
+from farm.queue import queue as queue_mod
+from farm.queue.queue import Queue
 
 TASK = 1.0  # simulated time of one task
 LOAD = 10.0  # of loading a model: 10x a task
@@ -53,7 +53,7 @@ class _Spec:
 
 
 def _job(name: str, keyframe_models: list[str], motion: str | None, frames: int) -> Plan:
-    """A storyboard as `farm/plan.py` expands it: keyframe i drawn by keyframe_models[i % n]
+    """A storyboard as `farm/plan/plan.py` expands it: keyframe i drawn by keyframe_models[i % n]
     (per-frame `model` overrides), segment i needing keyframes i and i + 1 (motion None: an
     animatic, ffmpeg only), one assembly needing every segment."""
     tasks = [Task(f"keyframe[{i}]", "keyframe", f"{name}-k{i}", {}, (), keyframe_models[i % len(keyframe_models)])

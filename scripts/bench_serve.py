@@ -46,8 +46,9 @@ GOAL_MS = 100.0
 
 
 def build(db: Path, jobs: int, folder: Path):
-    from farm import plan, spec
-    from farm.queue import Queue
+    from farm.plan import plan
+    from farm.queue.queue import Queue
+    from farm.spec import spec
 
     path = folder / "bench.toml"
     path.write_text(textwrap.dedent(SPEC))
@@ -93,7 +94,7 @@ def main():
         if not db.exists():
             print(f"building {db} with {args.jobs:,} jobs...", file=sys.stderr)
             build(db, args.jobs, tmp)
-        from farm.queue import Queue
+        from farm.queue.queue import Queue
 
         q = Queue(db)
         n_jobs = sum(q.job_states().values())

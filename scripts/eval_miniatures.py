@@ -84,8 +84,9 @@ def render_keyframes(folder: Path, prompts_seeds, steps=None) -> list:
     """Render `mini` keyframes through farm; the PIL images, in order."""
     from PIL import Image
 
-    from farm import plan, spec
-    from farm.render import render
+    from farm.plan import plan
+    from farm.run.render import render
+    from farm.spec import spec
 
     path = folder / "keyframes.toml"
     path.write_text(keyframe_spec(prompts_seeds, steps=steps))
@@ -105,8 +106,9 @@ def render_motion(folder: Path, prompts, seconds: float, steps=None, fps: int = 
     [the shot's frames, retimed], "tasks": the plan's tasks by name, "worker": the worker}."""
     from PIL import Image
 
-    from farm import plan, spec
-    from farm.render import render
+    from farm.plan import plan
+    from farm.run.render import render
+    from farm.spec import spec
 
     refs = folder / "refs"
     refs.mkdir(exist_ok=True)
@@ -139,9 +141,9 @@ def render_motion(folder: Path, prompts, seconds: float, steps=None, fps: int = 
 
 def _worker():
     from farm import home
-    from farm.cache import Cache
-    from farm.queue import Queue
-    from farm.worker import Worker
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run.worker import Worker
 
     return Worker(Queue(home.db_path()), Cache(home.home() / "cache"))
 

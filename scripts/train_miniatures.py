@@ -141,7 +141,7 @@ def train_mini(cfg: dict, out: Path, limit_s: float | None) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from farm.tiny import build_tokenizer
+    from farm.models.twins import build_tokenizer
 
     seed_everything(SEED)
     prompts = world.prompts()
@@ -354,7 +354,7 @@ def train_video(cfg: dict, out: Path, limit_s: float | None) -> dict:
     )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    from farm.tiny import _t5, build_tokenizer
+    from farm.models.twins import _t5, build_tokenizer
 
     seed_everything(SEED)
     rng = random.Random(SEED)

@@ -29,7 +29,7 @@ EXAMPLE = ROOT / "jobs" / "lighthouse.toml"  # the twins' example (noise, but ev
 def crash_clip_once(monkeypatch) -> list:
     """From now on, the first call of `pipeline.clip` for a chain's second clip (clip 1) raises,
     as a GPU falling over would; later calls run. Returns a list that holds "crashed" once it has."""
-    from farm import pipeline
+    from farm.models import pipeline
 
     real, made = pipeline.clip, []
 
@@ -44,7 +44,7 @@ def crash_clip_once(monkeypatch) -> list:
 
 
 class Hold:
-    """farm/pipeline.py's test hook (`pipeline.hold`) for one test: a farm process given `env()`
+    """farm/models/pipeline.py's test hook (`pipeline.hold`) for one test: a farm process given `env()`
     (or this process, after `set()`) stops each task whose name starts with `tasks` after its
     first denoising step, until `release()`. A task caught this way is in flight for as long as
     the test needs, at 2 steps instead of hundreds."""

@@ -12,7 +12,7 @@ import threading
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from farm import review
+from farm.review import review
 from test_review import render_json, variant
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -119,8 +119,10 @@ def test_farm_serve_shows_a_job_drain_live_and_its_buttons_act(chromium, home_wi
     from cdp import Browser
 
     from conftest import SMALL
-    from farm import home, plan, spec
-    from farm.queue import Queue
+    from farm import home
+    from farm.plan import plan
+    from farm.queue.queue import Queue
+    from farm.spec import spec
     from test_serve import Server
 
     q = Queue(home.db_path())

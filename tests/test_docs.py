@@ -4,8 +4,9 @@ the README's table, and the sweep example of docs/spec.md expands as it says."""
 import re
 
 from conftest import ROOT
-from farm import models, spec
+from farm import models
 from farm.cli import app
+from farm.spec import spec
 
 README = (ROOT / "README.md").read_text()
 SPEC_DOC = (ROOT / "docs" / "spec.md").read_text()  # the job spec in full, moved out of the README

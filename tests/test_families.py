@@ -1,4 +1,4 @@
-"""The families registry (farm/families/): every family is complete and agrees with itself, with
+"""The families registry (farm/models/families/): every family is complete and agrees with itself, with
 its twin and with its presets, and no other module keeps a table of families.
 
 What this rules out is the kind of disagreement farm once had, when one module said CogVideoX
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from farm import families, fit, models, timing, tiny
-from farm.families import cogvideox
+from farm import models
+from farm.models import families, fit, timing, twins as tiny
+from farm.models.families import cogvideox
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
 NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Wan 2.1", "Wan 2.2", "LTX-Video", "CogVideoX"]
@@ -146,7 +147,7 @@ def test_no_module_outside_the_families_names_a_family():
     classes = {f.pipeline for f in families.FAMILIES}
     found = []
     for path in FARM.rglob("*.py"):
-        if path.parent.name == "families" or path.name == "tiny.py":
+        if path.parent.name == "families" or path.name == "twins.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in classes:
@@ -158,7 +159,7 @@ def test_the_registry_loads_no_model_library():
     import subprocess
     import sys
 
-    code = ("import sys, farm.families as f; f.FAMILIES; "
+    code = ("import sys, farm.models.families as f; f.FAMILIES; "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
@@ -166,7 +167,7 @@ def test_the_registry_loads_no_model_library():
 
 def test_the_docs_say_how_to_add_a_family():
     section = (FARM.parent / "docs" / "models.md").read_text().split("## Add a model family", 1)[1].split("\n## ", 1)[0]
-    assert "one file, a preset and a twin" in section and "farm/families/<family>.py" in section
+    assert "one file, a preset and a twin" in section and "farm/models/families/<family>.py" in section
     assert "tests/test_families.py" in section
 
 

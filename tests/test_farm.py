@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from farm import queue as queue_mod
-from farm.cache import Cache
-from farm.plan import Plan, Task
-from farm.queue import Queue
-from farm.runner import HANDLERS
-from farm.worker import Worker
+from farm.plan.plan import Plan, Task
+from farm.queue import queue as queue_mod
+from farm.queue.cache import Cache
+from farm.queue.queue import Queue
+from farm.run.runner import HANDLERS
+from farm.run.worker import Worker
 
 
 class FakeSpec:
@@ -123,7 +123,8 @@ def test_pause_cancel_retry_priority_from_the_cli(tmp_path, cli, monkeypatch):
 
 
 def test_retries_blocklist_and_failed_job_in_status(home_with_models, write_spec, cli, monkeypatch, farm_home):
-    from farm import plan, spec
+    from farm.plan import plan
+    from farm.spec import spec
 
     monkeypatch.setattr(queue_mod, "BACKOFF_CAP", 0)
     q = Queue(farm_home / "queue.db")
@@ -162,7 +163,8 @@ def test_retries_blocklist_and_failed_job_in_status(home_with_models, write_spec
 def test_out_of_memory_frees_models_and_retries_once(home_with_models, write_spec, monkeypatch, farm_home):
     import torch
 
-    from farm import plan, spec
+    from farm.plan import plan
+    from farm.spec import spec
 
     q = Queue(farm_home / "queue.db")
     job = q.submit(plan.build(spec.load(write_spec(SMALL))))
@@ -185,7 +187,9 @@ def test_out_of_memory_frees_models_and_retries_once(home_with_models, write_spe
 
 
 def test_model_cache_is_bounded_by_memory(home_with_models, write_spec, farm_home):
-    from farm import models, plan, spec
+    from farm import models
+    from farm.plan import plan
+    from farm.spec import spec
 
     need = models.footprint(models.resolve("tiny"))
     q = Queue(farm_home / "queue.db")
@@ -351,15 +355,17 @@ def test_a_worker_that_must_load_takes_a_model_no_one_else_is_running(tmp_path):
     assert q.claim("w2", models={"b"})["name"] == "b1"  # and a warm model still comes first
 
 
-# --- the test hook that holds a task in flight (farm/pipeline.py: `hold`) -------------------------
+# --- the test hook that holds a task in flight (farm/models/pipeline.py: `hold`) -------------------------
 
 
 def test_the_hold_hook_holds_at_a_step_until_released_and_a_lost_lease_still_stops_it(home_with_models, write_spec,
                                                                                       tmp_path, monkeypatch):
     import threading
 
-    from farm import pipeline, plan, spec
-    from farm.worker import LeaseLost
+    from farm.models import pipeline
+    from farm.plan import plan
+    from farm.run.worker import LeaseLost
+    from farm.spec import spec
 
     monkeypatch.delenv("FARM_TEST_HOLD", raising=False)
     assert pipeline._steps(None, {"frame": 0}, "keyframe") == {}  # unset: nothing at all
@@ -475,7 +481,7 @@ def test_logs_follow_prints_events_as_they_are_added_and_ends_with_the_job(tmp_p
 
 
 def test_work_gpus_is_parsed_into_one_worker_per_gpu_and_refused_with_exit_2(cli, monkeypatch, farm_home):
-    from farm import supervisor
+    from farm.run import supervisor
 
     monkeypatch.setattr(supervisor, "_gpu_count", lambda: 4)  # no GPU needed: the count is what parsing reads
     started = []
@@ -510,7 +516,7 @@ def die_at_once(slot, opts):
 
 
 def test_a_worker_that_keeps_dying_is_restarted_at_most_max_restarts_times(tmp_path, monkeypatch, capsys):
-    from farm import supervisor
+    from farm.run import supervisor
 
     monkeypatch.setattr(supervisor, "child", die_at_once)  # what each spawned process runs
     started = time.time()

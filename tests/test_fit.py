@@ -1,4 +1,4 @@
-"""Fitting the machine (farm/fit.py): every real preset's memory needs and the published figures
+"""Fitting the machine (farm/models/fit.py): every real preset's memory needs and the published figures
 they are checked against; the chooser's decisions for fake free-memory figures; each decision
 applied to a twin; quantization (int8 weight-only on the CPU, FP8's refusal)."""
 
@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm import families, fit, models, plan, spec
-from farm.cache import Cache
+from farm import models
 from farm.errors import FarmError
-from farm.queue import Queue
-from farm.runner import Runner
-from farm.worker import Worker
+from farm.models import families, fit
+from farm.plan import plan
+from farm.queue.cache import Cache
+from farm.queue.queue import Queue
+from farm.run.runner import Runner
+from farm.run.worker import Worker
+from farm.spec import spec
 
 # the presets of real weights on the hub (pinned to a revision); not the twins (built in code) nor
 # the miniatures (a folder farm ships, trained by scripts/train_miniatures.py)
@@ -338,7 +341,7 @@ def test_fp8_needs_compute_capability_8_9(write_spec, cli, monkeypatch):
     task = plan.build(spec.load(write_spec(text))).by_name()["keyframe[0]"]
     assert task.params.model.quantize == "fp8"
     # ...and where the model loads, before any weight is read
-    from farm import placement
+    from farm.models import placement
 
     monkeypatch.setattr(placement, "capability", lambda dev: (8, 0))
     with pytest.raises(FarmError, match="cuda:0 has 8.0"):
@@ -380,7 +383,7 @@ def test_farm_plan_reports_each_tasks_peak_memory(write_spec, cli):
 def test_farm_plan_of_a_sweep_estimates_each_model_and_shape_once(write_spec, monkeypatch):
     """`farm plan` of a sweep reports every task's own estimate, but makes each distinct one
     (model, kind, shape) once: a 500-variant sweep took 13.7 s making 3,500 of them."""
-    from farm.forecast import forecast
+    from farm.plan.forecast import forecast
 
     text = SHOT.format(extra="").replace('model = "hold"', 'model = "tiny-video"\nsteps = 2') + \
         '\n[[frames]]\nprompt = "a gull"\nseconds = 0.5\n' \

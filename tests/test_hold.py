@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from farm.outputs import manifest_path
-from farm.queue import Queue
+from farm.queue.queue import Queue
+from farm.spec.outputs import manifest_path
 
 
 def farm(*args, timeout=300, env=None):
@@ -115,9 +115,9 @@ def test_an_older_job_finished_later_is_superseded_not_published(home_with_model
 
 
 def test_publishing_a_superseded_job_again_changes_nothing(home_with_models, write_spec, farm_home):
-    from farm import publish, render
-    from farm.cache import Cache
-    from farm.queue import Queue
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run import publish, render
 
     path = write_spec(SMALL)
     old = render.submit([path])[0]["job"]  # job 1, submitted first
@@ -232,8 +232,8 @@ def test_gc_keeps_a_done_jobs_entries_until_it_is_published(home_with_models, wr
                                                             monkeypatch):
     """`farm gc` (or a worker pruning to cache_max_size) between a job's `done` and its publish
     used to remove what publish reads: the video, or the keyframes its contact sheet shows."""
-    from farm import publish as publisher, worker as workers
-    from farm.cache import Cache
+    from farm.queue.cache import Cache
+    from farm.run import publish as publisher, worker as workers
 
     path = write_spec(SMALL)
     assert farm("submit", path).returncode == 0

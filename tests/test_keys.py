@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE, ROOT
-from farm import plan, spec, tasks
+from farm.plan import plan, tasks
+from farm.spec import spec
 
 TEMPLATE = """
 [shot]

@@ -52,36 +52,36 @@ def test_no_import_cycle():
 
 def test_no_stage_reaches_back_to_the_commands():
     graph = import_graph()
-    assert "farm.cli" not in graph["farm.supervisor"]  # library silencing is farm.quiet
+    assert "farm.cli" not in graph["farm.run.supervisor"]  # library silencing is farm.quiet
     # Spec, plan and models (each module of farm/models/) see acceleration only through its torch-free settings.
     models = {m for m in graph if m == "farm.models" or m.startswith("farm.models.")}
     assert {"farm.models.presets", "farm.models.hub", "farm.models.identity", "farm.models.loading"} <= models
-    for stage in ("farm.spec", "farm.plan", *sorted(models)):
+    for stage in ("farm.spec.spec", "farm.plan.plan", *sorted(models)):
         assert graph[stage] & {m for m in graph if m.startswith("farm.acceleration")} <= {
             "farm.acceleration", "farm.acceleration.settings"}, stage
-    assert not graph["farm.acceleration"] & (models | {"farm.pipeline", "farm.probe"})
+    assert not graph["farm.acceleration"] & (models | {"farm.models.pipeline", "farm.media.probe"})
     # Inside farm/models/, each concern imports only those below it: presets, hub, identity, loading.
     order = ["farm.models.presets", "farm.models.hub", "farm.models.identity", "farm.models.loading"]
     for i, module in enumerate(order):
         assert not graph[module] & set(order[i + 1:]), module
         assert "farm.models" not in graph[module], module  # the package re-exports them: never imported back
     # The task records are a leaf: the plan writes them, the queue stores them, every later stage reads them.
-    assert graph["farm.tasks"] == set()
+    assert graph["farm.plan.tasks"] == set()
     # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
-    for stage in ("farm.worker", "farm.runner", "farm.pipeline", "farm.publish", "farm.cluster", "farm.encode",
-                  "farm.manifest"):
-        assert not graph[stage] & {"farm.spec", "farm.cli", "farm.render"}, stage
+    for stage in ("farm.run.worker", "farm.run.runner", "farm.models.pipeline", "farm.run.publish", "farm.ray.cluster",
+                  "farm.media.encode", "farm.media.manifest"):
+        assert not graph[stage] & {"farm.spec.spec", "farm.cli", "farm.run.render"}, stage
     # The runner runs tasks with no queue (a Ray actor has none); publishing and gc follow a job
     # through the hook its drainer passes in, never from the worker or the runner.
-    assert not graph["farm.runner"] & {"farm.queue", "farm.worker", "farm.publish", "farm.gc"}
-    assert not graph["farm.worker"] & {"farm.publish", "farm.gc"}
-    # The spec reads the codec table (farm.codecs), not the encoder that drives ffmpeg.
-    assert "farm.encode" not in graph["farm.spec"]
+    assert not graph["farm.run.runner"] & {"farm.queue.queue", "farm.run.worker", "farm.run.publish", "farm.run.gc"}
+    assert not graph["farm.run.worker"] & {"farm.run.publish", "farm.run.gc"}
+    # The spec reads the codec table (farm.spec.codecs), not the encoder that drives ffmpeg.
+    assert "farm.media.encode" not in graph["farm.spec.spec"]
 
 
 def test_validating_and_planning_load_no_model_library():
-    """Nor ffmpeg-python: the spec checks codecs against farm.codecs' table, not the encoder."""
-    code = ("import sys, farm.spec, farm.plan, farm.models, farm.queue, farm.acceleration; "
+    """Nor ffmpeg-python: the spec checks codecs against farm.spec.codecs' table, not the encoder."""
+    code = ("import sys, farm.spec.spec, farm.plan.plan, farm.models, farm.queue.queue, farm.acceleration; "
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'ffmpeg') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -7,11 +7,13 @@ import sqlite3
 import pytest
 
 from conftest import SMALL
-from farm import home, plan, spec
-from farm.cache import Cache
-from farm.queue import Queue
-from farm.render import render
-from farm.worker import Worker
+from farm import home
+from farm.plan import plan
+from farm.queue.cache import Cache
+from farm.queue.queue import Queue
+from farm.run.render import render
+from farm.run.worker import Worker
+from farm.spec import spec
 
 LORA_SPEC = SMALL.replace('model = "tiny-video"', 'model = "hold"').replace(
     'steps = 2\n\n[motion]', 'steps = 2\nloras = [{ path = "style.safetensors", scale = 0.8 }]\n\n[motion]', 1)
@@ -25,7 +27,7 @@ def lora_file(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from farm import families
+    from farm.models import families
 
     pipe = families.of_twin("text-to-image").twin.build()
     torch.manual_seed(1)
@@ -129,7 +131,7 @@ def test_a_motion_lora_changes_the_segment(home_with_models, write_spec, tmp_pat
     from diffusers import WanImageToVideoPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from farm import families
+    from farm.models import families
 
     pipe = families.of_twin("image-to-video").twin.build()
     torch.manual_seed(1)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from farm import encode, models
+from farm import models
 from farm.errors import FarmError
+from farm.media import encode
 
 
 def test_tiny_models_are_saved_then_loaded_with_from_pretrained(farm_home, monkeypatch):

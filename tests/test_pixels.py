@@ -138,8 +138,8 @@ def test_the_bundled_example_shows_its_storyboard(tmp_path):
 
     from PIL import Image
 
-    from farm import encode
-    from farm.render import render
+    from farm.media import encode
+    from farm.run.render import render
 
     shutil.copytree(ROOT / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("renders"))
     result = render(tmp_path / "jobs" / "example.toml")

@@ -1,7 +1,8 @@
 """The task graph: its shape, its dependencies, and keys that change exactly downstream of an edit."""
 
 from conftest import SMALL
-from farm import plan, spec
+from farm.plan import plan
+from farm.spec import spec
 
 
 def build(write_spec, text, name="shot.toml"):

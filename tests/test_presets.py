@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL
-from farm import digest, families, models, plan, spec
+from farm import models
 from farm.errors import FarmError
+from farm.models import families
+from farm.plan import plan
+from farm.queue import digest
+from farm.spec import spec
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from farm import queue as queue_mod
 from farm.errors import FarmError
-from farm.plan import Plan, Task
-from farm.queue import Queue
+from farm.plan.plan import Plan, Task
+from farm.queue import queue as queue_mod
+from farm.queue.queue import Queue
 
 
 class FakeSpec:

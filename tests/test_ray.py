@@ -19,7 +19,7 @@ from conftest import SMALL
 from test_farm import in_flight, wait_for
 
 # Ray started by the tests (and by `--ray local`) listens on the loopback address only: the
-# simulated cluster's nodes by their own option; Ray in this process as farm.cluster.connect
+# simulated cluster's nodes by their own option; Ray in this process as farm.ray.cluster.connect
 # starts it (set here too, before any test imports Ray, whichever test runs first)
 LOOPBACK = {"node_ip_address": "127.0.0.1"}
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -94,7 +94,7 @@ def ray_local():
     `farm work --ray local` starts its own."""
     if importlib.util.find_spec("ray") is None:
         pytest.skip("Ray is an optional extra: pip install 'farm[ray]'")
-    from farm.cluster import connect, disconnect
+    from farm.ray.cluster import connect, disconnect
 
     yield connect("local", cpus=2)
     disconnect()
@@ -104,9 +104,9 @@ def driver_for(home, **kwargs):
     """A driver with two CPU actors. Two torch threads each, as the in-process reference
     render has (conftest): on the CPU, torch sums in another order with another thread
     count, and the pixels differ."""
-    from farm.cache import Cache
-    from farm.cluster import Driver
-    from farm.queue import Queue
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.ray.cluster import Driver
 
     kwargs.setdefault("env", {"FARM_HOME": str(home)})
     return Driver(Queue(home / "queue.db"), Cache(home / "cache"), actors=2, gpu=False, threads=2, **kwargs)
@@ -205,10 +205,10 @@ def test_two_models_on_two_actors_each_keeps_its_own(ray_local, built_models, wr
 def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from farm import tasks
-    from farm.cluster import ModelMissing, _on_this_node
     from farm.errors import FarmError
-    from farm.runner import Runner
+    from farm.plan import tasks
+    from farm.ray.cluster import ModelMissing, _on_this_node
+    from farm.run.runner import Runner
 
     model = tasks.Model("hub:org/big@abc123", "StableDiffusionXLPipeline", name="sdxl",
                         source="/head/hf/models--org--big/snapshots/abc123")

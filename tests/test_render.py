@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import EXAMPLE, SMALL
-from farm import digest as hasher, encode, home, models
+from farm import home, models
+from farm.media import encode
+from farm.queue import digest as hasher
 
 
 def sha(path):
@@ -173,7 +175,8 @@ def test_human_output_is_the_path(home_with_models, write_spec, cli):
 
 
 def test_a_failing_model_fails_the_job_with_its_error(home_with_models, write_spec, cli, monkeypatch):
-    from farm import pipeline, queue
+    from farm.models import pipeline
+    from farm.queue import queue
 
     monkeypatch.setattr(queue, "BACKOFF_CAP", 0)
     calls = []

@@ -1,7 +1,7 @@
 """The restart limit that `farm work` applies to its worker processes and `farm work --ray` to its
-actors (farm/supervisor.py `Restarts`), on a clock of the test's own."""
+actors (farm/run/supervisor.py `Restarts`), on a clock of the test's own."""
 
-from farm.supervisor import MAX_RESTARTS, Restarts
+from farm.run.supervisor import MAX_RESTARTS, Restarts
 
 
 class Clock:

@@ -16,7 +16,9 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from conftest import EXAMPLE, SMALL
-from farm import encode, home, review, sheet
+from farm import home
+from farm.media import encode, sheet
+from farm.review import review
 
 HOLD = SMALL.replace('model = "tiny-video"', 'model = "hold"')  # no video model: seconds, not tens
 

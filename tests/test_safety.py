@@ -157,7 +157,7 @@ def test_a_render_after_a_killed_render_finishes(home_with_models, write_spec, f
 
 def test_ffmpeg_that_hangs_is_stopped_and_names_its_input(home_with_models, write_spec, cli, tmp_path,
                                                           monkeypatch):
-    from farm import encode
+    from farm.media import encode
 
     fake = tmp_path / "ffmpeg"
     fake.write_text("#!/bin/sh\nexec sleep 600\n")
@@ -282,10 +282,12 @@ def test_a_picture_edited_after_submit_is_refused_not_cached_under_its_old_key(h
 
 
 def _queue_and_worker(farm_home, spec_path, **kw):
-    from farm import home, plan, spec
-    from farm.cache import Cache
-    from farm.queue import Queue
-    from farm.worker import Worker
+    from farm import home
+    from farm.plan import plan
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run.worker import Worker
+    from farm.spec import spec
 
     q = Queue(home.db_path())
     job = q.submit(plan.build(spec.load(spec_path)))
@@ -309,7 +311,7 @@ def test_a_worker_whose_job_is_canceled_abandons_the_task_at_the_next_step(home_
     held = hold("keyframe")  # never released: only the cancel can end the task
     held.set(monkeypatch)
     q, job, worker = _queue_and_worker(farm_home, write_spec(animatic()), lease=0.3)
-    from farm.queue import Queue
+    from farm.queue.queue import Queue
 
     def cancel_when_held():
         other = Queue(q.path)
@@ -330,7 +332,7 @@ def test_a_worker_whose_job_is_canceled_abandons_the_task_at_the_next_step(home_
 
 
 def test_a_canceled_jobs_assembly_writes_no_video(home_with_models, write_spec, farm_home, monkeypatch):
-    from farm import publish, runner
+    from farm.run import publish, runner
 
     path = write_spec(animatic())
     q, job, worker = _queue_and_worker(farm_home, path)
@@ -350,9 +352,10 @@ def test_a_canceled_jobs_assembly_writes_no_video(home_with_models, write_spec, 
 
 def test_the_heartbeat_renews_leases_in_every_variant_of_a_sweep(home_with_models, write_spec, farm_home,
                                                                   monkeypatch):
-    from farm import home, render, runner, worker as worker_mod
-    from farm.cache import Cache
-    from farm.queue import Queue
+    from farm import home
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run import render, runner, worker as worker_mod
 
     path = write_spec(animatic() + '\n[sweep]\n"shot.seed" = [1, 2]\n')
     real = runner.HANDLERS["keyframe"]
@@ -379,7 +382,7 @@ def test_the_heartbeat_renews_leases_in_every_variant_of_a_sweep(home_with_model
 
 
 def test_a_database_error_does_not_stop_the_heartbeat(home_with_models, write_spec, farm_home, monkeypatch):
-    from farm.queue import Queue
+    from farm.queue.queue import Queue
 
     q, job, worker = _queue_and_worker(farm_home, write_spec(animatic()), lease=0.3)
     real, calls = Queue.heartbeat, {"n": 0}
@@ -449,7 +452,7 @@ def test_a_huge_prompt_is_refused(home_with_models, write_spec, cli):
 def test_caption_wrapping_is_linear():
     from PIL import Image, ImageDraw
 
-    from farm import sheet
+    from farm.media import sheet
 
     class Counting:
         def __init__(self):
@@ -468,7 +471,7 @@ def test_caption_wrapping_is_linear():
 
 
 def test_a_render_larger_than_the_free_disk_is_refused(home_with_models, write_spec, cli):
-    from farm import spec
+    from farm.spec import spec
 
     text = animatic("renders/huge.mov", "prores").replace("size = [64, 64]", "size = [8192, 8192]")
     text = text.replace("seconds = 0.5", "seconds = 600", 1)
@@ -520,7 +523,7 @@ def test_manifest_values_are_escaped_and_type_checked(home_with_models, write_sp
 def test_serve_keeps_to_its_folder_and_to_localhost(home_with_models, write_spec, cli, tmp_path):
     import http.client
 
-    from farm import review
+    from farm.review import review
 
     path = _rendered_manifest(cli, write_spec)
     assert cli("review", path, "--out", tmp_path / "page")[0] == 0
@@ -588,7 +591,7 @@ def test_gc_needs_a_limit_and_reads_the_config(home_with_models, farm_home, cli)
     assert code == 2 and "Nothing to do" in err
     farm_home.mkdir(parents=True, exist_ok=True)
     (farm_home / "config.toml").write_text('cache_max_size = "1G"\n')
-    from farm import gc
+    from farm.run import gc
 
     assert gc.configured_max_size() == 1 << 30
     code, out, err = cli("gc", "--json")
@@ -598,7 +601,8 @@ def test_gc_needs_a_limit_and_reads_the_config(home_with_models, farm_home, cli)
 
 
 def test_cache_entries_are_fsynced_before_they_are_published(tmp_path, monkeypatch):
-    from farm import cache as cache_mod, files
+    from farm import files
+    from farm.queue import cache as cache_mod
 
     synced, order = [], []
     real_sync, real_rename = files.fsync_path, os.rename
@@ -615,10 +619,13 @@ def test_cache_entries_are_fsynced_before_they_are_published(tmp_path, monkeypat
 
 
 def test_farm_work_prunes_the_cache_between_jobs(home_with_models, write_spec, farm_home, monkeypatch):
-    from farm import home, plan, publish, spec
-    from farm.cache import Cache
-    from farm.queue import Queue
-    from farm.worker import Worker
+    from farm import home
+    from farm.plan import plan
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run import publish
+    from farm.run.worker import Worker
+    from farm.spec import spec
 
     monkeypatch.setenv("FARM_CACHE_MAX_SIZE", "0")
     q = Queue(home.db_path())

@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn", reason="farm serve's extra is not installed: pip 
 
 from conftest import SMALL  # noqa: E402
 from farm import home  # noqa: E402
-from farm.queue import Queue  # noqa: E402
+from farm.queue.queue import Queue  # noqa: E402
 from test_farm import flat_plan  # noqa: E402
 
 TOKEN = "a-long-enough-test-token"
@@ -29,7 +29,7 @@ class Server:
     def __init__(self, db, *, bind="127.0.0.1", token=None, read_only=False):
         import uvicorn
 
-        from farm.serve.app import app
+        from farm.review.serve.app import app
 
         config = uvicorn.Config(app(db, home.cache_dir(), bind=bind, token=token, read_only=read_only),
                                 host="127.0.0.1", port=0, log_level="warning", lifespan="on")

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from conftest import EXAMPLE, SMALL
-from farm import spec
 from farm.errors import FarmError, SpecError
+from farm.spec import spec
 
 
 def problems(path):

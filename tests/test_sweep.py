@@ -6,7 +6,10 @@ import sqlite3
 from pathlib import Path
 
 from conftest import ROOT, SMALL
-from farm import encode, home, pipeline, spec
+from farm import home
+from farm.media import encode
+from farm.models import pipeline
+from farm.spec import spec
 
 
 def test_sweep_example_renders_six_videos_and_runs_shared_tasks_once(home_with_models, cli, tmp_path, monkeypatch):
@@ -96,10 +99,10 @@ zip = [["motion.steps", "keyframes.model", "shot.fps"]]
 def test_a_worker_keeps_at_most_max_warm_pipelines_loaded(home_with_models, write_spec, monkeypatch):
     """On a GPU only two pipelines stay loaded; a sweep over keyframe models then swaps the
     keyframe model and keeps the motion model (least recently used goes first)."""
-    from farm.cache import Cache
-    from farm.queue import Queue
-    from farm.render import render_all
-    from farm.worker import Worker
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run.render import render_all
+    from farm.run.worker import Worker
 
     text = '[shot]\nfps = 8\nsize = [32, 32]\n[motion]\nmodel = "tiny-video"\nsteps = 1\n' \
         '[[frames]]\nprompt = "a kite"\nseconds = 0.25\n' + \

@@ -10,12 +10,16 @@ import pytest
 from PIL import Image
 
 from conftest import crash_clip_once
-from farm import encode, families, models, pipeline, plan, spec, timing
-from farm.cache import Cache
+from farm import models
 from farm.errors import FarmError, SpecError
-from farm.queue import Queue
-from farm.render import render
-from farm.worker import Worker
+from farm.media import encode
+from farm.models import families, pipeline, timing
+from farm.plan import plan
+from farm.queue.cache import Cache
+from farm.queue.queue import Queue
+from farm.run.render import render
+from farm.run.worker import Worker
+from farm.spec import spec
 
 MOTION_TWINS = ["tiny-video", "tiny-wan", "tiny-wan22", "tiny-ltx", "tiny-cogvideox"]
 
@@ -150,8 +154,8 @@ def ramp(folder: Path, count: int) -> list[Path]:
 
 @pytest.mark.parametrize("mode", ["interpolate", "blend", "nearest"])
 def test_retiming_keeps_the_models_motion_speed(tmp_path, mode):
-    from farm.runner import _retime
-    from farm.tasks import CHAIN, Segment
+    from farm.plan.tasks import CHAIN, Segment
+    from farm.run.runner import _retime
 
     native = ramp(tmp_path / "native", 33)  # 2 s at 16 fps, and the next keyframe
     out = tmp_path / "out"

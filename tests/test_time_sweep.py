@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from farm import encode, models, spec, timing
-from farm.cache import Cache
+from farm import models
 from farm.errors import SpecError
-from farm.queue import Queue
-from farm.render import render
-from farm.worker import Worker
+from farm.media import encode
+from farm.models import timing
+from farm.queue.cache import Cache
+from farm.queue.queue import Queue
+from farm.run.render import render
+from farm.run.worker import Worker
+from farm.spec import spec
 from test_time import MOTION_TWINS, shot
 
 TWINS = MOTION_TWINS

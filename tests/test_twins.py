@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from farm import encode, families, models, pipeline, timing
-from farm.cache import Cache
-from farm.queue import Queue
-from farm.render import render
-from farm.worker import Worker
+from farm import models
+from farm.media import encode
+from farm.models import families, pipeline, timing
+from farm.queue.cache import Cache
+from farm.queue.queue import Queue
+from farm.run.render import render
+from farm.run.worker import Worker
 
 # the presets of real weights on the hub (pinned to a revision); not the twins (built in code) nor
 # the miniatures (a folder farm ships, trained by scripts/train_miniatures.py)

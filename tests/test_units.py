@@ -42,16 +42,16 @@ def test_import_farm_changes_no_logger_and_quiet_silences_the_libraries_only():
 import logging, warnings
 import numpy  # adds warning filters of its own when imported
 before = (list(warnings.filters), logging.getLogger("torchao").level, logging.getLogger().handlers[:])
-import farm, farm.cli, farm.render
+import farm, farm.cli, farm.run.render
 assert (list(warnings.filters), logging.getLogger("torchao").level, logging.getLogger().handlers[:]) == before
 from farm.quiet import quiet_libraries
 quiet_libraries()
 with warnings.catch_warnings(record=True) as seen:
-    for module in ("diffusers.pipelines.x", "torch", "studio_script", "farm.worker"):
+    for module in ("diffusers.pipelines.x", "torch", "studio_script", "farm.run.worker"):
         warnings.warn_explicit(f"from {module}", UserWarning, "x.py", 1, module=module)
 print(sorted(str(w.message) for w in seen))
 print(logging.getLogger("torchao").level)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[0] == "['from farm.worker', 'from studio_script']"
+    assert out[0] == "['from farm.run.worker', 'from studio_script']"
     assert out[1] == "40"  # logging.ERROR

@@ -27,7 +27,7 @@ count, summed over the distinct graphs compiled) and how many cached steps were 
 `settings.py` holds what specs and presets may ask for and its validation, without torch:
 spec, plan and models import it. This package imports torch and diffusers only when a
 pipeline is accelerated. `farm accelerate --report` (load a model, accelerate it, draw once)
-is `farm/probe.py`, above the pipeline stage.
+is `farm/media/probe.py`, above the pipeline stage.
 """  # noqa: E501 - the table's rows are Markdown, one line each
 
 from __future__ import annotations

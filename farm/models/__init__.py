@@ -15,6 +15,11 @@ One module a concern, each importing only those above it in this list:
   and the memory helpers;
 - `library`: `farm models`: `catalog()`, `describe()`, `pull()`.
 
+Beside them, and not re-exported here: `families/` (one module a family, its twin's builder
+included) and `twins.py` (what the twins share), `timing` (each family's frame, rate and size
+rules), `fit` (the memory estimate), `placement` (where weights go, quantization) and
+`pipeline` (the diffusers calls).
+
 Callers use the names below as `models.<name>`, so a test that monkeypatches one of them
 (`load_pipeline`, `free_memory`, ...) on this package replaces what the worker calls.
 """

@@ -18,11 +18,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import families, files, home
+from .. import files, home
 from ..checks import path_problem, shown
-from ..digest import file_digest, folder_digest
 from ..errors import FarmError
+from ..queue.digest import file_digest, folder_digest
 from ..quiet import silence_loaded
+from . import families
 from .hub import cached, hub_cache, is_hub_id
 from .presets import MEMORY_KEYS, NOT_CALL_OPTIONS, load_preset, preset_defaults, preset_names, presets_dir
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .. import families, timing
 from ..errors import FarmError
+from . import families, timing
 from .hub import download, is_hub_id
 from .identity import local_path, resolve
 from .presets import load_preset, preset_names

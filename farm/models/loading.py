@@ -9,10 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-from .. import families, files
-from ..digest import file_digest, folder_digest
+from .. import files
 from ..errors import FarmError
+from ..queue.digest import file_digest, folder_digest
 from ..quiet import silence_loaded
+from . import families
 from .identity import ModelRef, local_path
 
 
@@ -47,7 +48,7 @@ def _no_gpu_here() -> bool:
 def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None = None):
     """Load a pipeline through diffusers' `from_pretrained` (or `from_single_file` for a
     checkpoint file), as for any real model; never from the network, and with a repo's own
-    code only when its preset says `trust_remote_code = true`. `placement` is farm/fit.py's
+    code only when its preset says `trust_remote_code = true`. `placement` is farm/models/fit.py's
     choice (on the device, model or sequential offload); without it, the [memory] flags say.
     With `quantize`, the denoiser's weights are quantized by torchao as they load."""
     import diffusers
@@ -55,7 +56,7 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     silence_loaded()  # `farm` commands ask for quiet before diffusers is imported
-    from .. import placement as placing
+    from . import placement as placing
 
     dev = dev or device()
     dtype = torch.float32 if dev == "cpu" else getattr(torch, ref.defaults.get("dtype", "bfloat16"))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import tomli
 
-from .. import families, files
+from .. import files
 from ..acceleration.settings import check_features, check_threshold
 from ..checks import MAX_DEPTH, depth
 from ..errors import FarmError
+from . import families
 
 # What farm knows of each pipeline class it drives (role, conditioning, time, size and memory
-# rules, denoisers, twin) is its family's: farm/families/.
+# rules, denoisers, twin) is its family's: farm/models/families/.
 ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "upscale"}
 
 # Preset keys, and the [defaults] keys that are not pipeline-call options (every other
@@ -24,11 +25,11 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
                "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames",
-               "quantize", "fit")  # farm/fit.py: weights quantized by torchao; what the model needs
+               "quantize", "fit")  # farm/models/fit.py: weights quantized by torchao; what the model needs
 
 # `accelerate` and `cache_threshold` (farm/acceleration/settings.py) are kept in a ModelRef's defaults but
 # are not call options either: plan._model puts them in task keys on their own.
-# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/timing.py) too, and `quantize`.
+# `fps` and `max_frames` (a motion model's trained frame rate and window, farm/models/timing.py) too, and `quantize`.
 NOT_CALL_OPTIONS = ("steps", "guidance", "dtype", "size", "scheduler", "accelerate", "cache_threshold", "fps",
                     "max_frames", "quantize")
 MEMORY_KEYS = ("cpu_offload", "vae_tiling", "vae_slicing")
@@ -126,8 +127,8 @@ def _preset_time(name: str, preset: dict) -> dict:
 
 
 def check_quantize_name(value, label: str) -> str:
-    """`quantize = "int8"` or `"fp8"` (farm/fit.py says what each needs)."""
-    from ..placement import QUANTIZE
+    """`quantize = "int8"` or `"fp8"` (farm/models/fit.py says what each needs)."""
+    from .placement import QUANTIZE
 
     if value not in QUANTIZE:
         raise FarmError(f"{label}: expected one of {', '.join(repr(q) for q in QUANTIZE)}, got {value!r}", code=2)

@@ -2,7 +2,8 @@
 
 import json
 
-from farm import plan, spec
+from farm.plan import plan
+from farm.spec import spec
 
 SHOT = """
 [shot]
@@ -110,9 +111,9 @@ def test_render_with_acceleration(home_with_models, write_spec, cli, monkeypatch
 def test_worker_holds_accelerated_apart(home_with_models, write_spec, tmp_path):
     """One model, plain and accelerated: two loaded pipelines under one identity, which is
     what the worker offers claims; asking again loads neither twice."""
-    from farm.cache import Cache
-    from farm.queue import Queue
-    from farm.worker import Worker
+    from farm.queue.cache import Cache
+    from farm.queue.queue import Queue
+    from farm.run.worker import Worker
 
     plain = plan.build(spec.load(write_spec(SHOT.format(accel=""))))
     fast = plan.build(spec.load(write_spec(SHOT.format(accel='accelerate = ["attention"]'), "b.toml")))

@@ -1,0 +1,126 @@
+"""The records a family is made of: `Family` and its `Shape`, `Time`, `Memory` and `Twin`
+(farm/models/families/__init__.py holds the registry; each family module fills one `Family`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+ROLES = ("keyframes", "motion")
+# How a family takes a segment's keyframes (motion families) or none (text-to-image).
+CONDITIONING = ("prompt only", "first and last frame", "first frame only", "keyframe conditions")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a model can generate. Frames: `offset + step * k` (k >= 1 for video); sides: a
+    multiple of `multiple`, at least `min_side`, at most `max_width` x `max_height` when its
+    position embedding bounds them; `fixed` when it takes exactly one size; `max_frames` when
+    its position embedding bounds the frame count; `ends`: conditioned on an end frame too."""
+
+    family: str
+    step: int = 1
+    offset: int = 0
+    multiple: int = 8
+    min_side: int = 16
+    max_width: int | None = None
+    max_height: int | None = None
+    max_frames: int | None = None
+    fixed: tuple[int, int] | None = None
+    ends: bool = False
+    why_max: str = ""
+
+    def valid_frames(self, n: int) -> bool:
+        return n > self.offset and (n - self.offset) % self.step == 0
+
+
+@dataclass(frozen=True)
+class Time:
+    """A motion family's time: frames are `offset + step * k`; `fps` the rate it was trained
+    at and `window` the most frames one call makes (a preset's `fps` / `max_frames` override
+    these; a family whose versions differ says so in its `native_time`)."""
+
+    step: int
+    offset: int
+    fps: float
+    window: int
+
+    def valid(self, n: int) -> bool:
+        return n > self.offset and (n - self.offset) % self.step == 0
+
+
+@dataclass(frozen=True)
+class Memory:
+    """farm/models/fit.py's rule. spatial/temporal: the VAE's compression; patch: the denoiser's
+    (t, h, w) patch; decode_frames: output frames the VAE decodes at once (0: all);
+    tiled_frames: ... when tiled (None: as untiled); tile: the default tile side in pixels when
+    the VAE's config does not say. token_bytes / decode_bytes / ref_params / ref_vae: the rule
+    of the family's preset, used for a model without a [fit] table, scaled by the square root
+    of its denoiser's (and VAE's) size against ref_params (ref_vae), in billions. experts: how
+    many denoisers share the work, one running at a time (their size is divided by it)."""
+
+    spatial: int
+    temporal: int
+    patch: tuple[int, int, int]
+    decode_frames: int
+    tile: int
+    token_bytes: float
+    decode_bytes: float
+    ref_params: float
+    ref_vae: float
+    tiled_frames: int | None = None
+    experts: int = 1
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The family's tiny random-weight miniature: `builder` names its function in farm/models/twins.py,
+    called with `shapes` (the denoiser settings that decide which sizes and frame counts it
+    accepts, which farm/models/timing.py reads without building it); `recipe` is its `builtin:` name
+    and `version` goes into task keys (bump it when the builder changes what it builds)."""
+
+    recipe: str
+    builder: str
+    shapes: dict = field(default_factory=dict, hash=False)
+    version: int = 1
+
+    def build(self):
+        from .. import twins as tiny
+
+        return getattr(tiny, self.builder)(dict(self.shapes))
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything farm knows of one model family. `shape(config)` gives its size and frame
+    rules from its denoiser's config ({} when unknown: the family's defaults); for a motion
+    family `time` is its frame rule, rate and window, `native_time(config)` the rate and window
+    of the version that config describes, `adapter(params, first, last, frames)` the keyword
+    arguments that condition one call on its keyframes, and `around(pipe, last)` an optional
+    context the call runs in. `requires`: components that tell this family from another of the
+    same pipeline class (Wan 2.2's second expert)."""
+
+    name: str
+    pipeline: str
+    role: str
+    conditioning: str
+    multiple_of: int
+    shape: Callable[[dict], Shape]
+    memory: Memory
+    denoisers: tuple[str, ...]
+    twin: Twin
+    time: Time | None = None
+    native_time: Callable[[dict], tuple[float, int]] | None = None
+    adapter: Callable | None = None
+    around: Callable | None = None
+    requires: tuple[str, ...] = ()
+
+    @property
+    def ends(self) -> bool:
+        """Whether a call takes an end frame as well as a first one."""
+        return self.conditioning in ("first and last frame", "keyframe conditions")
+
+    def fps_window(self, config: dict) -> tuple[float, int]:
+        if self.native_time is not None:
+            return self.native_time(config)
+        return (self.time.fps, self.time.window) if self.time else (24, 1 << 30)

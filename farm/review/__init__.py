@@ -1,0 +1,1 @@
+"""Review: the review folder (`farm review`) and the live page (`farm serve`)."""

@@ -1,0 +1,1 @@
+"""The render stage: workers, the runner, the supervisor, publishing, gc and job control."""
