@@ -354,7 +354,7 @@ def train_video(cfg: dict, out: Path, limit_s: float | None) -> dict:
     )
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    from farm.models.twins import _t5, build_tokenizer
+    from farm.models.twins import build_tokenizer, t5
 
     seed_everything(SEED)
     rng = random.Random(SEED)
@@ -399,7 +399,7 @@ def train_video(cfg: dict, out: Path, limit_s: float | None) -> dict:
     # bank of training clips encoded once: target latents and the pipeline's own condition
     # (mask + the latents of [first, zeros..., last]) and CLIP image tokens.
     tokenizer = build_tokenizer(max_length=cfg["max_length"])
-    text_encoder = _t5(tokenizer, 32, umt5=True)
+    text_encoder = t5(tokenizer, 32, umt5=True)
     torch.manual_seed(SEED + 2)
     image_encoder = CLIPVisionModel(CLIPVisionConfig(
         hidden_size=16, projection_dim=16, num_hidden_layers=2, num_attention_heads=2, image_size=32,

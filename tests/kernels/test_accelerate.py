@@ -27,7 +27,7 @@ def _latents(pipe, steps=1):
                 width=32, height=32, generator=g, output_type="latent", max_sequence_length=64).frames
 
 
-# What each tiny twin holds (farm/models/twins.py): the SD UNet has 8 resnet blocks (2 GroupNorm+SiLU
+# What each tiny twin holds (its builder in farm/models/families/): the SD UNet has 8 resnet blocks (2 GroupNorm+SiLU
 # each) plus the output norm, and 4 transformer blocks with GEGLU feed-forwards; the Wan DiT
 # has 2 blocks, each with 2 modulated norms, 2 gated residuals, RoPE on q and k, and a
 # GELU-tanh MLP, plus the modulated output norm and the GELU-tanh text projection.
@@ -53,7 +53,7 @@ def test_kernels_match_stock(home_with_models, preset):
     torch.testing.assert_close(_latents(pipe), stock, atol=0, rtol=0)
 
 
-# The other families' twins (farm/models/twins.py), through farm's own call path. Each family writes
+# The other families' twins (farm/models/families/), through farm's own call path. Each family writes
 # the patterns its own way, and the pass follows them by their operations: LTX normalises with
 # diffusers' RMSNorm module written out (pow, mean, rsqrt) and modulates per token; CogVideoX,
 # and the output norms of SD3 and Flux (`AdaLayerNormContinuous`), index the scale after adding

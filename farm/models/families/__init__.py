@@ -6,7 +6,8 @@ time (frame rule, native rate, window), its size rules (read from the denoiser's
 its memory rule for farm/models/fit.py, its denoiser components (placement, quantization) and its
 tiny twin. `FAMILIES` is the registry, the `FAMILY` of every module in this package: the rest
 of farm asks it (`family()`, `of_twin()`, `roles()`) and never names a family itself. Adding a
-family is one module here, a preset, and a twin (its builder in farm/models/twins.py and its preset).
+family is one module here (its twin's builder included) and a preset (plus its twin's preset,
+`tiny-*`); the components several twins share are in farm/models/twins.py.
 
 Nothing here imports torch or diffusers at import time: spec validation and planning read
 families without loading a model library (adapters and twin builders import them when called).

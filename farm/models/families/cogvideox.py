@@ -18,6 +18,7 @@ Two versions share the pipeline class, told apart by the transformer's config:
 Without a config to read (weights not pulled), 1.5 as diffusers' conversion script writes it.
 """
 
+from ..twins import build_tokenizer, t5
 from .family import Family, Memory, Shape, Time, Twin
 
 PIPELINE = "CogVideoXImageToVideoPipeline"
@@ -53,6 +54,37 @@ def first_only(params, first, last, generated):
     return {"image": first}
 
 
+def build_twin(shapes: dict):
+    """CogVideoX 1.5 image-to-video: 3D-causal VAE (8x spatial, 4x temporal), T5 text, an
+    expert transformer with temporal patch 2 and rotary positions (any size, as 1.5 allows)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    tokenizer = build_tokenizer(max_length=32)
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4,  # noise + image latents
+        time_embed_dim=4, ofs_embed_dim=4, text_embed_dim=32, num_layers=1, **shapes,
+        sample_frames=9, temporal_compression_ratio=4, max_text_seq_length=32,
+        use_rotary_positional_embeddings=True,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    )
+    return CogVideoXImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=t5(tokenizer, 32), vae=vae, transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing", snr_shift_scale=1.0),
+    )
+
+
 FAMILY = Family(
     name="CogVideoX", pipeline=PIPELINE, role="motion", conditioning="first frame only", multiple_of=16,
     shape=shape, time=V15_TIME, native_time=native_time, adapter=first_only,
@@ -61,7 +93,7 @@ FAMILY = Family(
                   decode_bytes=4500, ref_params=5.6, ref_vae=0.216),
     denoisers=("transformer",),
     # recipe 2: its rotary grid covers 128x128 (at 1 it stopped at 32x32, below its own default).
-    twin=Twin("cogvideox", "build_cogvideox", {"patch_size": 2, "patch_size_t": 2, "sample_width": 16,
+    twin=Twin("cogvideox", build_twin, {"patch_size": 2, "patch_size_t": 2, "sample_width": 16,
                                                "sample_height": 16, "use_learned_positional_embeddings": False},
               version=2),
 )

@@ -74,20 +74,21 @@ class Memory:
 
 @dataclass(frozen=True)
 class Twin:
-    """The family's tiny random-weight miniature: `builder` names its function in farm/models/twins.py,
-    called with `shapes` (the denoiser settings that decide which sizes and frame counts it
-    accepts, which farm/models/timing.py reads without building it); `recipe` is its `builtin:` name
-    and `version` goes into task keys (bump it when the builder changes what it builds)."""
+    """The family's tiny random-weight miniature: `builder` is its builder (the family module's
+    `build_twin`, which imports torch and diffusers only when called; the components several
+    twins share are in farm/models/twins.py), called with `shapes` (the denoiser settings that
+    decide which sizes and frame counts it accepts, which farm/models/timing.py reads without
+    building it); `recipe` is its `builtin:` name and `version` goes into task keys (bump it
+    when the builder changes what it builds)."""
 
     recipe: str
-    builder: str
+    builder: Callable[[dict], object]
     shapes: dict = field(default_factory=dict, hash=False)
     version: int = 1
 
     def build(self):
-        from .. import twins as tiny
-
-        return getattr(tiny, self.builder)(dict(self.shapes))
+        """The twin's pipeline, built from a fixed seed."""
+        return self.builder(dict(self.shapes))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ in Wan 2.1), which bounds sizes and frame counts. Time: Wan2.1/2.2 shared_config
 
 from contextlib import contextmanager
 
+from ..twins import build_tokenizer, t5
 from .family import Family, Memory, Shape, Time, Twin
 
 PIPELINE = "WanImageToVideoPipeline"
@@ -47,6 +48,64 @@ def one_image_twice(pipe, last):
         del pipe.encode_image  # the class's method again
 
 
+def build_twin(shapes: dict):
+    """A Wan 2.1 first/last-frame-to-video pipeline: UMT5, CLIP vision, Wan DiT, Wan VAE."""
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    tokenizer = build_tokenizer(max_length=64)
+    text_encoder = t5(tokenizer, 32, umt5=True)
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        **shapes,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=36,  # 16 noise + 4 mask + 16 conditioning latents
+        out_channels=16,
+        text_dim=32,
+        freq_dim=64,
+        ffn_dim=64,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        image_dim=16,
+        pos_embed_seq_len=2 * 17,  # first + last frame, 17 CLIP tokens each (FLF2V)
+    )
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            projection_dim=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            intermediate_size=32,
+            patch_size=8,
+        )
+    )
+    image_processor = CLIPImageProcessor(crop_size=32, size=32)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        image_processor=image_processor,
+        image_encoder=image_encoder,
+        transformer=transformer,
+    )
+
+
 FAMILY = Family(
     name="Wan 2.1", pipeline=PIPELINE, role="motion", conditioning="first and last frame", multiple_of=16,
     shape=shape, time=Time(step=4, offset=1, fps=16, window=81), adapter=first_last, around=one_image_twice,
@@ -54,5 +113,5 @@ FAMILY = Family(
     memory=Memory(spatial=8, temporal=4, patch=(1, 2, 2), decode_frames=4, tile=256, token_bytes=150e3,
                   decode_bytes=3500, ref_params=14.3, ref_vae=0.127),
     denoisers=("transformer",),
-    twin=Twin("image-to-video", "build_image_to_video", {"patch_size": [1, 2, 2], "rope_max_seq_len": 64}),
+    twin=Twin("image-to-video", build_twin, {"patch_size": [1, 2, 2], "rope_max_seq_len": 64}),
 )
