@@ -1,5 +1,6 @@
-"""The shape of the house: farm's modules import in one direction (no cycle, counting the
-imports inside functions too), and the stages before the render path load no model library."""
+"""The shape of the house: farm's packages stand in one declared order of layers, each importing
+only from its own layer and those below it (counting the imports inside functions too), with no
+cycle; and the stages before the render path load no model library."""
 
 import ast
 import subprocess
@@ -7,6 +8,23 @@ import sys
 from pathlib import Path
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
+
+# The layers, lowest first: a module imports from its own layer and those below, never above
+# (docs/development.md's layout says the same, one line a layer). An entry is a module or a
+# package (all its modules).
+LAYERS = [
+    ("farm.errors", "farm.files", "farm.units", "farm.home", "farm.quiet", "farm.checks"),  # the foundations
+    ("farm.acceleration",),  # accelerate(pipe): attention backends, step caches, kernel rewrites
+    ("farm.queue",),         # the SQLite queue, the cache, content digests
+    ("farm.models",),        # presets, identity, loading, families and their twins, fit, placement, pipeline calls
+    ("farm.spec",),          # a storyboard read and checked: spec, sweeps, outputs, the codec table
+    ("farm.plan",),          # the task records, the task graph, the forecast
+    ("farm.media",),         # ffmpeg encoding, contact sheets, manifests, probing
+    ("farm.run",),           # workers, the runner, the supervisor, render, publish, gc, status, control
+    ("farm.ray",),           # farm work --ray
+    ("farm.review",),        # farm review, farm serve
+    ("farm.cli",),           # the commands
+]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -23,7 +41,9 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
-                names = [target] + [f"{target}.{a.name}" for a in node.names]
+                # `from pkg import sub` names the submodule (its package's __init__ runs, but
+                # defines none of it); `from pkg import thing` the package (or module) itself
+                names = [f"{target}.{a.name}" if f"{target}.{a.name}" in files else target for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:
@@ -50,16 +70,41 @@ def test_no_import_cycle():
     assert cycles == []
 
 
-def test_no_stage_reaches_back_to_the_commands():
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the longest entry that is the module or a package above it."""
+    found = [(len(name), i) for i, layer in enumerate(LAYERS) for name in layer
+             if module == name or module.startswith(name + ".")]
+    return max(found)[1] if found else None
+
+
+def test_every_module_has_a_layer():
+    """A new module or package goes into LAYERS (and docs/development.md) when it is added."""
     graph = import_graph()
-    assert "farm.cli" not in graph["farm.run.supervisor"]  # library silencing is farm.quiet
-    # Spec, plan and models (each module of farm/models/) see acceleration only through its torch-free settings.
+    assert sorted(m for m in graph if m != "farm" and layer_of(m) is None) == []
+    named = [name for layer in LAYERS for name in layer]
+    assert len(named) == len(set(named))
+    assert all(name in graph for name in named), [name for name in named if name not in graph]
+
+
+def test_imports_go_down_the_layers():
+    """No module imports one of a higher layer: every offending edge is reported. (`farm` itself,
+    the package's face, re-exports the errors and, when first asked, `accelerate`.)"""
+    graph = import_graph()
+    upward = [f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})"
+              for module in sorted(graph) if module != "farm" and layer_of(module) is not None
+              for target in sorted(graph[module]) if (layer_of(target) or 0) > layer_of(module)]
+    assert upward == []
+
+
+def test_what_the_layers_do_not_say():
+    graph = import_graph()
+    # Spec, plan and models (every module of each) see acceleration only through its torch-free settings.
     models = {m for m in graph if m == "farm.models" or m.startswith("farm.models.")}
     assert {"farm.models.presets", "farm.models.hub", "farm.models.identity", "farm.models.loading"} <= models
-    for stage in ("farm.spec.spec", "farm.plan.plan", *sorted(models)):
-        assert graph[stage] & {m for m in graph if m.startswith("farm.acceleration")} <= {
-            "farm.acceleration", "farm.acceleration.settings"}, stage
-    assert not graph["farm.acceleration"] & (models | {"farm.models.pipeline", "farm.media.probe"})
+    acceleration = {m for m in graph if m.startswith("farm.acceleration")}
+    stages = [m for m in graph if m.split(".")[:2] in (["farm", "spec"], ["farm", "plan"], ["farm", "models"])]
+    for stage in sorted(stages):
+        assert graph[stage] & acceleration <= {"farm.acceleration", "farm.acceleration.settings"}, stage
     # Inside farm/models/, each concern imports only those below it: presets, hub, identity, loading.
     order = ["farm.models.presets", "farm.models.hub", "farm.models.identity", "farm.models.loading"]
     for i, module in enumerate(order):
@@ -67,16 +112,15 @@ def test_no_stage_reaches_back_to_the_commands():
         assert "farm.models" not in graph[module], module  # the package re-exports them: never imported back
     # The task records are a leaf: the plan writes them, the queue stores them, every later stage reads them.
     assert graph["farm.plan.tasks"] == set()
-    # The render path works from queued tasks alone: it never reaches back to the spec or the commands.
+    # The render path works from queued tasks alone: it never reaches back to the spec (below it,
+    # but the worker never reads a storyboard) or to `farm render`.
     for stage in ("farm.run.worker", "farm.run.runner", "farm.models.pipeline", "farm.run.publish", "farm.ray.cluster",
                   "farm.media.encode", "farm.media.manifest"):
-        assert not graph[stage] & {"farm.spec.spec", "farm.cli", "farm.run.render"}, stage
+        assert not graph[stage] & {"farm.spec.spec", "farm.run.render"}, stage
     # The runner runs tasks with no queue (a Ray actor has none); publishing and gc follow a job
     # through the hook its drainer passes in, never from the worker or the runner.
     assert not graph["farm.run.runner"] & {"farm.queue.queue", "farm.run.worker", "farm.run.publish", "farm.run.gc"}
     assert not graph["farm.run.worker"] & {"farm.run.publish", "farm.run.gc"}
-    # The spec reads the codec table (farm.spec.codecs), not the encoder that drives ffmpeg.
-    assert "farm.media.encode" not in graph["farm.spec.spec"]
 
 
 def test_validating_and_planning_load_no_model_library():
