@@ -504,8 +504,9 @@ def test_work_gpus_is_parsed_into_one_worker_per_gpu_and_refused_with_exit_2(cli
     monkeypatch.setattr(supervisor, "_gpu_count", lambda: 0)
     code, _, err = cli("work", "--gpus", "all")
     assert code == 2 and "no CUDA GPU is visible" in err and "--cpu" in err
-    code, _, err = cli("work", "--gpus", "0")
-    assert code == 2 and "0 GPU(s)" in err
+    for value in ("0", "1,2"):  # not "(indices 0..-1)": there is no index to give
+        code, _, err = cli("work", "--gpus", value)
+        assert code == 2 and "no CUDA GPU is visible" in err and "--cpu" in err and "..-1" not in err, err
     assert cli("work")[0] == 0  # no --gpus on a machine without one: a CPU worker
     assert [s.device for s in started.pop()] == ["cpu"]
 
@@ -520,10 +521,12 @@ def test_a_worker_that_keeps_dying_is_restarted_at_most_max_restarts_times(tmp_p
 
     monkeypatch.setattr(supervisor, "child", die_at_once)  # what each spawned process runs
     started = time.time()
-    supervisor.work([supervisor.Slot(0, "cpu", {})], db=str(tmp_path / "q.db"), lease=5, until_empty=True,
+    code = supervisor.work([supervisor.Slot(0, "cpu", {})], db=str(tmp_path / "q.db"), lease=5, until_empty=True,
                            grace=1, memory=None, progress=False)
     err = capsys.readouterr().err
+    assert code == 1  # not 0: nothing drains the queue any more, and a script must see it
     assert err.count("farm: worker cpu died (exit code 3); restarting it.") == supervisor.MAX_RESTARTS
-    assert err.strip().splitlines()[-1] == (f"farm: worker cpu died {supervisor.MAX_RESTARTS + 1} times in a minute "
+    assert err.strip().splitlines()[-2] == (f"farm: worker cpu died {supervisor.MAX_RESTARTS + 1} times in a minute "
                                             f"(last exit code 3); not restarting it.")
+    assert err.strip().splitlines()[-1].startswith("farm: gave up on 1 of 1 worker(s) (cpu)")
     assert time.time() - started < 60  # it gave up, within the minute (and returned: the loop ended)

@@ -76,6 +76,8 @@ def slots(gpus: str | None, cpu: bool, workers: int) -> list[Slot]:
         except ValueError:
             raise FarmError(f"--gpus expects `all` or GPU indices like 0,1; got {gpus!r}.", code=2) from None
         bad = [i for i in ids if i < 0 or i >= found]
+        if found == 0:
+            raise FarmError(f"--gpus {gpus}: no CUDA GPU is visible here. Use --cpu --workers N.", code=2)
         if bad or not ids:
             raise FarmError(f"--gpus {gpus}: this machine has {found} GPU(s) (indices 0..{found - 1}).", code=2)
     return [Slot(n, f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for n, i in enumerate(ids)]
@@ -95,12 +97,17 @@ def _gpu_count() -> int:
 
 def work(slots_: list[Slot], *, db: str | None, lease: float, until_empty: bool, grace: float,
          memory: int | None, progress: bool) -> int:
+    """Run one worker process per slot until they end; restart one that dies, up to the
+    restart limit. Exit code: 0 when every worker ended of its own accord, 130 after a second
+    Ctrl-C, 1 when a worker was given up on (it kept dying: the queue may hold work no
+    process is draining, and a script must not read that as success)."""
     ctx = mp.get_context("spawn")
     opts = {"db": db, "lease": lease, "until_empty": until_empty, "grace": grace, "memory": memory,
             "progress": progress, "slots": len(slots_)}
     procs: dict[int, mp.Process] = {}
     restarts = {s.index: Restarts() for s in slots_}
     signals = {"n": 0}
+    given_up: list[str] = []
 
     def start(slot: Slot):
         p = ctx.Process(target=child, args=(slot, opts), name=f"farm-worker-{slot.index}")
@@ -130,6 +137,7 @@ def work(slots_: list[Slot], *, db: str | None, lease: float, until_empty: bool,
                 if not restarts[index].died():
                     print(f"farm: worker {by_index[index].device} died {restarts[index].recent} times in a minute "
                           f"(last exit code {p.exitcode}); not restarting it.", file=sys.stderr)
+                    given_up.append(by_index[index].device)
                     continue
                 print(f"farm: worker {by_index[index].device} died (exit code {p.exitcode}); restarting it.",
                       file=sys.stderr)
@@ -137,7 +145,13 @@ def work(slots_: list[Slot], *, db: str | None, lease: float, until_empty: bool,
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-    return 130 if signals["n"] > 1 else 0
+    if signals["n"] > 1:
+        return 130
+    if given_up:
+        print(f"farm: gave up on {len(given_up)} of {len(slots_)} worker(s) ({', '.join(given_up)}): they kept "
+              f"dying; see their errors above (`farm status` shows what is left in the queue).", file=sys.stderr)
+        return 1
+    return 0
 
 
 def child(slot: Slot, opts: dict):
