@@ -17,11 +17,11 @@ from farm.models import families, fit, timing
 from farm.models.families import cogvideox
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
-NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Wan 2.1", "Wan 2.2", "LTX-Video", "CogVideoX"]
+NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Qwen-Image", "FLUX.2", "Wan 2.1", "Wan 2.2", "LTX-Video", "CogVideoX"]
 BY_NAME = {f.name: f for f in families.FAMILIES}
 
 
-def test_the_registry_holds_the_eight_families_once_each():
+def test_the_registry_holds_every_family_once():
     assert sorted(f.name for f in families.FAMILIES) == sorted(NAMES)
     assert len({f.twin.recipe for f in families.FAMILIES}) == len(NAMES)
     for f in families.FAMILIES:  # each found by its class (and, for a shared class, its components)
@@ -194,3 +194,52 @@ def test_a_cogvideox_10_model_gets_its_rule_everywhere(tmp_path, monkeypatch):
     assert models.describe("cog10")["frames"] == [4, 1]
     assert fit.frame_rule(rule, 50) == 53  # 4k+1, not 8k+1's 57
     assert timing.segment(ref, 48, 8).clips == (49,)  # 6 s at 8 fps: the model card's 49 frames
+
+
+def test_a_family_says_how_its_call_takes_guidance_and_a_negative_prompt():
+    """Most calls take `guidance_scale` and `negative_prompt`; Qwen-Image is guided by true CFG
+    (`true_cfg_scale`, on only with a negative prompt: " " when the spec gives none); FLUX.2 takes
+    guidance as an input and no negative prompt. Each keyword is one its pipeline's call takes."""
+    import inspect
+
+    import diffusers
+
+    params = {"guidance": 4.0, "negative_prompt": ""}
+    assert BY_NAME["SD3"].guidance_call(params) == {"guidance_scale": 4.0, "negative_prompt": None}
+    assert BY_NAME["Qwen-Image"].guidance_call(params) == {"true_cfg_scale": 4.0, "negative_prompt": " "}
+    assert BY_NAME["Qwen-Image"].guidance_call({**params, "negative_prompt": "blur"})["negative_prompt"] == "blur"
+    assert BY_NAME["FLUX.2"].guidance_call(params) == {"guidance_scale": 4.0}
+    for f in families.FAMILIES:
+        accepted = inspect.signature(getattr(diffusers, f.pipeline).__call__).parameters
+        assert set(f.guidance_call(params)) <= set(accepted), f.name
+        assert f.negative == ("negative_prompt" in accepted), f.name
+
+
+def test_a_negative_prompt_for_a_family_that_takes_none_is_refused(write_spec, farm_home):
+    from farm.errors import SpecError
+    from farm.spec import spec
+
+    text = """
+    [shot]
+    size = [32, 32]
+    out = "out/x.mp4"
+
+    [keyframes]
+    model = "{model}"
+    negative_prompt = "blur"
+
+    [motion]
+    model = "hold"
+
+    [[frames]]
+    prompt = "a red boat"
+    seconds = 0.25
+
+    [[frames]]
+    prompt = "a blue boat"
+    seconds = 0.25
+    """
+    with pytest.raises(SpecError) as e:
+        spec.load(write_spec(text.format(model="tiny-flux2"), "flux2.toml"))
+    assert e.value.code == 2 and "takes no negative prompt" in e.value.message
+    assert len(spec.load(write_spec(text.format(model="tiny-qwen-image"), "qwen.toml")).panels) == 2

@@ -6,6 +6,7 @@ granularity), so a twin that renders here proves the real preset's path short of
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from farm import models
@@ -23,16 +24,16 @@ TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()})
 
 
 def test_every_real_preset_has_a_built_in_twin_of_its_family():
-    assert {"sd15", "sdxl", "sdxl-turbo", "sd35-medium", "flux-schnell", "flux-dev", "wan21-flf2v", "wan22-i2v",
-            "ltx-video", "cogvideox-i2v"} <= set(REAL)
+    assert {"sd15", "sdxl", "sdxl-turbo", "sd35-medium", "flux-schnell", "flux-dev", "qwen-image", "flux2-dev",
+            "wan21-flf2v", "wan22-i2v", "ltx-video", "cogvideox-i2v"} <= set(REAL)
     for name in REAL:
         preset, twin = models.load_preset(name), models.load_preset(models.load_preset(name)["twin"])
         assert twin["source"].startswith("builtin:"), name
         assert (twin["pipeline"], twin["role"]) == (preset["pipeline"], preset["role"]), name
         assert families.family(preset["pipeline"]) and preset.get("revision"), name
         assert models.is_hub_id(preset["source"]), name
-    assert set(TWINS) >= {"tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-wan", "tiny-wan22", "tiny-ltx",
-                          "tiny-cogvideox"}
+    assert set(TWINS) >= {"tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-qwen-image", "tiny-flux2", "tiny-wan",
+                          "tiny-wan22", "tiny-ltx", "tiny-cogvideox"}
 
 
 def test_models_lists_every_preset_with_role_source_and_presence(cli):
@@ -125,8 +126,71 @@ def test_twins_build_in_code_without_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    for recipe in ("sdxl", "sd3", "flux", "wan22", "ltx", "cogvideox"):
+    for recipe in ("sdxl", "sd3", "flux", "qwenimage", "flux2", "wan22", "ltx", "cogvideox"):
         pipe = families.of_twin(recipe).twin.build()
         params = sum(p.numel() for c in pipe.components.values() if hasattr(c, "parameters") for p in c.parameters())
         assert params < 3_000_000, (recipe, params)  # really tiny: under 12 MB of fp32 weights
     assert attempts == []
+
+
+KEYFRAME_TWINS = [t for t in TWINS if models.load_preset(t)["role"] == "keyframes"]
+
+KEYFRAMES = """
+[shot]
+name = "{name}"
+fps = 8
+{size}
+seed = 1
+out = "out/{name}.mp4"
+
+[keyframes]
+model = "{twin}"
+steps = 2
+
+[motion]
+model = "hold"
+
+[[frames]]
+prompt = "a red boat on a calm sea"
+seed = 7
+seconds = 0.25
+
+[[frames]]
+prompt = "a blue boat"
+seed = 7
+seconds = 0.25
+"""
+
+
+@pytest.mark.parametrize("twin", KEYFRAME_TWINS)
+def test_keyframe_twin_renders_its_sizes_and_reads_its_prompt(twin, farm_home, write_spec, monkeypatch, cli):
+    """A keyframe twin renders through farm at its preset's default size and at two others of
+    its family's granularity; a size off it is refused at validation (exit 2); the prompt
+    reaches its text encoder: two prompts under one seed draw two different keyframes."""
+    rule = timing.shape(models.resolve(twin))
+    m = max(rule.multiple, 16)
+    drawn = []
+    keyframe = pipeline.keyframe
+
+    def spy(pipe, params, on_step=None):
+        image = keyframe(pipe, params, on_step)
+        drawn.append((params["prompt"], np.asarray(image).astype(int)))
+        return image
+
+    monkeypatch.setattr(pipeline, "keyframe", spy)
+    worker = Worker(Queue(farm_home / "queue.db"), Cache(farm_home / "cache"))
+    for size in (None, (3 * m, 2 * m), (2 * m, 5 * m)):
+        name = f"{twin}-{size[0]}x{size[1]}" if size else f"{twin}-default"
+        text = KEYFRAMES.format(name=name, twin=twin, size=f"size = [{size[0]}, {size[1]}]" if size else "")
+        drawn.clear()
+        result = render(write_spec(text, f"{name}.toml"), worker=worker)
+        info = encode.probe(Path(result["output"]))
+        want = size or tuple(models.load_preset(twin)["defaults"]["size"])
+        assert (info["width"], info["height"]) == want, name
+        assert [p for p, _ in drawn] == ["a red boat on a calm sea", "a blue boat"], name
+        assert all(a.shape == (want[1], want[0], 3) for _, a in drawn), name
+        assert np.abs(drawn[0][1] - drawn[1][1]).max() > 0, f"{name}: the prompt did not reach the text encoder"
+    bad = (2 * rule.multiple + rule.multiple // 2, 2 * rule.multiple)
+    path = write_spec(KEYFRAMES.format(name=f"{twin}-bad", twin=twin, size=f"size = [{bad[0]}, {bad[1]}]"), "bad.toml")
+    code, out, err = cli("plan", path)
+    assert code == 2 and f"multiples of {rule.multiple}" in err and "nearest valid" in err, (code, err)

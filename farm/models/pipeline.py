@@ -4,7 +4,8 @@ Each call takes the task's params and returns PIL images. Noise comes from a CPU
 seeded by the task alone, so a task draws the same pixels whatever ran before it and on
 whichever device it runs.
 
-Text-to-image pipelines (SD, SDXL, SD3, Flux) share one call signature. Image-to-video
+Text-to-image pipelines share one call signature but for how guidance and the negative prompt
+are passed, which a family may say (`Family.guidance`: Qwen-Image, FLUX.2). Image-to-video
 families differ in how they take their keyframes: each family (farm/models/families/) holds the small
 adapter that turns (first, last) into its keyword arguments, and the context its call runs in.
 """
@@ -86,13 +87,25 @@ def _name(params: dict, kind: str) -> str:
     return f"segment[{params.get('frame')}]" + (f".clip[{params['clip']}]" if "clip" in params else "")
 
 
+def _family(pipe, params: dict):
+    """The family of the pipeline a task runs (its class, told apart by the components held)."""
+    parts = [k for k, v in getattr(pipe, "components", {}).items() if v is not None]
+    return families.family(params["model"]["pipeline"], parts)
+
+
+def guidance(family, params: dict) -> dict:
+    """The keyword arguments that carry a call's guidance and negative prompt: `guidance_scale`
+    and `negative_prompt`, unless the family says otherwise (Qwen-Image's true CFG takes
+    `true_cfg_scale`; FLUX.2 takes no negative prompt)."""
+    return family.guidance_call(params) if family else families.plain_guidance(params)
+
+
 def keyframe(pipe, params: dict, on_step=None) -> Image.Image:
     """1. encode the prompt, 2. denoise, 3. decode: one text-to-image call."""
     return pipe(
         prompt=params["prompt"],
-        negative_prompt=params["negative_prompt"] or None,
         num_inference_steps=params["steps"],
-        guidance_scale=params["guidance"],
+        **guidance(_family(pipe, params), params),
         width=params["width"],
         height=params["height"],
         generator=generator(params["seed"]),
@@ -116,17 +129,15 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
     """Generate one clip of `frames` frames at the model's rate (farm/models/timing.py chose the
     count: the family's rule, within its window), starting at `first` and, when given (and
     the family takes one), ending at `last`. Returns every generated frame."""
-    parts = [k for k, v in getattr(pipe, "components", {}).items() if v is not None]
-    family = families.family(params["model"]["pipeline"], parts)
+    family = _family(pipe, params)
     if not family.ends:
         last = None
     with family.around(pipe, last) if family.around else nullcontext():
         out = pipe(
             prompt=params["prompt"],
-            negative_prompt=params["negative_prompt"] or None,
             num_frames=frames,
             num_inference_steps=params["steps"],
-            guidance_scale=params["guidance"],
+            **guidance(family, params),
             width=params["width"],
             height=params["height"],
             generator=generator(seed),

@@ -517,6 +517,23 @@ class _Reader:
                         c.fail("shot.size", problem)
                 for problem in timing.window_problems(ref):
                     c.fail(key, problem)
+        self.check_negative(spec)
+
+    def check_negative(self, spec: Spec):
+        """A negative prompt given to a model whose family's call takes none (FLUX.2): refused
+        here, once per model, rather than dropped without a word or failing inside the call."""
+        refused = set()
+        for fr in spec.panels:
+            for key, stage in ((f"frames[{fr.index}].negative_prompt", fr.keyframe),
+                               (f"frames[{fr.index}].motion.negative_prompt", fr.motion)):
+                ref = stage.model
+                if ref is None or ref.is_ffmpeg or not stage.negative_prompt or ref.identity in refused:
+                    continue
+                fam = timing.family_of(ref)
+                if fam is not None and not fam.negative:
+                    refused.add(ref.identity)
+                    self.c.fail(key, f"{ref.name} ({ref.pipeline}) takes no negative prompt ({fam.name} is "
+                                     f"guidance-distilled): remove it, or use a model that takes one")
 
     def check_quantize(self, spec: Spec):
         """`quantize = "fp8"` needs a GPU of compute capability 8.9+ on this machine (the farm's

@@ -19,7 +19,7 @@ import importlib
 import pkgutil
 from collections.abc import Iterable
 
-from .family import CONDITIONING, ROLES, Family, Memory, Shape, Time, Twin  # noqa: F401 - the records, here
+from .family import CONDITIONING, ROLES, Family, Memory, Shape, Time, Twin, plain_guidance  # noqa: F401 - the records, here
 
 
 def _discover() -> tuple[Family, ...]:

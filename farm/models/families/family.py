@@ -91,6 +91,11 @@ class Twin:
         return self.builder(dict(self.shapes))
 
 
+def plain_guidance(params: dict) -> dict:
+    """How most pipelines take a call's guidance and negative prompt (none: None)."""
+    return {"guidance_scale": params["guidance"], "negative_prompt": params["negative_prompt"] or None}
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything farm knows of one model family. `shape(config)` gives its size and frame
@@ -99,7 +104,11 @@ class Family:
     of the version that config describes, `adapter(params, first, last, frames)` the keyword
     arguments that condition one call on its keyframes, and `around(pipe, last)` an optional
     context the call runs in. `requires`: components that tell this family from another of the
-    same pipeline class (Wan 2.2's second expert)."""
+    same pipeline class (Wan 2.2's second expert). `guidance(params)`: the keyword arguments
+    that carry a call's guidance and negative prompt, for a family whose call does not take
+    them as `guidance_scale` and `negative_prompt` (None: those two, as the spec gives them;
+    `plain_guidance`). `negative`: whether its call takes a negative prompt at all (a spec
+    that gives one to a family that takes none is refused at validation)."""
 
     name: str
     pipeline: str
@@ -115,11 +124,17 @@ class Family:
     adapter: Callable | None = None
     around: Callable | None = None
     requires: tuple[str, ...] = ()
+    guidance: Callable[[dict], dict] | None = None
+    negative: bool = True
 
     @property
     def ends(self) -> bool:
         """Whether a call takes an end frame as well as a first one."""
         return self.conditioning in ("first and last frame", "keyframe conditions")
+
+    def guidance_call(self, params: dict) -> dict:
+        """The keyword arguments that carry the call's guidance and negative prompt."""
+        return (self.guidance or plain_guidance)(params)
 
     def fps_window(self, config: dict) -> tuple[float, int]:
         if self.native_time is not None:
