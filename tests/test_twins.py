@@ -185,7 +185,7 @@ def test_keyframe_twin_renders_its_sizes_and_reads_its_prompt(twin, farm_home, w
         drawn.clear()
         result = render(write_spec(text, f"{name}.toml"), worker=worker)
         info = encode.probe(Path(result["output"]))
-        want = size or tuple(models.load_preset(twin)["defaults"]["size"])
+        want = size or tuple(models.load_preset(twin)["defaults"].get("size", (512, 512)))  # the spec's fallback
         assert (info["width"], info["height"]) == want, name
         assert [p for p, _ in drawn] == ["a red boat on a calm sea", "a blue boat"], name
         assert all(a.shape == (want[1], want[0], 3) for _, a in drawn), name
