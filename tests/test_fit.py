@@ -46,7 +46,7 @@ seconds = 0.5
 
 
 def test_every_real_preset_records_its_needs_and_their_sources():
-    assert len(REAL) == 10
+    assert len(REAL) == 12
     for name in REAL:
         text = (models.presets_dir() / f"{name}.toml").read_text()
         table = fit.preset_fit(name)
