@@ -208,6 +208,8 @@ def test_a_family_says_how_its_call_takes_guidance_and_a_negative_prompt():
     assert BY_NAME["SD3"].guidance_call(params) == {"guidance_scale": 4.0, "negative_prompt": None}
     assert BY_NAME["Qwen-Image"].guidance_call(params) == {"true_cfg_scale": 4.0, "negative_prompt": " "}
     assert BY_NAME["Qwen-Image"].guidance_call({**params, "negative_prompt": "blur"})["negative_prompt"] == "blur"
+    assert BY_NAME["Qwen-Image"].guidance_call({**params, "guidance": 1.0}) == {"true_cfg_scale": 1.0,
+                                                                             "negative_prompt": None}
     assert BY_NAME["FLUX.2"].guidance_call(params) == {"guidance_scale": 4.0}
     for f in families.FAMILIES:
         accepted = inspect.signature(getattr(diffusers, f.pipeline).__call__).parameters

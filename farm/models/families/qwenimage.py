@@ -30,8 +30,11 @@ def shape(config: dict) -> Shape:
 
 def true_cfg(params: dict) -> dict:
     """The spec's guidance as true CFG (`true_cfg_scale`), with the negative prompt that turns it
-    on: the spec's, else " " (the model card's); guidance <= 1 runs without CFG."""
-    return {"true_cfg_scale": params["guidance"], "negative_prompt": params["negative_prompt"] or " "}
+    on: the spec's, else " " (the model card's); guidance <= 1 runs without CFG (and without a
+    negative prompt, which the pipeline would warn it ignores)."""
+    guided = params["guidance"] > 1
+    return {"true_cfg_scale": params["guidance"],
+            "negative_prompt": params["negative_prompt"] or (" " if guided else None)}
 
 
 def build_twin(shapes: dict):
