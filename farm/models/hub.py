@@ -40,6 +40,37 @@ def cached(name: str) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
+def cached_file(repo: str, file: str, revision: str | None) -> Path | None:
+    """One file of hub repo `repo` at `revision` (a preset's LoRA) in the local Hugging Face
+    cache, as `download_file` put it there; None if it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(repo, file, revision=revision or None, cache_dir=hub_cache())
+    except HFValidationError as e:
+        raise FarmError(f"LoRA repo {shown(repo)} is not a valid hub id: {e}", code=2) from None
+    return Path(found) if isinstance(found, str) else None
+
+
+def download_file(name: str, repo: str, file: str, revision: str | None, timeout: float = 10.0) -> Path:
+    """Download one file of `repo` at `revision` (a LoRA that preset `name` applies) into the
+    Hugging Face cache, as `download` does a whole repo; return its path there."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
+    from huggingface_hub import constants, hf_hub_download
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    _reachable(endpoint, timeout, name)
+    try:
+        path = hf_hub_download(repo, file, revision=revision or None, etag_timeout=timeout, cache_dir=hub_cache(),
+                               endpoint=endpoint)
+    except Exception as e:  # noqa: BLE001 - hub errors come from requests/httpx and huggingface_hub alike
+        raise FarmError(f"Could not download {file} of {repo}{'@' + revision if revision else ''} (a LoRA of "
+                        f"{name!r}) from {endpoint}: {type(e).__name__}: {e}", code=1) from None
+    return Path(path)
+
+
 def download(name: str, repo: str, revision: str | None, timeout: float = 10.0) -> Path:
     """Download `repo` at `revision` (what `name`, a preset or hub id, points at) into the
     Hugging Face cache; return the snapshot.

@@ -15,7 +15,7 @@ import difflib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import files, home
@@ -24,10 +24,31 @@ from ..errors import FarmError
 from ..queue.digest import file_digest, folder_digest
 from ..quiet import silence_loaded
 from . import families
-from .hub import cached, hub_cache, is_hub_id
+from .hub import cached, cached_file, hub_cache, is_hub_id
 from .presets import MEMORY_KEYS, NOT_CALL_OPTIONS, load_preset, preset_defaults, preset_names, presets_dir
 
 FFMPEG_MOTION = ("hold", "crossfade")
+
+
+# A LoRA file: rank 128 over every attention and MLP layer of Wan's 14B transformer in bf16 is
+# ~1.2 GB; 4 GiB keeps a whole checkpoint named as a LoRA from being hashed at every render
+# (farm/spec/spec.py applies the same bound to a spec's own LoRAs).
+MAX_LORA_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class PresetLora:
+    """A LoRA a preset applies, found in the local Hugging Face cache: where it is, its content
+    digest (what task keys hash, as for a spec's LoRAs), its scale, and the denoiser it loads
+    into (None: the one `load_lora_weights` picks); `repo`, `file`, `revision` say where it came from."""
+
+    path: Path
+    sha256: str
+    scale: float
+    into: str | None
+    repo: str
+    file: str
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,7 @@ class ModelRef:
     config: str | None = None  # a single-file checkpoint's config folder
     component: str | None = None  # set when the file holds only this component (e.g. "transformer")
     trust_remote_code: bool = False  # only a preset that says `trust_remote_code = true` runs a repo's own code
+    loras: tuple[PresetLora, ...] = ()  # the preset's own LoRAs (a spec's add to them)
 
     @property
     def is_ffmpeg(self) -> bool:
@@ -97,11 +119,12 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
         if family is None:
             raise FarmError(f"Preset {name!r} names an unknown built-in model {source!r}.", code=2)
         return ModelRef(name, preset["role"], preset["pipeline"], source, f"{source}@recipe{family.twin.version}", None,
-                        **extra)
+                        loras=preset_loras(name, preset), **extra)
     if problem := path_problem(source, presets_dir()):
         raise FarmError(f"Preset {name!r}: source: {problem}", code=2)
     if source.endswith(".safetensors"):
-        return _resolve_single_file(name, preset, extra)
+        ref = _resolve_single_file(name, preset, extra)
+        return replace(ref, loras=preset_loras(name, preset))  # the base's errors first
     hub = f"{source}@{preset['revision']}" if preset.get("revision") and "@" not in source else source
     # The preset's class wins over the one the weights' model_index.json names: LTX-Video's
     # repos name LTXPipeline, whose components LTXConditionPipeline loads as they are.
@@ -114,7 +137,38 @@ def _resolve_preset(name: str, preset: dict) -> ModelRef:
             raise FarmError(f"Preset {name!r}: {e.message}", code=2) from None
     else:
         inner = _resolve_hub(hub, preset["pipeline"], preset=(name, preset))
-    return ModelRef(name, preset["role"], preset["pipeline"], inner.source, inner.identity, inner.revision, **extra)
+    return ModelRef(name, preset["role"], preset["pipeline"], inner.source, inner.identity, inner.revision,
+                    loras=preset_loras(name, preset), **extra)  # the base's errors first
+
+
+def preset_loras(name: str, preset: dict, missing: list | None = None) -> tuple[PresetLora, ...]:
+    """The LoRAs preset `name` applies, each found in the local Hugging Face cache (farm never
+    downloads while rendering: `farm models pull <preset>` fetches them). A LoRA that is not
+    there is a FarmError (exit 2) naming that command, unless `missing` is given: it is then
+    appended there ({repo, file, revision}) and left out."""
+    out = []
+    for lo in preset.get("loras", ()):
+        revision = lo.get("revision")
+        path = cached_file(lo["repo"], lo["file"], revision)
+        where = f"{lo['repo']}/{lo['file']}" + (f"@{revision}" if revision else "")
+        if path is None:
+            if missing is not None:
+                missing.append({"repo": lo["repo"], "file": lo["file"], "revision": revision})
+                continue
+            raise FarmError(f"model {name!r}: its LoRA {where} is not on this machine: farm looked in the Hugging "
+                            f"Face cache at {hub_cache()} and never downloads while rendering. Fetch it with "
+                            f"`farm models pull {name}` where a network is available.", code=2)
+        try:
+            size = files.regular_stat(path.resolve()).st_size
+            if size > MAX_LORA_BYTES:
+                raise FarmError(f"model {name!r}: its LoRA {where} is {size} bytes; a LoRA may be at most "
+                                f"{MAX_LORA_BYTES} (is it a whole checkpoint?)", code=2)
+            digest = file_digest(path)
+        except OSError as e:
+            raise FarmError(f"model {name!r}: cannot read its LoRA {path} ({e.strerror or e}).", code=2) from None
+        out.append(PresetLora(path, digest, float(lo.get("scale", 1.0)), lo.get("into"), lo["repo"], lo["file"],
+                              revision))
+    return tuple(out)
 
 
 def _resolve_single_file(name: str, preset: dict, extra: dict) -> ModelRef:

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from ..errors import FarmError
 from . import families, timing
-from .hub import download, is_hub_id
+from .hub import cached_file, download, download_file, is_hub_id
 from .identity import local_path, resolve
-from .presets import load_preset, preset_names
+from .presets import load_preset, preset_names, presets_dir
 
 
 def describe(name: str) -> dict:
@@ -34,6 +35,9 @@ def describe(name: str) -> dict:
             "frames": [rule.step, rule.offset] if rule and preset["role"] == "motion" else None,
             "fps": preset.get("fps"), "max_frames": preset.get("max_frames"),
             "multiple_of": rule.multiple if rule else 8}
+    if preset.get("loras"):  # each with whether it is in the Hugging Face cache
+        info["loras"] = [{**lo, "present": cached_file(lo["repo"], lo["file"], lo.get("revision")) is not None}
+                         for lo in preset["loras"]]
     for key in ("accelerate", "cache_threshold"):  # farm/acceleration/settings.py; only when the preset sets them
         if key in preset:
             info[key] = preset[key]
@@ -66,17 +70,32 @@ def _known_preset(name: str) -> str:
 
 def pull(name: str, timeout: float = 10.0) -> Path:
     """Download a preset's (or hub id's) weights into the Hugging Face cache; return the snapshot
-    (a built-in model's folder, built). `hub.download` says how it waits on the network."""
+    (a built-in model's folder, built). A preset's LoRAs (`loras = [{ repo, file, revision }]`)
+    come with it, each file alone at its revision (`pull_loras`). `hub.download` says how it
+    waits on the network."""
     if name in preset_names():
         preset = load_preset(name)
         source = preset["source"]
         if source.startswith("builtin:"):
+            pull_loras(name, preset, timeout)
             return local_path(resolve(name))  # built in code: "pulling" builds it
         if not is_hub_id(source):
+            if preset.get("loras"):
+                pull_loras(name, preset, timeout)  # the weights are a local folder or file already
+                path = Path(os.path.expanduser(source))
+                return path if path.is_absolute() else presets_dir() / path
             raise FarmError(f"Preset {name!r} points at {source}, a local path: nothing to download.", code=2)
         repo, revision = source.partition("@")[0], source.partition("@")[2] or preset.get("revision")
-    elif is_hub_id(name):
+        snapshot = download(name, repo, revision, timeout)
+        pull_loras(name, preset, timeout)
+        return snapshot
+    if is_hub_id(name):
         repo, _, revision = name.partition("@")
-    else:
-        _known_preset(name)
-    return download(name, repo, revision, timeout)
+        return download(name, repo, revision, timeout)
+    _known_preset(name)
+
+
+def pull_loras(name: str, preset: dict, timeout: float = 10.0) -> list[Path]:
+    """Download the LoRA files preset `name` applies (just those files, at their revisions)
+    into the Hugging Face cache, where a render finds them (identity.preset_loras)."""
+    return [download_file(name, lo["repo"], lo["file"], lo.get("revision"), timeout) for lo in preset.get("loras", ())]

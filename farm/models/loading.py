@@ -154,18 +154,29 @@ def release_memory(dev: str):
         torch.cuda.empty_cache()
 
 
+def adapter_name(lora: dict) -> str:
+    """The adapter a LoRA file is loaded as: its content digest, and the denoiser it went into
+    when it names one (the same file may go into both of Wan 2.2's experts)."""
+    return "lora_" + lora["sha256"][:16] + (f"_{lora['into']}" if lora.get("into") else "")
+
+
 def use_loras(pipe, loras: list[dict]):
     """Make exactly these LoRA adapters active, at their scales, for the next call.
 
-    Each file is loaded once per pipeline under the name of its content digest, so one
-    loaded base model serves every LoRA combination of a render and a no-LoRA call."""
+    Each file is loaded once per pipeline under the name of its content digest (and target),
+    so one loaded base model serves every LoRA combination of a render and a no-LoRA call: a
+    fast preset's distill LoRAs and its plain base share one warm pipeline, and a call without
+    LoRAs disables every adapter. A LoRA with `into = "transformer_2"` loads into Wan 2.2's
+    low-noise expert (diffusers' `load_lora_weights(..., load_into_transformer_2=True)`,
+    loaders/lora_pipeline.py:4231-4259); any other target is the denoiser `load_lora_weights`
+    loads into by default."""
     loaded = getattr(pipe, "_farm_loras", set())
     if not loras:
         if loaded:
             pipe.disable_lora()
         return
     for lora in loras:
-        name = "lora_" + lora["sha256"][:16]
+        name = adapter_name(lora)
         if name not in loaded:
             path = Path(lora["path"])
             try:  # what the task's key says it applies; file_digest refuses a FIFO
@@ -175,14 +186,20 @@ def use_loras(pipe, loras: list[dict]):
             if changed:
                 raise FarmError(f"The LoRA {path} changed after the job was planned; render the spec again to "
                                 f"use it as it is now.", code=2)
+            into = lora.get("into")
+            target = {"load_into_transformer_2": True} if into == "transformer_2" else {}
+            if into and getattr(pipe, into, None) is None:
+                raise FarmError(f"Cannot load the LoRA {path} into {into}: this {type(pipe).__name__} has no "
+                                f"{into}.", code=2)
             try:
                 if path.is_dir():
-                    pipe.load_lora_weights(str(path), adapter_name=name)
+                    pipe.load_lora_weights(str(path), adapter_name=name, **target)
                 else:
-                    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
-            except (OSError, ValueError, KeyError) as e:
-                raise FarmError(f"Could not load the LoRA {path} into {type(pipe).__name__}: {e}", code=2) from None
+                    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name, **target)
+            except (OSError, ValueError, KeyError, AttributeError) as e:
+                raise FarmError(f"Could not load the LoRA {path} into {type(pipe).__name__}"
+                                f"{'.' + into if into else ''}: {e}", code=2) from None
             loaded.add(name)
     pipe._farm_loras = loaded
     pipe.enable_lora()
-    pipe.set_adapters(["lora_" + lo["sha256"][:16] for lo in loras], [lo["scale"] for lo in loras])
+    pipe.set_adapters([adapter_name(lo) for lo in loras], [lo["scale"] for lo in loras])

@@ -25,7 +25,11 @@ ROLES = {"keyframes": "text-to-image", "motion": "image-to-video", "upscale": "u
 PRESET_KEYS = ("description", "role", "pipeline", "source", "revision", "twin", "config", "component",
                "trust_remote_code",
                "defaults", "options", "memory", "accelerate", "cache_threshold", "fps", "max_frames",
-               "quantize", "fit")  # farm/models/fit.py: weights quantized by torchao; what the model needs
+               "quantize", "fit",  # farm/models/fit.py: weights quantized by torchao; what the model needs
+               "loras")  # LoRA files on the hub that the preset applies (step-distilled presets)
+# A preset LoRA: a file of a hub repo at a revision, its scale, and the denoiser it loads into
+# (one of its family's `denoisers`; Wan 2.2's `transformer_2` is its low-noise expert).
+LORA_KEYS = ("repo", "file", "revision", "scale", "into")
 
 # `accelerate` and `cache_threshold` (farm/acceleration/settings.py) are kept in a ModelRef's defaults but
 # are not call options either: plan._model puts them in task keys on their own.
@@ -89,11 +93,71 @@ def load_preset(name: str) -> dict:
     fit_table(c, data.get("fit", {}), "fit.")
     if not isinstance(data.get("options", {}), dict):
         c.fail("options", "expected a table of pipeline call arguments")
+    if "loras" in data:
+        _check_loras(c, data, path)
     if c.problems:
         raise FarmError(f"The preset file {path} has {len(c.problems)} problem{'s' if len(c.problems) > 1 else ''}: "
                         + "; ".join(c.problems) + ".", code=2)
     data["defaults"] = {**data.get("defaults", {}), **data.get("options", {})}
     return data
+
+
+def _check_loras(c, data: dict, path: Path):
+    """A preset's `loras = [{ repo, file, revision, scale, into }]`: each a .safetensors file of
+    a hub repo, at a revision (default: the repo's main branch), loaded into one of the denoisers
+    of the preset's family (default: the one `load_lora_weights` picks, the first)."""
+    from ..checks import shown
+    from .hub import is_hub_id
+
+    value = data["loras"]
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        c.fail("loras", f"expected a list of tables like {{ repo = \"org/name\", file = \"x.safetensors\" }}, "
+                        f"got {shown(value)}")
+        return
+    denoisers = None
+    for i, lo in enumerate(value):
+        key = f"loras[{i}]."
+        c.keys(lo, LORA_KEYS, key)
+        for part in ("repo", "file"):
+            if part not in lo:
+                c.fail(key + part, "missing: " + ("the hub repo that holds the LoRA (org/name)" if part == "repo"
+                                                  else "the LoRA's .safetensors file in that repo"))
+        repo, file = c.string(lo, "repo", key), c.string(lo, "file", key)
+        if repo is not None and ("@" in repo or not is_hub_id(repo)):
+            c.fail(key + "repo", f"expected a hub repo id like org/name (the revision goes in `revision`), "
+                                 f"got {shown(repo)}")
+        if file is not None and (not file.endswith(".safetensors") or file.startswith("/")
+                                 or ".." in file.split("/")):
+            c.fail(key + "file", f"expected a .safetensors file inside the repo (pickled .bin/.pt files can run "
+                                 f"code), got {shown(file)}")
+        c.string(lo, "revision", key)
+        c.number(lo, "scale", key, -10, 10)
+        into = c.string(lo, "into", key)
+        if into is not None:
+            denoisers = denoisers if denoisers is not None else _denoisers(data, path)
+            if denoisers and into not in denoisers:
+                c.fail(key + "into", f"{shown(into)} is not a denoiser of this preset's family "
+                                     f"({', '.join(denoisers)})")
+
+
+def _denoisers(data: dict, path: Path) -> tuple[str, ...]:
+    """The denoiser components of a preset's family: a built-in model's, else its twin's (the
+    twin is built in code, so its family is certain), else the one its pipeline class and
+    [fit] components name (Wan 2.1 and 2.2 share a class; `transformer_2` tells them apart)."""
+    source = data["source"]
+    if not source.startswith("builtin:") and isinstance(data.get("twin"), str):
+        try:
+            twin = tomli.loads(files.read_regular(path.parent / f"{data['twin']}.toml", MAX_PRESET_BYTES,
+                                                  "a preset").decode("utf-8"))
+            source = twin.get("source") if isinstance(twin.get("source"), str) else source
+        except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError, RecursionError, FarmError):
+            pass  # its own error is the twin's to report
+    if source.startswith("builtin:") and (family := families.of_twin(source.split(":", 1)[1])):
+        return family.denoisers
+    fit = data.get("fit") if isinstance(data.get("fit"), dict) else {}
+    params = fit.get("params") if isinstance(fit.get("params"), dict) else {}
+    family = families.family(data["pipeline"], params)
+    return family.denoisers if family else ()
 
 
 def preset_defaults(name: str, preset: dict) -> dict:

@@ -60,8 +60,10 @@ def _model(ref, loras=()) -> tasks.Model:
     features = tuple(ref.defaults.get("accelerate") or ())
     return tasks.Model(
         identity=ref.identity, pipeline=ref.pipeline, dtype=ref.defaults.get("dtype"), options=ref.options(),
-        scheduler=ref.defaults.get("scheduler"), loras=tuple(tasks.Lora(str(lo.path), lo.sha256, lo.scale)
-                                                             for lo in loras),
+        scheduler=ref.defaults.get("scheduler"),
+        # the preset's own LoRAs (farm/models/identity.py), then the spec's, which add to them
+        loras=tuple(tasks.Lora(str(lo.path), lo.sha256, lo.scale, getattr(lo, "into", None))
+                    for lo in (*ref.loras, *loras)),
         quantize=ref.defaults.get("quantize"), accelerate=features,
         cache_threshold=ref.defaults.get("cache_threshold", settings.DEFAULT_CACHE_THRESHOLD)
         if "cache" in features else None,

@@ -45,6 +45,13 @@ class Lora:
     path: str  # where to load it from (not in keys: moving the file changes nothing drawn)
     sha256: str
     scale: float
+    into: str | None = None  # the denoiser it loads into (a preset's LoRA may name one); in keys when set
+
+    def key_inputs(self) -> dict:
+        out = {"sha256": self.sha256, "scale": self.scale}
+        if self.into:
+            out["into"] = self.into
+        return out
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ class Model:
         if self.scheduler:
             out["scheduler"] = self.scheduler
         if self.loras:
-            out["loras"] = [{"sha256": lo.sha256, "scale": lo.scale} for lo in self.loras]
+            out["loras"] = [lo.key_inputs() for lo in self.loras]
         if self.quantize:
             out["quantize"] = self.quantize
         if self.accelerate:  # fused kernels round differently, compiled graphs reorder sums, the cache skips blocks
@@ -92,7 +99,7 @@ class Model:
         out = {**self.key_inputs(), "name": self.name, "source": self.source, "memory": self.memory,
                "config": self.config, "component": self.component}
         if self.loras:
-            out["loras"] = [{"path": lo.path, "sha256": lo.sha256, "scale": lo.scale} for lo in self.loras]
+            out["loras"] = [{"path": lo.path, **lo.key_inputs()} for lo in self.loras]
         if self.trust_remote_code:
             out["trust_remote_code"] = True
         return out
@@ -101,7 +108,8 @@ class Model:
     def from_json(cls, d: dict) -> Model:
         return cls(identity=d["identity"], pipeline=d["pipeline"], dtype=d.get("dtype"), options=d.get("options") or {},
                    scheduler=d.get("scheduler"),
-                   loras=tuple(Lora(lo.get("path", ""), lo["sha256"], lo["scale"]) for lo in d.get("loras") or ()),
+                   loras=tuple(Lora(lo.get("path", ""), lo["sha256"], lo["scale"], lo.get("into"))
+                               for lo in d.get("loras") or ()),
                    quantize=d.get("quantize"), accelerate=tuple(d.get("accelerate") or ()),
                    cache_threshold=d.get("cache_threshold"),
                    taylorseer=tuple(d["taylorseer"]) if d.get("taylorseer") is not None else None,
