@@ -126,6 +126,10 @@ def models_list(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
     typer.echo(f"{'NAME':<{w}}  {'ROLE':<9}  {'LOCAL':<5}  {'PIPELINE':<29}  SOURCE")
     for r in rows:
         source = f"ERROR: {r['error']}" if r.get("error") else r["source"]
+        if r.get("loras"):  # a preset's own LoRAs (docs/models.md, "Preset LoRAs")
+            absent = sum(not lo["present"] for lo in r["loras"])
+            source += f" + {len(r['loras'])} LoRA{'s' if len(r['loras']) > 1 else ''}" + \
+                (f" ({absent} not pulled)" if absent else "")
         typer.echo(f"{r['name']:<{w}}  {r['role']:<9}  {'yes' if r['local'] else 'no':<5}  {r['pipeline']:<29}  "
                    f"{source}")
 

@@ -178,7 +178,7 @@ def test_pull_fetches_a_presets_loras_and_models_says_whether_they_are_here(pres
                                                                    ("low.safetensors", "transformer_2")]
     code, out, err = cli("models")
     row = next(line for line in out.splitlines() if line.startswith("tiny-wan22-lora "))
-    assert " yes " in row
+    assert " yes " in row and row.endswith("builtin:wan22 + 2 LoRAs")
 
 
 def test_the_fast_presets_pull_their_base_and_each_lora_file(presets, hub, cli, monkeypatch, tmp_path):
@@ -194,7 +194,8 @@ def test_the_fast_presets_pull_their_base_and_each_lora_file(presets, hub, cli, 
     for name in ("wan22-i2v-fast", "wan21-flf2v-fast"):
         code, out, err = cli("models", "pull", name)
         assert code == 0, err
-    assert snapshots == [("Wan-AI/Wan2.2-I2V-A14B-Diffusers", "main"), ("Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers", "main")]
+    assert snapshots == [("Wan-AI/Wan2.2-I2V-A14B-Diffusers", "main"),
+                         ("Wan-AI/Wan2.1-FLF2V-14B-720P-Diffusers", "main")]
     assert [(r, f.split("_lora")[0], v) for r, f, v in hub.asked] == [
         ("lightx2v/Wan2.2-Distill-Loras", "wan2.2_i2v_A14b_high_noise", "main"),
         ("lightx2v/Wan2.2-Distill-Loras", "wan2.2_i2v_A14b_low_noise", "main"),
