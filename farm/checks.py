@@ -22,6 +22,10 @@ MAX_PICTURE_BYTES = MAX_PICTURE_SIDE ** 2 * 4 + (16 << 20)
 # tomli allows 400, and a value nested that deep makes deepcopy (each sweep variant), repr and
 # json.dumps (task params) pass Python's recursion limit (1,000 frames). 32 leaves room.
 MAX_DEPTH = 32
+
+# A Hugging Face repo id, `org/name` (farm/models/hub.py adds an optional `@revision`; a preset
+# LoRA's `repo` takes none: its revision has a key of its own).
+HUB_REPO = r"[\w.-]+/[\w.-]+"
 # What farm writes beside an output, under names longer than its own: the longest is the
 # manifest's temporary name `.STEM.manifest.json.PID.part` (the stem plus 28 bytes with a
 # 7-digit pid); an output's name leaves that room under the filesystem's limit (NAME_MAX).

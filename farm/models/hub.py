@@ -9,12 +9,12 @@ import os
 import re
 from pathlib import Path
 
-from ..checks import shown
+from ..checks import HUB_REPO, shown
 from ..errors import FarmError
 
 
 def is_hub_id(name: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", name) is not None
+    return re.fullmatch(HUB_REPO + r"(@[\w./-]+)?", name) is not None
 
 
 def hub_cache() -> str:

@@ -6,6 +6,7 @@ memory flags, acceleration, a motion model's trained rate and window, quantizati
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import tomli
@@ -106,8 +107,7 @@ def _check_loras(c, data: dict, path: Path):
     """A preset's `loras = [{ repo, file, revision, scale, into }]`: each a .safetensors file of
     a hub repo, at a revision (default: the repo's main branch), loaded into one of the denoisers
     of the preset's family (default: the one `load_lora_weights` picks, the first)."""
-    from ..checks import shown
-    from .hub import is_hub_id
+    from ..checks import HUB_REPO, shown
 
     value = data["loras"]
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -123,7 +123,7 @@ def _check_loras(c, data: dict, path: Path):
                 c.fail(key + part, "missing: " + ("the hub repo that holds the LoRA (org/name)" if part == "repo"
                                                   else "the LoRA's .safetensors file in that repo"))
         repo, file = c.string(lo, "repo", key), c.string(lo, "file", key)
-        if repo is not None and ("@" in repo or not is_hub_id(repo)):
+        if repo is not None and not re.fullmatch(HUB_REPO, repo):
             c.fail(key + "repo", f"expected a hub repo id like org/name (the revision goes in `revision`), "
                                  f"got {shown(repo)}")
         if file is not None and (not file.endswith(".safetensors") or file.startswith("/")
