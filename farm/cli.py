@@ -172,7 +172,8 @@ def models_show(name: Annotated[str, typer.Argument(help="A preset name (see `fa
 
 @models_app.command("pull")
 def models_pull(name: Annotated[str, typer.Argument(help="A preset name or a hub id (org/name[@revision]).")]):
-    """Download a model's weights into the Hugging Face cache (needs a network); print the folder."""
+    """Download a model's weights, and a preset's LoRA files, into the Hugging Face cache (needs a
+    network); print the weights' folder."""
     from . import models
 
     typer.echo(str(models.pull(name)))

@@ -145,7 +145,8 @@ def _denoisers(data: dict, path: Path) -> tuple[str, ...]:
     twin is built in code, so its family is certain), else the one its pipeline class and
     [fit] components name (Wan 2.1 and 2.2 share a class; `transformer_2` tells them apart)."""
     source = data["source"]
-    if not source.startswith("builtin:") and isinstance(data.get("twin"), str):
+    if not source.startswith("builtin:") and isinstance(data.get("twin"), str) \
+            and re.fullmatch(r"[\w][\w.-]*", data["twin"]):  # a preset's name, never a path
         try:
             twin = tomli.loads(files.read_regular(path.parent / f"{data['twin']}.toml", MAX_PRESET_BYTES,
                                                   "a preset").decode("utf-8"))
