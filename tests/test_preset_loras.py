@@ -17,7 +17,7 @@ import pytest
 
 from farm import home, models
 from farm.errors import FarmError
-from farm.plan import plan
+from farm.plan import plan, tasks
 from farm.queue.cache import Cache
 from farm.queue.queue import Queue
 from farm.run.render import render
@@ -297,8 +297,11 @@ def test_a_specs_own_loras_add_to_the_presets(presets, hub, farm_home, write_spe
     (write_spec("").parent / "mine.safetensors").write_bytes(expert_loras["high"])
     path = write_spec(SPEC.format(name="x", motion="tiny-wan22-lora",
                                   extra='loras = [{ path = "mine.safetensors", scale = 0.5 }]'))
-    model = plan.build(spec.load(path)).by_name()["segment[0]"].params.model
-    assert [(lo.into, lo.scale) for lo in model.loras] == [("transformer_2", 1.0), (None, 0.5)]
+    task = plan.build(spec.load(path)).by_name()["segment[0]"]
+    assert [(lo.into, lo.scale) for lo in task.params.model.loras] == [("transformer_2", 1.0), (None, 0.5)]
+    back = tasks.load(task.kind, json.dumps(task.stored()))  # what the queue keeps, and a worker reads
+    assert back == task.params and back.key() == task.key
+    assert [lo.get("into") for lo in back.model.to_json()["loras"]] == ["transformer_2", None]
 
 
 @pytest.mark.parametrize("entry, message", [

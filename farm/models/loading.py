@@ -160,6 +160,11 @@ def adapter_name(lora: dict) -> str:
     return "lora_" + lora["sha256"][:16] + (f"_{lora['into']}" if lora.get("into") else "")
 
 
+def _first_denoiser(pipe) -> str:
+    """The denoiser `load_lora_weights` loads into by default (`unet` or `transformer`)."""
+    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+
+
 def use_loras(pipe, loras: list[dict]):
     """Make exactly these LoRA adapters active, at their scales, for the next call.
 
@@ -191,6 +196,9 @@ def use_loras(pipe, loras: list[dict]):
             if into and getattr(pipe, into, None) is None:
                 raise FarmError(f"Cannot load the LoRA {path} into {into}: this {type(pipe).__name__} has no "
                                 f"{into}.", code=2)
+            if into not in (None, "transformer_2") and into != _first_denoiser(pipe):
+                raise FarmError(f"Cannot load the LoRA {path} into {into}: diffusers loads a LoRA into a "
+                                f"pipeline's first denoiser, or into Wan 2.2's transformer_2.", code=2)
             try:
                 if path.is_dir():
                     pipe.load_lora_weights(str(path), adapter_name=name, **target)
