@@ -17,19 +17,25 @@ from farm.models import families, fit, timing
 from farm.models.families import cogvideox
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
-NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Qwen-Image", "FLUX.2", "Wan 2.1", "Wan 2.2", "LTX-Video", "CogVideoX"]
+NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Qwen-Image", "FLUX.2", "Wan 2.1", "Wan 2.2", "Wan 2.2 TI2V-5B", "LTX-Video",
+         "CogVideoX", "SkyReels-V2"]
 BY_NAME = {f.name: f for f in families.FAMILIES}
 
 
 def test_the_registry_holds_every_family_once():
     assert sorted(f.name for f in families.FAMILIES) == sorted(NAMES)
     assert len({f.twin.recipe for f in families.FAMILIES}) == len(NAMES)
-    for f in families.FAMILIES:  # each found by its class (and, for a shared class, its components)
-        assert families.family(f.pipeline, f.requires) is f, f.name
+    for f in families.FAMILIES:  # each found by its class (and, for a shared class, its components and config)
+        assert families.family(f.pipeline, f.requires, f.requires_config) is f, f.name
         assert families.of_twin(f.twin.recipe) is f, f.name
-    # Wan 2.1 and 2.2 share a class: a model with a second expert is Wan 2.2, any other Wan 2.1
-    assert families.family("WanImageToVideoPipeline").name == "Wan 2.1"
-    assert families.family("WanImageToVideoPipeline", ["transformer", "transformer_2", "vae"]).name == "Wan 2.2"
+    # Wan 2.1, 2.2 A14B and 2.2 TI2V-5B share a class: a model with a second expert is the A14B,
+    # one whose pipeline config says expand_timesteps the 5B, any other Wan 2.1
+    wan = "WanImageToVideoPipeline"
+    assert families.family(wan).name == "Wan 2.1"
+    assert families.family(wan, ["transformer", "transformer_2", "vae"]).name == "Wan 2.2"
+    assert families.family(wan, ["transformer", "transformer_2"], {"expand_timesteps": False}).name == "Wan 2.2"
+    assert families.family(wan, ["transformer", "vae"], {"expand_timesteps": True}).name == "Wan 2.2 TI2V-5B"
+    assert families.family(wan, ["transformer", "image_encoder"], {"expand_timesteps": False}).name == "Wan 2.1"
     assert families.family("NoSuchPipeline") is None
 
 
@@ -115,7 +121,7 @@ def test_every_twin_builds_and_agrees_with_its_family(name, twins):
     f, pipe = BY_NAME[name], twins[name]
     assert type(pipe).__name__ == f.pipeline
     held = [k for k, v in pipe.components.items() if v is not None]
-    assert families.family(f.pipeline, held) is f  # the twin is recognised as its family
+    assert families.of_pipe(f.pipeline, pipe) is f  # the twin is recognised as its family (components, config)
     assert [d for d in ("unet", "transformer", "transformer_2") if d in held] == list(f.denoisers)
     config = dict(getattr(pipe, f.denoisers[0]).config)
     for key, value in f.twin.shapes.items():  # timing reads these without building the twin
@@ -245,3 +251,121 @@ def test_a_negative_prompt_for_a_family_that_takes_none_is_refused(write_spec, f
         spec.load(write_spec(text.format(model="tiny-flux2"), "flux2.toml"))
     assert e.value.code == 2 and "takes no negative prompt" in e.value.message
     assert len(spec.load(write_spec(text.format(model="tiny-qwen-image"), "qwen.toml")).panels) == 2
+
+
+WAN = "WanImageToVideoPipeline"
+WAN_INDEXES = {  # what each published model_index.json holds that tells them apart (and their transformer's rope)
+    "Wan 2.1": {"image_encoder": ["transformers", "CLIPVisionModel"], "image_processor": ["transformers",
+                "CLIPImageProcessor"], "transformer": ["diffusers", "WanTransformer3DModel"]},
+    "Wan 2.2": {"boundary_ratio": 0.9, "expand_timesteps": False, "image_encoder": [None, None],
+                "transformer": ["diffusers", "WanTransformer3DModel"],
+                "transformer_2": ["diffusers", "WanTransformer3DModel"]},
+    "Wan 2.2 TI2V-5B": {"boundary_ratio": None, "expand_timesteps": True, "image_encoder": [None, None],
+                        "transformer": ["diffusers", "WanTransformer3DModel"], "transformer_2": [None, None]},
+}
+
+
+@pytest.mark.parametrize("name", list(WAN_INDEXES))
+def test_each_wan_model_folder_gets_its_own_family(name, tmp_path, monkeypatch):
+    """Wan 2.1, 2.2 A14B and 2.2 TI2V-5B share a pipeline class; a model folder is told apart by
+    its model_index.json (components and the pipeline's own settings) for validation and
+    planning (timing), for `farm models show` (models) and at call time (of_pipe, below)."""
+    folder = tmp_path / name.replace(" ", "-")
+    (folder / "transformer").mkdir(parents=True)
+    index = {"_class_name": WAN, "_diffusers_version": "0.35.0", "vae": ["diffusers", "AutoencoderKLWan"]}
+    (folder / "model_index.json").write_text(json.dumps({**index, **WAN_INDEXES[name]}))
+    (folder / "transformer" / "config.json").write_text(json.dumps({"patch_size": [1, 2, 2], "rope_max_seq_len": 1024}))
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "mine.toml").write_text(f'role = "motion"\npipeline = "{WAN}"\nsource = "{folder}"\ntwin = "mine"\n')
+    monkeypatch.setenv("FARM_PRESETS", str(presets))
+    ref = models.resolve("mine")
+    f = BY_NAME[name]
+    assert timing.family_of(ref) is f
+    rule = timing.shape(ref)
+    assert (rule.multiple, rule.ends) == (f.multiple_of, f.ends)
+    assert timing.model_time(ref) == (f.time.fps, f.time.window)  # 16 fps / 81, or the 5B's 24 / 121
+    assert models.describe("mine")["multiple_of"] == f.multiple_of
+    assert fit._pipeline_config(folder) == {k: v for k, v in WAN_INDEXES[name].items() if not isinstance(v, list)}
+
+
+def test_each_wan_preset_gets_its_family_without_its_weights():
+    """With no weights here, a preset's family is its twin's (the 5B's components alone are
+    Wan 2.1's): for the memory estimate, `farm models show` and the frame rule."""
+    for preset, name in (("wan21-flf2v", "Wan 2.1"), ("wan22-i2v", "Wan 2.2"), ("wan22-ti2v-5b", "Wan 2.2 TI2V-5B"),
+                         ("skyreels-v2-i2v", "SkyReels-V2")):
+        assert models.preset_family(models.load_preset(preset)) is BY_NAME[name], preset
+        assert fit.needs(models.load_preset(preset)["pipeline"], preset).family is BY_NAME[name], preset
+        assert models.describe(preset)["multiple_of"] == BY_NAME[name].multiple_of, preset
+
+
+class Spy:
+    """A pipeline that records the keyword arguments of each call and passes them on."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+        self.components, self.config = pipe.components, pipe.config
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        return self.pipe(**kwargs)
+
+
+@pytest.mark.parametrize("recipe", ["wan22-5b", "skyreels-v2", "image-to-video", "wan22"])
+def test_only_end_frame_families_are_given_an_end_frame(recipe):
+    """At call time the loaded pipeline's components and config pick its family: Wan 2.2 TI2V-5B
+    (whose pipeline ignores `last_image`) and SkyReels-V2 (whose I2V transformer cannot take
+    it) get the first frame only, though a keyframe to end on is there; Wan 2.1 and the A14B
+    still get both."""
+    from PIL import Image
+
+    from farm.models import pipeline
+
+    f = families.of_twin(recipe)
+    pipe = Spy(f.twin.build())
+    assert families.of_pipe(f.pipeline, pipe) is f
+    params = {"prompt": "a boat", "negative_prompt": "", "steps": 1, "guidance": 1.0, "width": 32, "height": 32,
+              "model": {"pipeline": f.pipeline, "options": {"max_sequence_length": 16}}}
+    first, last = Image.new("RGB", (32, 32), (200, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 200))
+    frames = pipeline.clip(pipe, params, first, last, 5, seed=1)
+    assert len(frames) == 5 and pipe.calls[0]["image"] is first
+    assert ("last_image" in pipe.calls[0]) == f.ends == (f.conditioning == "first and last frame")
+    assert f.ends == (recipe in ("image-to-video", "wan22"))
+
+
+def test_a_ti2v_5b_segment_is_planned_from_its_first_keyframe_only(write_spec):
+    """Past its window (121 frames at 24 fps) a 5B segment is a chain whose last clip does not
+    end on the next keyframe: the plan itself holds no end frame for it."""
+    from farm.plan import plan
+    from farm.plan.tasks import Clip
+    from farm.spec import spec
+
+    path = write_spec("""
+        [shot]
+        name = "five"
+        fps = 24
+        size = [64, 64]
+        seed = 1
+        out = "out/five.mp4"
+
+        [keyframes]
+        model = "tiny"
+        steps = 1
+
+        [motion]
+        model = "tiny-wan22-5b"
+        steps = 1
+
+        [[frames]]
+        prompt = "a red boat"
+        seconds = 6
+
+        [[frames]]
+        prompt = "a blue boat"
+        seconds = 0.5
+        """)
+    p = plan.build(spec.load(path))
+    clips = [t.params for t in p.tasks if isinstance(t.params, Clip)]
+    assert len(clips) == 2 and all(c.end is None for c in clips)
+    assert p.by_name()["segment[0]"].params.ends is False
+    assert p.by_name()["segment[0].clip[1]"].deps == ("segment[0].clip[0]",)  # not the next keyframe

@@ -11,7 +11,7 @@ from PIL import Image
 
 from farm import models
 from farm.errors import FarmError
-from farm.models import families, fit
+from farm.models import fit
 from farm.plan import plan
 from farm.queue.cache import Cache
 from farm.queue.queue import Queue
@@ -47,13 +47,14 @@ seconds = 0.5
 
 def test_every_real_preset_records_its_needs_and_their_sources():
     # every real preset (the fast ones: their base's weights plus LoRAs), none forgotten
-    assert {"sd15", "wan21-flf2v", "qwen-image", "flux2-dev", "wan21-flf2v-fast", "wan22-i2v-fast"} <= set(REAL)
+    assert {"sd15", "wan21-flf2v", "qwen-image", "flux2-dev", "wan21-flf2v-fast", "wan22-i2v-fast",
+            "wan22-ti2v-5b", "skyreels-v2-i2v"} <= set(REAL)
     for name in REAL:
         text = (models.presets_dir() / f"{name}.toml").read_text()
         table = fit.preset_fit(name)
         params = table["params"]
         assert "vae" in params and any(
-            p in params for p in families.family(models.load_preset(name)["pipeline"], params).denoisers), name
+            p in params for p in models.preset_family(models.load_preset(name)).denoisers), name
         assert any(p.startswith(("text_encoder", "image_encoder")) for p in params), name
         assert table["token_bytes"] > 0 and table["decode_bytes"] > 0, name
         comment = text.split("[fit]")[0].rsplit("# --- memory", 1)[1]
@@ -63,7 +64,7 @@ def test_every_real_preset_records_its_needs_and_their_sources():
             assert "params:" in comment and "token_bytes" in comment and "decode_bytes" in comment, name
         else:  # an architecture twin of a checked preset says which, and its source
             assert re.search(r"presets/[\w-]+\.toml", comment) and "model card" in comment, name
-    assert sum(bool(fit.preset_fit(n).get("checks")) for n in REAL) == 10
+    assert sum(bool(fit.preset_fit(n).get("checks")) for n in REAL) == 12
 
 
 @pytest.mark.parametrize("name", [n for n in REAL if fit.preset_fit(n).get("checks")])

@@ -21,7 +21,9 @@ from farm.run.render import render
 from farm.run.worker import Worker
 from farm.spec import spec
 
-MOTION_TWINS = ["tiny-video", "tiny-wan", "tiny-wan22", "tiny-ltx", "tiny-cogvideox"]
+# every built-in motion twin (a new family's twin is swept once its preset is there)
+MOTION_TWINS = [n for n in models.preset_names() if models.load_preset(n)["role"] == "motion"
+                and models.load_preset(n)["source"].startswith("builtin:")]
 
 SHOT = """
 [shot]

@@ -37,6 +37,7 @@ from .presets import (
     check_quantize_name,
     load_preset,
     preset_defaults,
+    preset_family,
     preset_names,
     presets_dir,
 )
@@ -44,6 +45,7 @@ from .presets import (
 __all__ = [
     "FFMPEG_MOTION", "MAX_PRESET_BYTES", "MEMORY_KEYS", "NOT_CALL_OPTIONS", "PRESET_KEYS", "ROLES", "ModelRef",
     "catalog", "check_quantize_name", "describe", "device", "footprint", "free_memory", "hub_cache", "is_hub_id",
-    "load_pipeline", "load_preset", "local_path", "preset_defaults", "preset_names", "presets_dir", "pull",
+    "load_pipeline", "load_preset", "local_path", "preset_defaults", "preset_family", "preset_names", "presets_dir",
+    "pull",
     "ref_from_params", "release_memory", "resolve", "use_loras",
 ]

@@ -33,7 +33,7 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import files
@@ -92,6 +92,13 @@ class Needs:
     patch: tuple[int, int, int]
     tile: int  # tile side in pixels
     source: str  # where the figures come from
+    # the pipeline's own settings that tell families of one class apart (model_index.json's, or
+    # for a preset whose weights are not here its family's: Wan 2.2 TI2V-5B's expand_timesteps)
+    config: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def family(self) -> families.Family:
+        return families.family(self.pipeline, self.params, self.config)
 
 
 class Unmeasured(FarmError):
@@ -116,15 +123,17 @@ def needs(pipeline: str, name: str | None = None, folder: Path | None = None) ->
     if families.family(pipeline) is None:
         raise Unmeasured(f"farm has no memory rule for {pipeline}.", code=2)
     fit = preset_fit(name)
-    params, source = {}, "family rule"
+    params, source, config = {}, "family rule", {}
     if folder is not None and (Path(folder) / "model_index.json").is_file():
         params, source = folder_params(Path(folder)), f"safetensors headers in {folder}"
+        config = _pipeline_config(Path(folder))
     if not params and fit.get("params"):
         params, source = {k: float(v) * 1e9 for k, v in fit["params"].items()}, f"preset {name!r} [fit]"
+        config = dict(_preset_family(name).requires_config)  # no model_index.json: its twin's family says
     if not params:
         raise Unmeasured(f"model {name or pipeline!r}: no weights on this machine and no [fit] params in its preset, "
                         f"so its memory cannot be estimated.", code=2)
-    family = families.family(pipeline, params)
+    family = families.family(pipeline, params, config)
     rule = family.memory
     if "token_bytes" in fit:
         token_bytes, decode_bytes = float(fit["token_bytes"]), float(fit.get("decode_bytes", rule.decode_bytes))
@@ -134,7 +143,23 @@ def needs(pipeline: str, name: str | None = None, folder: Path | None = None) ->
         vae_scale = min(1.0, math.sqrt(params.get("vae", rule.ref_vae * 1e9) / 1e9 / rule.ref_vae))
         token_bytes, decode_bytes = rule.token_bytes * scale, rule.decode_bytes * vae_scale
     return Needs(pipeline, params, token_bytes, decode_bytes, tuple(fit.get("patch", rule.patch)),
-                 _tile(rule, folder), source)
+                 _tile(rule, folder), source, config)
+
+
+def _pipeline_config(folder: Path) -> dict:
+    """The pipeline's own settings in a model folder's model_index.json (beside its components)."""
+    try:
+        index = files.read_json(folder / "model_index.json")
+    except (OSError, ValueError, FarmError):
+        return {}
+    return {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)} \
+        if isinstance(index, dict) else {}
+
+
+def _preset_family(name: str) -> families.Family:
+    from .presets import load_preset, preset_family
+
+    return preset_family(load_preset(name))
 
 
 def folder_params(folder: Path) -> dict[str, float]:
@@ -228,7 +253,7 @@ def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: st
              exclude: tuple[str, ...] = (), untiled: bool = False, label: str = "") -> Estimate:
     """Peak memory of one call at this size and frame count, for every placement (`untiled`:
     the offloading ones without VAE tiling, as some published figures were measured)."""
-    family = families.family(need.pipeline, need.params)
+    family = need.family
     rule, denoisers = family.memory, family.denoisers
     nbytes = DTYPE_BYTES.get(dtype, 2)
     vbytes = DTYPE_BYTES.get(vae_dtype or dtype, 2)
@@ -370,7 +395,7 @@ def describe(name: str, width: int | None = None, height: int | None = None, fra
     except FarmError:  # weights not here: the preset's figures
         pass
     if preset["role"] == "motion" and frames > 1:  # the rule of the version it is (CogVideoX 1.0 or 1.5)
-        frames = frame_rule(timing.shape(ref) if ref else families.family(preset["pipeline"]).shape({}), frames)
+        frames = frame_rule(timing.shape(ref) if ref else _preset_family(name).shape({}), frames)
     dtype = "float32" if device == "cpu" else (defaults.get("dtype") or "bfloat16")  # as for_model does
     try:
         return estimate(needs(preset["pipeline"], name, folder), width, height, frames, dtype=dtype,
@@ -397,8 +422,7 @@ def checks(name: str) -> list[tuple[dict, int]]:
     out = []
     for check in fit.get("checks", []):
         if "patch" in check:
-            need_c = Needs(need.pipeline, need.params, need.token_bytes, need.decode_bytes, tuple(check["patch"]),
-                           need.tile, need.source)
+            need_c = replace(need, patch=tuple(check["patch"]))
         else:
             need_c = need
         width, height = check.get("size", preset.get("defaults", {}).get("size", [1024, 1024]))

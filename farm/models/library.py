@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 from ..errors import FarmError
-from . import families, timing
+from . import timing
 from .hub import cached_file, download, download_file, is_hub_id
 from .identity import local_path, resolve
-from .presets import load_preset, preset_names, presets_dir
+from .presets import load_preset, preset_family, preset_names, presets_dir
 
 
 def describe(name: str) -> dict:
@@ -26,7 +26,7 @@ def describe(name: str) -> dict:
         rule = timing.shape(ref)  # from its config: the version it is (CogVideoX 1.0 4k+1, 1.5 8k+1)
     except FarmError as e:
         local, error = False, e.message
-    family = families.family(preset["pipeline"])
+    family = preset_family(preset)
     rule = rule or (family.shape({}) if family else None)  # weights not here: the family's own
     info = {"name": name, "role": preset["role"], "pipeline": preset["pipeline"], "source": source,
             "local": local, "twin": preset.get("twin"), "description": preset.get("description", ""),

@@ -77,7 +77,7 @@ def load_pipeline(ref: ModelRef, dev: str | None = None, placement: str | None =
                             f"pipeline as a diffusers folder (save_pretrained) and point the preset at it.", code=2)
         index = files.read_json(path / "model_index.json")
         held = [k for k, v in index.items() if isinstance(v, list) and v and v[0]]
-        parts = [p for p in families.family(ref.pipeline, held).denoisers if p in held]
+        parts = [p for p in families.of_index(ref.pipeline, index).denoisers if p in held]
         extra["quantization_config"] = placing.quantization_config(quantize, parts)
     try:
         if ref.config and ref.component:  # the denoiser from the file, the rest from the config folder

@@ -88,9 +88,9 @@ def _name(params: dict, kind: str) -> str:
 
 
 def _family(pipe, params: dict):
-    """The family of the pipeline a task runs (its class, told apart by the components held)."""
-    parts = [k for k, v in getattr(pipe, "components", {}).items() if v is not None]
-    return families.family(params["model"]["pipeline"], parts)
+    """The family of the pipeline a task runs (its class, told apart by the components it holds
+    and its own config)."""
+    return families.of_pipe(params["model"]["pipeline"], pipe)
 
 
 def guidance(family, params: dict) -> dict:

@@ -161,6 +161,21 @@ def _denoisers(data: dict, path: Path) -> tuple[str, ...]:
     return family.denoisers if family else ()
 
 
+def preset_family(preset: dict) -> families.Family | None:
+    """The family of a preset's model where its weights are not read (not on this machine):
+    its twin's, the built-in miniature of its family, when the twin is one of its pipeline
+    class (so Wan 2.2 TI2V-5B, which shares Wan 2.1's class and components, is told apart
+    without its model_index.json); else its class's, told apart by the components its [fit]
+    table names."""
+    twin = preset.get("twin")
+    if twin and twin in preset_names():
+        source = load_preset(twin)["source"]
+        found = families.of_twin(source.split(":", 1)[1]) if source.startswith("builtin:") else None
+        if found is not None and found.pipeline == preset["pipeline"]:
+            return found
+    return families.family(preset["pipeline"], preset.get("fit", {}).get("params", {}))
+
+
 def preset_defaults(name: str, preset: dict) -> dict:
     """A preset's [defaults], plus its `accelerate = [...]` and `cache_threshold` (validated)."""
 

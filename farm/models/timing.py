@@ -65,22 +65,21 @@ def _read_config(folder: str) -> dict:
 
 def family_of(ref) -> families.Family | None:
     """The family of a ModelRef: its twin's for a built-in one, else its pipeline class's, told
-    apart by the components its folder holds (Wan 2.2's second expert)."""
+    apart by its folder's model_index.json (the components it holds, Wan 2.2's second expert,
+    and its pipeline's settings, Wan 2.2 TI2V-5B's `expand_timesteps`)."""
     if ref.source.startswith("builtin:"):
         return families.of_twin(ref.source.split(":", 1)[1]) or families.family(ref.pipeline)
     folder = Path(ref.config) if ref.config else Path(ref.source)
-    return families.family(ref.pipeline, _components(str(folder)))
+    return families.of_index(ref.pipeline, _index(str(folder)))
 
 
 @lru_cache(maxsize=64)
-def _components(folder: str) -> tuple[str, ...]:
+def _index(folder: str) -> dict:
     try:
         index = files.read_json(Path(folder) / "model_index.json")
     except (OSError, ValueError, FarmError):
-        return ()
-    if not isinstance(index, dict):
-        return ()
-    return tuple(k for k, v in index.items() if isinstance(v, list) and v and v[0])
+        return {}
+    return index if isinstance(index, dict) else {}
 
 
 def shape(ref) -> Shape:

@@ -5,9 +5,12 @@ how it is conditioned on keyframes (and the adapter that turns them into call ar
 time (frame rule, native rate, window), its size rules (read from the denoiser's own config),
 its memory rule for farm/models/fit.py, its denoiser components (placement, quantization) and its
 tiny twin. `FAMILIES` is the registry, the `FAMILY` of every module in this package: the rest
-of farm asks it (`family()`, `of_twin()`, `roles()`) and never names a family itself. Adding a
-family is one module here (its twin's builder included) and a preset (plus its twin's preset,
-`tiny-*`); the components several twins share are in farm/models/twins.py.
+of farm asks it (`family()`, `of_index()`, `of_pipe()`, `of_twin()`, `roles()`) and never names a
+family itself. Adding a family is one module here (its twin's builder included) and a preset
+(plus its twin's preset, `tiny-*`); the components several twins share are in farm/models/twins.py.
+Families that share a pipeline class are told apart by the components a model holds
+(`requires`) and by its pipeline's own config (`requires_config`, read from model_index.json
+or a loaded pipeline); a preset whose weights are not here is of its twin's family.
 
 Nothing here imports torch or diffusers at import time: spec validation and planning read
 families without loading a model library (adapters and twin builders import them when called).
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .family import CONDITIONING, ROLES, Family, Memory, Shape, Time, Twin, plain_guidance  # noqa: F401 - the records, here
 
@@ -32,12 +35,33 @@ def _discover() -> tuple[Family, ...]:
 FAMILIES: tuple[Family, ...] = _discover()
 
 
-def family(pipeline: str, components: Iterable[str] = ()) -> Family | None:
-    """The family of a pipeline class; where two share a class (Wan 2.1 and 2.2), the one whose
-    `requires` the model's components hold (the most specific), else the plain one."""
-    components = set(components)
-    candidates = [f for f in FAMILIES if f.pipeline == pipeline and set(f.requires) <= components]
-    return max(candidates, key=lambda f: len(f.requires), default=None)
+def family(pipeline: str, components: Iterable[str] = (), config: Mapping | None = None) -> Family | None:
+    """The family of a pipeline class; where several share a class (Wan 2.1, Wan 2.2 A14B and
+    TI2V-5B), the most specific one whose `requires` the model's components hold and whose
+    `requires_config` its pipeline config (`config`: model_index.json's settings, or a loaded
+    pipeline's `config`) matches, else the plain one."""
+    components, config = set(components), config or {}
+
+    def fits(f: Family) -> bool:
+        return (f.pipeline == pipeline and set(f.requires) <= components
+                and all(config.get(k) == v for k, v in f.requires_config.items()))
+
+    candidates = [f for f in FAMILIES if fits(f)]
+    return max(candidates, key=lambda f: len(f.requires) + len(f.requires_config), default=None)
+
+
+def of_index(pipeline: str, index: Mapping) -> Family | None:
+    """The family of a model from its model_index.json: its components (the entries naming a
+    class) and its pipeline's own settings (the others, `_class_name` and the like aside)."""
+    components = [k for k, v in index.items() if isinstance(v, list) and v and v[0]]
+    config = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+    return family(pipeline, components, config)
+
+
+def of_pipe(pipeline: str, pipe) -> Family | None:
+    """The family of a loaded pipeline: the components it holds and its `config`."""
+    parts = [k for k, v in getattr(pipe, "components", {}).items() if v is not None]
+    return family(pipeline, parts, dict(getattr(pipe, "config", None) or {}))
 
 
 def of_twin(recipe: str) -> Family | None:

@@ -104,7 +104,9 @@ class Family:
     of the version that config describes, `adapter(params, first, last, frames)` the keyword
     arguments that condition one call on its keyframes, and `around(pipe, last)` an optional
     context the call runs in. `requires`: components that tell this family from another of the
-    same pipeline class (Wan 2.2's second expert). `guidance(params)`: the keyword arguments
+    same pipeline class (Wan 2.2's second expert); `requires_config`: values of the pipeline's
+    own config (model_index.json's settings beside its components, or a loaded pipeline's
+    `config`) that do (Wan 2.2 TI2V-5B's `expand_timesteps`). `guidance(params)`: the keyword arguments
     that carry a call's guidance and negative prompt, for a family whose call does not take
     them as `guidance_scale` and `negative_prompt` (None: those two, as the spec gives them;
     `plain_guidance`). `negative`: whether its call takes a negative prompt at all (a spec
@@ -126,6 +128,7 @@ class Family:
     requires: tuple[str, ...] = ()
     guidance: Callable[[dict], dict] | None = None
     negative: bool = True
+    requires_config: dict = field(default_factory=dict, hash=False)
 
     @property
     def ends(self) -> bool:

@@ -12,12 +12,20 @@ from .family import Family, Memory, Shape, Time, Twin
 PIPELINE = "WanImageToVideoPipeline"
 
 
-def shape(config: dict) -> Shape:
+def wan_shape(config: dict, pipeline: str = PIPELINE, spatial: int = 8, ends: bool = True) -> Shape:
+    """The size and frame rule of a Wan DiT (and of the families built on it) over a VAE that
+    compresses `spatial`x in space and 4x in time: sides in multiples of spatial x patch, and
+    no more positions per axis than its rotary table holds."""
     patch = config.get("patch_size", [1, 2, 2])
     rope = config.get("rope_max_seq_len", 1024)
-    return Shape(PIPELINE, step=4 * patch[0], offset=1, multiple=8 * patch[1], min_side=8 * patch[1],
-                 max_width=8 * patch[2] * rope, max_height=8 * patch[1] * rope, max_frames=4 * (rope - 1) + 1,
-                 ends=True, why_max=f"its rotary embedding covers {rope} positions per axis")
+    return Shape(pipeline, step=4 * patch[0], offset=1, multiple=spatial * patch[1], min_side=spatial * patch[1],
+                 max_width=spatial * patch[2] * rope, max_height=spatial * patch[1] * rope,
+                 max_frames=4 * (rope - 1) + 1, ends=ends,
+                 why_max=f"its rotary embedding covers {rope} positions per axis")
+
+
+def shape(config: dict) -> Shape:
+    return wan_shape(config)
 
 
 def first_last(params, first, last, generated):
