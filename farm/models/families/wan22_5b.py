@@ -10,8 +10,9 @@ true, "boundary_ratio": null`), hence `requires_config`.
   `last_image` silently (pipeline_wan_i2v.py:428-429: the condition video is the first frame;
   :464-469: the mask keeps only the first latent frame), so farm never passes an end frame.
 - Time: 24 fps, 121 frames (the Wan2.2 repo's wan/configs/wan_ti2v_5B.py: sample_fps 24,
-  frame_num 121; hf.co/Wan-AI/Wan2.2-T2V-A14B-Diffusers/discussions/6: "5B = 121 frames (24fps
-  for 5s)"). Frames 4k+1: the VAE compresses time 4x with a causal first frame (the pipeline
+  frame_num 121, where the A14B configs keep shared_config's 16 and 81; see also
+  hf.co/Wan-AI/Wan2.2-T2V-A14B-Diffusers/discussions/6 on the Wan 2.2 models' frames and rates).
+  Frames 4k+1: the VAE compresses time 4x with a causal first frame (the pipeline
   rounds other counts, :637-642).
 - Size: its VAE (Wan 2.2's, z_dim 48) compresses 16x in space (8x by its convolutions after a
   2x2 patchify: `patch_size=2`, `scale_factor_spatial=16`), and the DiT patches (1, 2, 2): sides
