@@ -18,7 +18,7 @@ from farm.models.families import cogvideox
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
 NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Qwen-Image", "FLUX.2", "Wan 2.1", "Wan 2.2", "Wan 2.2 TI2V-5B", "LTX-Video",
-         "CogVideoX", "SkyReels-V2"]
+         "CogVideoX", "SkyReels-V2", "LTX-2"]
 BY_NAME = {f.name: f for f in families.FAMILIES}
 
 

@@ -48,7 +48,7 @@ seconds = 0.5
 def test_every_real_preset_records_its_needs_and_their_sources():
     # every real preset (the fast ones: their base's weights plus LoRAs), none forgotten
     assert {"sd15", "wan21-flf2v", "qwen-image", "flux2-dev", "wan21-flf2v-fast", "wan22-i2v-fast",
-            "wan22-ti2v-5b", "skyreels-v2-i2v"} <= set(REAL)
+            "wan22-ti2v-5b", "skyreels-v2-i2v", "ltx2"} <= set(REAL)
     for name in REAL:
         text = (models.presets_dir() / f"{name}.toml").read_text()
         table = fit.preset_fit(name)

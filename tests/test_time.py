@@ -21,9 +21,9 @@ from farm.run.render import render
 from farm.run.worker import Worker
 from farm.spec import spec
 
-# every built-in motion twin (a new family's twin is swept once its preset is there)
-MOTION_TWINS = [n for n in models.preset_names() if models.load_preset(n)["role"] == "motion"
-                and models.load_preset(n)["source"].startswith("builtin:")]
+# Every motion twin (each family's, found from the presets: a new family's twin joins by itself)
+MOTION_TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()
+                       if models.load_preset(n)["role"] == "motion" and models.load_preset(n).get("twin")})
 
 SHOT = """
 [shot]

@@ -25,6 +25,12 @@ from test_time import MOTION_TWINS, shot
 TWINS = MOTION_TWINS
 SIZES = [None, (32, 32), (48, 32), (40, 40), (96, 64), (160, 160)]  # None: the preset's default
 SMALL = (32, 32)  # where chains are swept: a chain is 2 x 41-137 frames, the costly case
+
+
+def small(twin: str) -> tuple[int, int]:
+    """SMALL, or the least square size the twin's family takes (LTX-2: 64)."""
+    side = max(SMALL[0], timing.shape(models.resolve(twin)).min_side)
+    return side, side
 FPS = 24
 
 
@@ -63,7 +69,7 @@ def outcomes(twin, cases, write_spec, home):
 def test_default_size_renders_and_a_bad_size_is_refused(twin, write_spec, home_with_models):
     """The representative subset: the preset's default size, a segment past its window (a
     chain, at 32x32 to keep it short), and a size no family takes (40: no multiple of 16 or 32)."""
-    cases = [(None, 0.1), ((32, 32), past_window(twin)), ((40, 40), 1.0)]
+    cases = [(None, 0.1), (small(twin), past_window(twin)), ((40, 40), 1.0)]
     got = outcomes(twin, cases, write_spec, home_with_models)
     assert list(got.values()) == ["rendered", "rendered", "refused"], got
 
@@ -77,11 +83,11 @@ def test_cogvideox_renders_up_to_its_rotary_grid_and_refuses_past_it(write_spec,
 @pytest.mark.parametrize("twin", TWINS)
 def test_every_size_and_duration_renders_or_is_refused(twin, write_spec, home_with_models):
     cases = [(size, seconds) for size in SIZES for seconds in durations(twin)[:2]]
-    cases += [(size, past_window(twin)) for size in (None, SMALL, (40, 40))]
+    cases += [(size, past_window(twin)) for size in (None, small(twin), (40, 40))]
     got = outcomes(twin, cases, write_spec, home_with_models)
     rule = timing.shape(models.resolve(twin))
     for (size, seconds), outcome in got.items():
         w, h = size or tuple(models.load_preset(twin)["defaults"]["size"])
         fits = w % rule.multiple == 0 and h % rule.multiple == 0 and (rule.max_width or w) >= w \
-            and (rule.max_height or h) >= h
+            and (rule.max_height or h) >= h and min(w, h) >= rule.min_side
         assert outcome == ("rendered" if fits else "refused"), (twin, size, seconds, outcome)

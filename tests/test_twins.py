@@ -25,7 +25,8 @@ TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()})
 
 def test_every_real_preset_has_a_built_in_twin_of_its_family():
     assert {"sd15", "sdxl", "sdxl-turbo", "sd35-medium", "flux-schnell", "flux-dev", "qwen-image", "flux2-dev",
-            "wan21-flf2v", "wan22-i2v", "wan22-ti2v-5b", "ltx-video", "cogvideox-i2v", "skyreels-v2-i2v"} <= set(REAL)
+            "wan21-flf2v", "wan22-i2v", "wan22-ti2v-5b", "ltx-video", "cogvideox-i2v",
+            "skyreels-v2-i2v", "ltx2"} <= set(REAL)
     for name in REAL:
         preset, twin = models.load_preset(name), models.load_preset(models.load_preset(name)["twin"])
         assert twin["source"].startswith("builtin:"), name
@@ -33,7 +34,7 @@ def test_every_real_preset_has_a_built_in_twin_of_its_family():
         assert families.family(preset["pipeline"]) and preset.get("revision"), name
         assert models.is_hub_id(preset["source"]), name
     assert set(TWINS) >= {"tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-qwen-image", "tiny-flux2", "tiny-wan",
-                          "tiny-wan22", "tiny-ltx", "tiny-cogvideox", "tiny-wan22-5b", "tiny-skyreels-v2"}
+                          "tiny-wan22", "tiny-ltx", "tiny-cogvideox", "tiny-wan22-5b", "tiny-skyreels-v2", "tiny-ltx2"}
 
 
 def test_models_lists_every_preset_with_role_source_and_presence(cli):
@@ -55,7 +56,7 @@ SPEC = """
 [shot]
 name = "{name}"
 fps = 8
-size = [32, 32]
+size = [{side}, {side}]
 seed = 1
 out = "out/{name}.mp4"
 
@@ -93,9 +94,10 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
         monkeypatch.setattr(pipeline, "condition", spy)
     queue = Queue(farm_home / "queue.db")
     worker = Worker(queue, Cache(farm_home / "cache"))
-    result = render(write_spec(SPEC.format(name=twin, keyframes=kf, motion=mo)), worker=worker)
+    side = max(32, timing.shape(models.resolve(twin)).min_side)  # 32, or the least a family takes (LTX-2: 64)
+    result = render(write_spec(SPEC.format(name=twin, keyframes=kf, motion=mo, side=side)), worker=worker)
     info = encode.probe(Path(result["output"]))
-    assert (info["frames"], info["width"], info["height"]) == (8, 32, 32)
+    assert (info["frames"], info["width"], info["height"]) == (8, side, side)
     assert cls in {type(p).__name__ for p in worker.runner.pipelines.values()}
     if role == "keyframes":
         assert worker.runner.calls["keyframe"] == 2 and worker.runner.calls["segment"] == 0
@@ -107,8 +109,8 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
         rule = timing.shape(ref)
         want = timing.segment(ref, 4, 8).clips
         assert len(want) == 1 and generated == [want[0]] * 2 and rule.valid_frames(want[0])
-        # (Wan 2.2 TI2V-5B and SkyReels-V2: 24 fps, first frame only: 12 frames of motion, 13)
-        want_n = {"tiny-ltx": 17, "tiny-cogvideox": 9, "tiny-wan22-5b": 13, "tiny-skyreels-v2": 13}
+        # (LTX: 8k+1; Wan 2.2 TI2V-5B and SkyReels-V2: 24 fps, first frame only: 12 frames of motion, 13)
+        want_n = {"tiny-ltx": 17, "tiny-ltx2": 17, "tiny-cogvideox": 9, "tiny-wan22-5b": 13, "tiny-skyreels-v2": 13}
         assert want[0] == want_n.get(twin, 9)
 
 
@@ -128,7 +130,8 @@ def test_twins_build_in_code_without_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    for recipe in ("sdxl", "sd3", "flux", "qwenimage", "flux2", "wan22", "ltx", "cogvideox", "wan22-5b", "skyreels-v2"):
+    for recipe in ("sdxl", "sd3", "flux", "qwenimage", "flux2", "wan22", "ltx", "cogvideox", "wan22-5b", "skyreels-v2",
+                   "ltx2"):
         pipe = families.of_twin(recipe).twin.build()
         params = sum(p.numel() for c in pipe.components.values() if hasattr(c, "parameters") for p in c.parameters())
         assert params < 3_000_000, (recipe, params)  # really tiny: under 12 MB of fp32 weights

@@ -44,4 +44,4 @@ def sample(pipe, ref) -> list:
     im = Image.new("RGB", (side, side), (90, 120, 200))
     rule = timing.shape(ref)
     frames = rule.offset + rule.step * -(-8 // rule.step)  # the first valid count past 8: 9 for every family
-    return pipeline.clip(pipe, params, im, im, frames, 0)
+    return pipeline.clip(pipe, params, im, im, frames, 0).frames

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -124,16 +125,27 @@ def condition(family, params: dict, first, last, frames: int) -> dict:
     return family.adapter(params, first, last, frames)
 
 
+@dataclass
+class Clip:
+    """What one call of a motion model made: every generated frame, and for a family that makes
+    sound (`Family.sound`), its soundtrack: (a float array (channels, samples) in [-1, 1], its
+    sample rate); None for a silent one."""
+
+    frames: list
+    sound: tuple | None = None
+
+
 def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frames: int,
-         seed: int, on_step=None) -> list[Image.Image]:
+         seed: int, on_step=None) -> Clip:
     """Generate one clip of `frames` frames at the model's rate (farm/models/timing.py chose the
     count: the family's rule, within its window), starting at `first` and, when given (and
-    the family takes one), ending at `last`. Returns every generated frame."""
+    the family takes one), ending at `last`. Returns every generated frame, and the sound the
+    call made with them when its family makes sound."""
     family = _family(pipe, params)
     if not family.ends:
         last = None
     with family.around(pipe, last) if family.around else nullcontext():
-        out = pipe(
+        made = pipe(
             prompt=params["prompt"],
             num_frames=frames,
             num_inference_steps=params["steps"],
@@ -145,10 +157,12 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
             **condition(family, params, first, last, frames),
             **_steps(on_step, params, "clip"),
             **params["model"]["options"],
-        ).frames[0]
+        )
+    sound = family.sound(pipe, made) if family.sound is not None else None
+    out = made.frames[0]
     if len(out) != frames:
         from ..errors import FarmError
 
         raise FarmError(f"{type(pipe).__name__} returned {len(out)} frames where {frames} were asked: farm's frame "
                         f"rule for {family.name} (farm/models/families/) does not match the model; please report it")
-    return list(out)
+    return Clip(list(out), sound)

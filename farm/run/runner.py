@@ -269,7 +269,7 @@ def run_segment(runner: Runner, task: tasks.Segment, out: Path):
             start = _image(first)
             end = _image(last) if last else (start if task.ends else None)
             frames = pipeline.clip(runner.pipe(task.model, task.shape), task.to_json(), start, end, task.clips[0],
-                                   task.seed, on_step=runner.step)
+                                   task.seed, on_step=runner.step).frames
             runner.calls["segment"] += 1
             native = []
             for i, frame in enumerate(frames):
@@ -284,7 +284,7 @@ def run_clip(runner: Runner, task: tasks.Clip, out: Path):
     start = runner.frames_of(task.start)[-1] if task.start_is_clip else runner.output(task.start) / "image.png"
     end = _image(runner.output(task.end) / "image.png") if task.end else None
     frames = pipeline.clip(runner.pipe(task.model, task.shape), task.to_json(), _image(start), end, task.frames,
-                           task.seed, on_step=runner.step)
+                           task.seed, on_step=runner.step).frames
     runner.calls["clip"] += 1
     for i, frame in enumerate(frames):
         frame.save(out / FRAME.format(i))

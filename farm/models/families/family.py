@@ -110,7 +110,10 @@ class Family:
     that carry a call's guidance and negative prompt, for a family whose call does not take
     them as `guidance_scale` and `negative_prompt` (None: those two, as the spec gives them;
     `plain_guidance`). `negative`: whether its call takes a negative prompt at all (a spec
-    that gives one to a family that takes none is refused at validation)."""
+    that gives one to a family that takes none is refused at validation). `sound(pipe,
+    output)`, for a family whose calls make sound too: the call's soundtrack from the
+    pipeline's output, as (a float array (channels, samples) in [-1, 1], its sample rate in
+    Hz); None for a silent family."""
 
     name: str
     pipeline: str
@@ -129,6 +132,12 @@ class Family:
     guidance: Callable[[dict], dict] | None = None
     negative: bool = True
     requires_config: dict = field(default_factory=dict, hash=False)
+    sound: Callable | None = None
+
+    @property
+    def makes_sound(self) -> bool:
+        """Whether each call returns a soundtrack with its frames."""
+        return self.sound is not None
 
     @property
     def ends(self) -> bool:
