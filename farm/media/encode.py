@@ -138,8 +138,20 @@ def retime(frames: list[Path], rate: str, fps: str, count: int, mode: str, out_d
                         f"(from {len(frames)} frames at {rate} fps to {target} fps)")
 
 
-def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out: Path):
-    """Encode a list of PNG frames into `out` (a video file, or a folder for codec "png").
+# The soundtrack's encoder by container: AAC where it is at home (MP4, MKV), Opus in WebM (the
+# only audio WebM takes besides Vorbis), 16-bit PCM in QuickTime (beside ProRes, as editors expect).
+AUDIO_CODECS = {".webm": ("libopus", {"b:a": "128k", "ar": 48000}), ".mov": ("pcm_s16le", {}),
+                "": ("aac", {"b:a": "192k"})}
+
+
+def audio_codec(container: str) -> tuple[str, dict]:
+    return AUDIO_CODECS.get(container.lower(), AUDIO_CODECS[""])
+
+
+def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out: Path, audio: Path | None = None):
+    """Encode a list of PNG frames into `out` (a video file, or a folder for codec "png"),
+    with `audio` (a WAV file as long as the frames last) as its soundtrack when given (a
+    folder of PNGs has none: it is ignored there).
 
     A PNG folder replaces an existing `out` only if farm wrote that one (it holds farm's
     marker): checked again here, just before the swap, not only at validation."""
@@ -158,8 +170,13 @@ def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out:
             if quality is not None and "crf" in opts:
                 opts["crf"] = quality
             staged = Path(tmp) / f"out{out.suffix}"
-            stream = ffmpeg.input(str(seq / "%06d.png"), framerate=fps, start_number=0).output(
-                str(staged), vcodec=encoder, r=fps, **opts, **{"fflags": "+bitexact", "flags:v": "+bitexact"})
+            inputs = [ffmpeg.input(str(seq / "%06d.png"), framerate=fps, start_number=0)]
+            if audio is not None:
+                acodec, aopts = audio_codec(out.suffix)
+                inputs.append(ffmpeg.input(str(audio)))
+                opts.update({"acodec": acodec, **aopts})
+            stream = ffmpeg.output(*inputs, str(staged), vcodec=encoder, r=fps, **opts,
+                                   **{"fflags": "+bitexact", "flags:v": "+bitexact"})
             run(stream, f"encoding {len(frames)} frames from {frames[0].parent if frames else '?'} into {out.name} "
                         f"with {encoder}", time_limit(len(frames), *_size(frames[0])) if frames else BASE_TIMEOUT)
         files.sync_tree(staged) if staged.is_dir() else files.fsync_path(staged)
@@ -170,6 +187,23 @@ def encode(frames: list[Path], fps: float, codec: str, quality: int | None, out:
             old = Path(tmp) / "old"
             out.rename(old)  # swap the old sequence out, then the new one in
         files.replace(staged, out)
+
+
+def audio_stream(path: Path) -> dict | None:
+    """The first audio stream of a video: its codec, sample rate, channels and duration in
+    seconds (decoded, not read from a header); None when it has none."""
+    head = subprocess.run([executable(), "-hide_banner", "-nostdin", "-i", str(path)], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, errors="replace", timeout=BASE_TIMEOUT).stderr
+    if not re.search(r"Stream #\S+: Audio:", head):
+        return None
+    err = _run([executable(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "null", "-"],
+               f"reading {path}", BASE_TIMEOUT + path.stat().st_size / 1e6)
+    stream = re.search(r"Stream #\S+: Audio: (\w+).*?, (\d+) Hz, ([\w.]+)", err)
+    if not stream:
+        return None
+    times = re.findall(r"time=\s*(\d+):(\d+):([\d.]+)", err)
+    seconds = (int(times[-1][0]) * 3600 + int(times[-1][1]) * 60 + float(times[-1][2])) if times else None
+    return {"codec": stream.group(1), "rate": int(stream.group(2)), "channels": stream.group(3), "seconds": seconds}
 
 
 def probe(path: Path) -> dict:

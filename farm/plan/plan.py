@@ -97,7 +97,7 @@ def build(spec: Spec) -> Plan:
         nodes.extend(made)
 
     assemble = tasks.Assemble(tuple(s.key for s in segments), starts[-1], spec.fps, spec.codec, spec.quality,
-                              spec.out.suffix.lower(), **size)
+                              spec.out.suffix.lower(), **size, audio=spec.audio)
     nodes.append(_node("assemble", assemble, tuple(s.name for s in segments)))
     return Plan(spec, nodes)
 

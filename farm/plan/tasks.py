@@ -316,11 +316,15 @@ class Assemble(_Task):
     container: str  # the output's suffix: ".mp4", ".mkv"...
     width: int
     height: int
+    audio: bool = True  # [shot] audio: mux the segments' sound (when any has some)
     model = None  # ffmpeg only
 
     def key_inputs(self) -> dict:
-        return {"segments": list(self.segments), "frames": self.frames, "fps": self.fps, "codec": self.codec,
-                "quality": self.quality, "container": self.container, "width": self.width, "height": self.height}
+        out = {"segments": list(self.segments), "frames": self.frames, "fps": self.fps, "codec": self.codec,
+               "quality": self.quality, "container": self.container, "width": self.width, "height": self.height}
+        if not self.audio:  # only when set: the keys of shots that keep their sound (the default) stay as they were
+            out["audio"] = False
+        return out
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **self.key_inputs()}
@@ -328,7 +332,7 @@ class Assemble(_Task):
     @classmethod
     def from_json(cls, d: dict) -> Assemble:
         return cls(tuple(d["segments"]), d["frames"], d["fps"], d["codec"], d["quality"], d["container"], d["width"],
-                   d["height"])
+                   d["height"], d.get("audio", True))
 
 
 AnyTask = Keyframe | Clip | Segment | Assemble

@@ -19,11 +19,12 @@ import sys
 import tempfile
 from collections import OrderedDict
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 
 from .. import files, models
 from ..errors import FarmError
-from ..media import encode
+from ..media import encode, sound
 from ..media.manifest import VIDEO_INFO
 from ..models import fit, pipeline, timing
 from ..plan import tasks
@@ -265,17 +266,35 @@ def run_segment(runner: Runner, task: tasks.Segment, out: Path):
     with tempfile.TemporaryDirectory(prefix=".native-", dir=out) as tmp:
         if task.form == tasks.CHAIN:  # each next clip starts on the last frame of the one before
             native = [f for j, key in enumerate(task.clip_keys) for f in runner.frames_of(key)[(1 if j else 0):]]
+            made = _chain_sound(runner, task)
         else:  # one clip: the last segment of a first/last-frame family loops back to its keyframe
             start = _image(first)
             end = _image(last) if last else (start if task.ends else None)
-            frames = pipeline.clip(runner.pipe(task.model, task.shape), task.to_json(), start, end, task.clips[0],
-                                   task.seed, on_step=runner.step).frames
+            made = pipeline.clip(runner.pipe(task.model, task.shape), task.to_json(), start, end, task.clips[0],
+                                 task.seed, on_step=runner.step)
             runner.calls["segment"] += 1
             native = []
-            for i, frame in enumerate(frames):
+            for i, frame in enumerate(made.frames):
                 native.append(Path(tmp) / FRAME.format(i))
                 frame.save(native[-1])
+            made = made.sound
         _retime(native, task, out)
+    # Retiming changes how many frames, not how long: the sound lasts the segment's seconds.
+    sound.keep(out, made, task.frames / task.fps)
+
+
+def _chain_sound(runner: Runner, task: tasks.Segment):
+    """A chain's clips' sounds joined as their frames are: each next clip drops its first
+    frame's time (the frame it shares with the clip before). None if no clip has sound."""
+    period = 1 / float(Fraction(task.rate))
+    parts = []
+    for j, key in enumerate(task.clip_keys):
+        clip, count = sound.of(runner.output(key)), len(runner.frames_of(key))
+        if clip is not None and j:
+            audio, rate = clip
+            clip = audio[:, sound.samples(period, rate):], rate
+        parts.append((clip, (count - (1 if j else 0)) * period))
+    return sound.join(parts)
 
 
 def run_clip(runner: Runner, task: tasks.Clip, out: Path):
@@ -283,11 +302,12 @@ def run_clip(runner: Runner, task: tasks.Clip, out: Path):
     towards the next keyframe when it is the last clip of a first/last-frame family."""
     start = runner.frames_of(task.start)[-1] if task.start_is_clip else runner.output(task.start) / "image.png"
     end = _image(runner.output(task.end) / "image.png") if task.end else None
-    frames = pipeline.clip(runner.pipe(task.model, task.shape), task.to_json(), _image(start), end, task.frames,
-                           task.seed, on_step=runner.step).frames
+    made = pipeline.clip(runner.pipe(task.model, task.shape), task.to_json(), _image(start), end, task.frames,
+                         task.seed, on_step=runner.step)
     runner.calls["clip"] += 1
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(made.frames):
         frame.save(out / FRAME.format(i))
+    sound.keep(out, made.sound, task.frames / task.model_fps)
 
 
 def _image(path: Path):
@@ -315,7 +335,18 @@ def run_assemble(runner: Runner, task: tasks.Assemble, out: Path):
     if len(frames) != task.frames:
         raise FarmError(f"assembly expected {task.frames} frames from its segments, found {len(frames)}")
     dest = out / f"video{task.container}"
-    encode.encode(frames, task.fps, task.codec, task.quality, dest)
+    # The soundtrack: every segment's sound (silence for one without), unless the shot has no
+    # sound (`audio = false`), no segment has any, or it is a folder of PNGs.
+    track = None
+    if task.audio and task.codec != "png":
+        track = sound.join([(sound.of(runner.output(key)), len(runner.frames_of(key)) / task.fps)
+                            for key in task.segments])
+    with tempfile.TemporaryDirectory(prefix=".sound-", dir=out) as tmp:
+        wav = None
+        if track is not None:
+            wav = Path(tmp) / sound.AUDIO
+            sound.write(wav, *track)
+        encode.encode(frames, task.fps, task.codec, task.quality, dest, audio=wav)
     if task.codec == "png":
         info = {"codec": "png", "width": task.width, "height": task.height, "fps": task.fps,
                 "frames": len(list(dest.glob("*.png")))}

@@ -113,6 +113,7 @@ class Spec:
     panels: list[Panel] = field(default_factory=list)
     retries: int | None = None  # times a failed task is tried again (None: the farm's default)
     overwrite: bool = False  # [shot] overwrite = true: the output may replace a file farm did not write
+    audio: bool = True  # [shot] audio = false: no soundtrack, even where its models make sound
 
     def frame_starts(self) -> list[int]:
         """Index of the first video frame of each panel, plus the total frame count.
@@ -187,7 +188,7 @@ def _line_index(text: str) -> dict[str, int]:
 
 # --- validation ---------------------------------------------------------------------------
 
-SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries", "overwrite")
+SHOT_KEYS = ("name", "fps", "size", "seed", "out", "codec", "quality", "retries", "overwrite", "audio")
 ACCELERATION_KEYS = ("accelerate", "cache_threshold", "quantize")  # a stage's; not per frame
 STAGE_KEYS = ("model", "steps", "guidance", "negative_prompt", "loras") + ACCELERATION_KEYS
 MOTION_KEYS = STAGE_KEYS + ("prompt", "retime")
@@ -335,10 +336,12 @@ class _Reader:
             c.fail("shot.out", f"{out} is an existing folder; give a file name")
         quality = c.number(shot, "quality", p, 0, 63, integer=True)
         retries = c.number(shot, "retries", p, 0, 20, integer=True)
-        if "overwrite" in shot and not isinstance(shot["overwrite"], bool):
-            c.fail("shot.overwrite", f"expected true or false, got {_kind(shot['overwrite'])}")
+        for key in ("overwrite", "audio"):
+            if key in shot and not isinstance(shot[key], bool):
+                c.fail(f"shot.{key}", f"expected true or false, got {_kind(shot[key])}")
         return {"name": name, "fps": fps, "width": width, "height": height, "seed": seed, "out": out,
-                "codec": codec, "quality": quality, "retries": retries, "overwrite": shot.get("overwrite") is True}
+                "codec": codec, "quality": quality, "retries": retries, "overwrite": shot.get("overwrite") is True,
+                "audio": shot.get("audio") is not False}
 
     def stage(self, data: dict, role: str, default_model: str, allowed: tuple[str, ...]) -> _Stage:
         """[keyframes] or [motion]: a model (with its acceleration) and the settings under it."""
