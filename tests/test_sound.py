@@ -44,9 +44,9 @@ seconds = 0.5
 """
 
 
-def shot(name, out=None, shot_extra="", first="a red boat", frame_motion=""):
+def shot(name, out=None, shot_extra="", first="a red boat", frame_motion="", seconds=0.5):
     return SHOT.format(name=name, out=out or f"{name}.mp4", shot_extra=shot_extra, first=first,
-                       frame_motion=frame_motion)
+                       frame_motion=frame_motion).replace("seconds = 0.5", f"seconds = {seconds}", 1)
 
 
 @pytest.fixture
@@ -137,7 +137,25 @@ def test_a_png_sequence_has_no_sound_and_renders(write_spec, worker):
     assert out.is_dir() and len(list(out.glob("*.png"))) == 8 and not list(out.glob("*.wav"))
 
 
-@pytest.mark.parametrize("out, codec, want", [("sound.mov", "prores", "pcm_s16le"), ("sound.mkv", "h264", "aac")])
+def test_a_chains_clips_keep_their_sound_and_their_segment_joins_it(write_spec, worker):
+    """5.5 s at LTX-2's 24 fps is past its 121-frame window: two clips, each with its sound as
+    long as its frames, joined (the shared frame once) into the segment's 5.5 s."""
+    result = render(write_spec(shot("chain", seconds=5.5)), worker=worker)
+    by_name = {t["name"]: t for t in worker.queue.tasks(result["job"])}
+    clips = [by_name[n] for n in sorted(by_name) if n.startswith("segment[0].clip[")]
+    assert len(clips) == 2
+    for t in clips:
+        audio, rate = sound.of(worker.runner.output(t["key"]))
+        frames = len(worker.runner.frames_of(t["key"]))
+        assert audio.shape[1] == round(frames / 24 * rate)
+    audio, rate = sound.of(worker.runner.output(by_name["segment[0]"]["key"]))
+    assert audio.shape[1] == round(5.5 * rate)
+    track = encode.audio_stream(Path(result["output"]))
+    assert abs(track["seconds"] - 6.0) <= 1 / 8, track
+
+
+@pytest.mark.parametrize("out, codec, want", [("sound.mov", "prores", "pcm_s16le"), ("sound.mkv", "h264", "aac"),
+                                              ("sound.webm", "av1", "opus")])
 def test_other_containers_carry_their_own_audio_codec(write_spec, worker, out, codec, want):
     result = render(write_spec(shot("other", out=out, shot_extra=f'codec = "{codec}"')), worker=worker)
     audio = encode.audio_stream(Path(result["output"]))
