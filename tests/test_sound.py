@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.media import encode, sound
+from farm.media import encode, manifest, sound
 from farm.models import families
 from farm.plan import plan, tasks
 from farm.queue.cache import Cache
@@ -74,6 +74,8 @@ def test_the_mp4_carries_a_soundtrack_as_long_as_its_video(write_spec, worker):
     video, audio = encode.probe(out), encode.audio_stream(out)
     assert video["frames"] == 8 and audio is not None and audio["codec"] == "aac"
     assert abs(audio["seconds"] - video["frames"] / 8) <= 1 / 8, audio
+    recorded = manifest.load(manifest.path_for(out))["video"]["audio"]  # the manifest says so too
+    assert recorded["codec"] == "aac" and recorded["seconds"] == audio["seconds"]
     segments = [t for t in worker.queue.tasks(result["job"]) if t["kind"] == "segment"]
     for t in segments:  # each segment's sound is cached with its frames, as long as its seconds
         audio, rate = sound.of(worker.runner.output(t["key"]))
@@ -117,6 +119,7 @@ def test_audio_false_gives_no_audio_stream_and_keeps_other_keys(write_spec, work
     result = render(write_spec(shot("quiet", shot_extra="audio = false")), worker=worker)
     off = plan.build(spec.load(write_spec(shot("quiet", shot_extra="audio = false"))))
     assert encode.audio_stream(Path(result["output"])) is None
+    assert "audio" not in manifest.load(manifest.path_for(Path(result["output"])))["video"]
     assert encode.probe(Path(result["output"]))["frames"] == 8
     keys = [({t.name: t.key for t in p.tasks}) for p in (on, off)]
     assert {n for n in keys[0] if keys[0][n] != keys[1][n]} == {"assemble"}

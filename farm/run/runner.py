@@ -354,6 +354,8 @@ def run_assemble(runner: Runner, task: tasks.Assemble, out: Path):
         info = encode.probe(dest)  # decoded once, here: publishing the cached video reads this instead
     if info["frames"] != task.frames:
         raise FarmError(f"the encoder wrote {info['frames']} frames into {dest.name}; the plan has {task.frames}")
+    if track is not None:  # the soundtrack as muxed (codec, rate, channels, seconds): the manifest's video.audio
+        info["audio"] = encode.audio_stream(dest)
     (out / VIDEO_INFO).write_text(json.dumps(info))
     runner.calls["assemble"] += 1
 
