@@ -327,7 +327,7 @@ def test_only_end_frame_families_are_given_an_end_frame(recipe):
     params = {"prompt": "a boat", "negative_prompt": "", "steps": 1, "guidance": 1.0, "width": 32, "height": 32,
               "model": {"pipeline": f.pipeline, "options": {"max_sequence_length": 16}}}
     first, last = Image.new("RGB", (32, 32), (200, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 200))
-    frames = pipeline.clip(pipe, params, first, last, 5, seed=1)
+    frames = pipeline.clip(pipe, params, first, last, 5, seed=1).frames
     assert len(frames) == 5 and pipe.calls[0]["image"] is first
     assert ("last_image" in pipe.calls[0]) == f.ends == (f.conditioning == "first and last frame")
     assert f.ends == (recipe in ("image-to-video", "wan22"))
