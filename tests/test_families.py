@@ -18,7 +18,7 @@ from farm.models.families import cogvideox
 
 FARM = Path(__file__).resolve().parent.parent / "farm"
 NAMES = ["SD 1.x", "SDXL", "SD3", "Flux", "Qwen-Image", "FLUX.2", "Wan 2.1", "Wan 2.2", "Wan 2.2 TI2V-5B", "LTX-Video",
-         "CogVideoX", "SkyReels-V2", "LTX-2"]
+         "CogVideoX", "SkyReels-V2", "LTX-2", "HunyuanVideo FramePack"]
 BY_NAME = {f.name: f for f in families.FAMILIES}
 
 
@@ -74,12 +74,19 @@ def test_every_family_agrees_with_itself(name):
     assert m.spatial * m.patch[1] == m.spatial * m.patch[2] == f.multiple_of  # VAE x patch = side granularity
     if f.time:
         # a latent frame holds `temporal` frames (the causal first one alone: offset 1), and
-        # the denoiser patches `patch[0]` latent frames: one step of the rule is both
-        assert f.time.offset == 1 and f.time.step == m.temporal * m.patch[0]
+        # the denoiser patches `patch[0]` latent frames: one step of the rule is both; a call
+        # that packs its video in sections (FramePack) steps a whole section of them at a time
+        assert f.time.offset == 1 and f.time.step == m.temporal * m.patch[0] * f.time.section
         assert f.time.valid(f.time.window) and f.fps_window({}) == (f.time.fps, f.time.window)
         rule = f.shape({})
         assert rule.max_frames is None or f.time.window <= rule.max_frames
-        assert 2 <= f.time.window / f.time.fps <= 20  # a few seconds per call, as video models are trained
+        if f.time.section == 1:
+            assert 2 <= f.time.window / f.time.fps <= 20  # a few seconds per call, as video models are trained
+            assert f.call_frames is None and m.section_frames == 0  # asked for what it makes, sees it all at once
+        else:  # its window is the longest video one call is known to make; each pass sees one section
+            assert 2 <= f.time.window / f.time.fps <= 120 and 0 < m.section_frames < f.time.window
+            for k in (1, 2, 5):  # asked in its own terms for k steps of the rule
+                assert f.num_frames(f.time.offset + f.time.step * k) > 0
         assert f.ends == (f.conditioning in ("first and last frame", "keyframe conditions"))
 
 
@@ -205,7 +212,9 @@ def test_a_cogvideox_10_model_gets_its_rule_everywhere(tmp_path, monkeypatch):
 def test_a_family_says_how_its_call_takes_guidance_and_a_negative_prompt():
     """Most calls take `guidance_scale` and `negative_prompt`; Qwen-Image is guided by true CFG
     (`true_cfg_scale`, on only with a negative prompt: " " when the spec gives none); FLUX.2 takes
-    guidance as an input and no negative prompt. Each keyword is one its pipeline's call takes."""
+    guidance as an input and no negative prompt; so does HunyuanVideo FramePack, whose call takes
+    one that counts only with true CFG, which its model runs without. Each keyword is one its
+    pipeline's call takes."""
     import inspect
 
     import diffusers
@@ -217,10 +226,14 @@ def test_a_family_says_how_its_call_takes_guidance_and_a_negative_prompt():
     assert BY_NAME["Qwen-Image"].guidance_call({**params, "guidance": 1.0}) == {"true_cfg_scale": 1.0,
                                                                              "negative_prompt": None}
     assert BY_NAME["FLUX.2"].guidance_call(params) == {"guidance_scale": 4.0}
+    assert BY_NAME["HunyuanVideo FramePack"].guidance_call(params) == {"guidance_scale": 4.0}
     for f in families.FAMILIES:
         accepted = inspect.signature(getattr(diffusers, f.pipeline).__call__).parameters
         assert set(f.guidance_call(params)) <= set(accepted), f.name
-        assert f.negative == ("negative_prompt" in accepted), f.name
+        # a family takes a negative prompt only where its call does; a call may take one it
+        # ignores as farm calls it (FramePack's, off with true CFG): then the family takes none
+        assert not f.negative or "negative_prompt" in accepted, f.name
+        assert f.negative == ("negative_prompt" in f.guidance_call(params)), f.name
 
 
 def test_a_negative_prompt_for_a_family_that_takes_none_is_refused(write_spec, farm_home):
@@ -331,6 +344,35 @@ def test_only_end_frame_families_are_given_an_end_frame(recipe):
     assert len(frames) == 5 and pipe.calls[0]["image"] is first
     assert ("last_image" in pipe.calls[0]) == f.ends == (f.conditioning == "first and last frame")
     assert f.ends == (recipe in ("image-to-video", "wan22"))
+
+
+def test_framepack_is_asked_in_sections_and_returns_exactly_the_frames_farm_planned():
+    """FramePack's call makes 36k+1 frames (k sections of 9 latent frames) for a `num_frames`
+    of up to 33k: farm plans 36k+1, asks for 33k (its family's `call_frames`) and gets exactly
+    what it planned, ending on the next keyframe; a segment of up to a minute is one call, a
+    longer one a chain of calls."""
+    from PIL import Image
+
+    from farm.models import pipeline
+
+    f = BY_NAME["HunyuanVideo FramePack"]
+    assert [f.num_frames(1 + 36 * k) for k in (1, 2, 3, 50)] == [33, 66, 99, 1650]
+    pipe = Spy(f.twin.build())
+    assert families.of_pipe(f.pipeline, pipe) is f
+    params = {"prompt": "a boat", "negative_prompt": "", "steps": 1, "guidance": 10.0, "width": 32, "height": 32,
+              "model": {"pipeline": f.pipeline, "options": {"max_sequence_length": 16,
+                                                            "prompt_template": {"template": "{}", "crop_start": 0}}}}
+    first, last = Image.new("RGB", (32, 32), (200, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 200))
+    for frames in (37, 73):
+        out = pipeline.clip(pipe, params, first, last, frames, seed=1)
+        call = pipe.calls[-1]
+        assert len(out) == frames and call["num_frames"] == (frames - 1) // 36 * 33
+        assert call["image"] is first and call["last_image"] is last and "negative_prompt" not in call
+    ref = models.resolve("tiny-framepack")
+    assert timing.model_time(ref) == (30.0, 1801)
+    assert timing.segment(ref, 48, 24).clips == (73,)  # 2 s: 60 frames of motion and the keyframe, 2 sections
+    long = timing.segment(ref, 70 * 24, 24)  # 70 s: past the minute a call makes, a chain of two calls
+    assert len(long.clips) == 2 and all(c <= 1801 and (c - 1) % 36 == 0 for c in long.clips)
 
 
 def test_a_ti2v_5b_segment_is_planned_from_its_first_keyframe_only(write_spec):

@@ -64,7 +64,7 @@ def test_every_real_preset_records_its_needs_and_their_sources():
             assert "params:" in comment and "token_bytes" in comment and "decode_bytes" in comment, name
         else:  # an architecture twin of a checked preset says which, and its source
             assert re.search(r"presets/[\w-]+\.toml", comment) and "model card" in comment, name
-    assert sum(bool(fit.preset_fit(n).get("checks")) for n in REAL) == 12
+    assert sum(bool(fit.preset_fit(n).get("checks")) for n in REAL) == 13
 
 
 @pytest.mark.parametrize("name", [n for n in REAL if fit.preset_fit(n).get("checks")])

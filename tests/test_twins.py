@@ -26,7 +26,7 @@ TWINS = sorted({models.load_preset(n)["twin"] for n in models.preset_names()})
 def test_every_real_preset_has_a_built_in_twin_of_its_family():
     assert {"sd15", "sdxl", "sdxl-turbo", "sd35-medium", "flux-schnell", "flux-dev", "qwen-image", "flux2-dev",
             "wan21-flf2v", "wan22-i2v", "wan22-ti2v-5b", "ltx-video", "cogvideox-i2v",
-            "skyreels-v2-i2v", "ltx2"} <= set(REAL)
+            "skyreels-v2-i2v", "ltx2", "hunyuan-framepack"} <= set(REAL)
     for name in REAL:
         preset, twin = models.load_preset(name), models.load_preset(models.load_preset(name)["twin"])
         assert twin["source"].startswith("builtin:"), name
@@ -34,7 +34,8 @@ def test_every_real_preset_has_a_built_in_twin_of_its_family():
         assert families.family(preset["pipeline"]) and preset.get("revision"), name
         assert models.is_hub_id(preset["source"]), name
     assert set(TWINS) >= {"tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux", "tiny-qwen-image", "tiny-flux2", "tiny-wan",
-                          "tiny-wan22", "tiny-ltx", "tiny-cogvideox", "tiny-wan22-5b", "tiny-skyreels-v2", "tiny-ltx2"}
+                          "tiny-wan22", "tiny-ltx", "tiny-cogvideox", "tiny-wan22-5b", "tiny-skyreels-v2", "tiny-ltx2",
+                          "tiny-framepack"}
 
 
 def test_models_lists_every_preset_with_role_source_and_presence(cli):

@@ -267,7 +267,8 @@ def estimate(need: Needs, width: int, height: int, frames: int = 1, *, dtype: st
         weights[part] = round(count * each)
     video = rule.temporal > 1
     pt, ph, pw = need.patch
-    latent_frames = (math.ceil((frames - 1) / rule.temporal) + 1) if video else 1
+    seen = min(frames, rule.section_frames) if rule.section_frames else frames  # FramePack: one section
+    latent_frames = (math.ceil((seen - 1) / rule.temporal) + 1) if video else 1
     tokens = (math.ceil(latent_frames / pt) * math.ceil(height / rule.spatial / ph)
               * math.ceil(width / rule.spatial / pw))
     denoise = int(tokens * need.token_bytes * batch * nbytes / 2)

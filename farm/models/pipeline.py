@@ -147,7 +147,7 @@ def clip(pipe, params: dict, first: Image.Image, last: Image.Image | None, frame
     with family.around(pipe, last) if family.around else nullcontext():
         made = pipe(
             prompt=params["prompt"],
-            num_frames=frames,
+            num_frames=family.num_frames(frames),  # FramePack is asked in sections (its call_frames)
             num_inference_steps=params["steps"],
             **guidance(family, params),
             width=params["width"],

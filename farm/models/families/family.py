@@ -38,12 +38,17 @@ class Shape:
 class Time:
     """A motion family's time: frames are `offset + step * k`; `fps` the rate it was trained
     at and `window` the most frames one call makes (a preset's `fps` / `max_frames` override
-    these; a family whose versions differ says so in its `native_time`)."""
+    these; a family whose versions differ says so in its `native_time`). `section`: latent
+    frames per step of the rule, 1 for a model that denoises a whole clip at once (a step is
+    one latent frame, or one temporal patch of them); more for a call that packs its video in
+    sections itself (FramePack: one step is one section of 9 latent frames), whose window is
+    the longest video one call is known to make rather than a trained clip length."""
 
     step: int
     offset: int
     fps: float
     window: int
+    section: int = 1
 
     def valid(self, n: int) -> bool:
         return n > self.offset and (n - self.offset) % self.step == 0
@@ -57,7 +62,9 @@ class Memory:
     the VAE's config does not say. token_bytes / decode_bytes / ref_params / ref_vae: the rule
     of the family's preset, used for a model without a [fit] table, scaled by the square root
     of its denoiser's (and VAE's) size against ref_params (ref_vae), in billions. experts: how
-    many denoisers share the work, one running at a time (their size is divided by it)."""
+    many denoisers share the work, one running at a time (their size is divided by it).
+    section_frames: for a call that packs its video in sections (FramePack), the frames whose
+    latent tokens one denoiser call sees, whatever the clip's length (0: the whole clip's)."""
 
     spatial: int
     temporal: int
@@ -70,6 +77,7 @@ class Memory:
     ref_vae: float
     tiled_frames: int | None = None
     experts: int = 1
+    section_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,12 @@ class Family:
     `config`) that do (Wan 2.2 TI2V-5B's `expand_timesteps`). `guidance(params)`: the keyword arguments
     that carry a call's guidance and negative prompt, for a family whose call does not take
     them as `guidance_scale` and `negative_prompt` (None: those two, as the spec gives them;
-    `plain_guidance`). `negative`: whether its call takes a negative prompt at all (a spec
-    that gives one to a family that takes none is refused at validation). `sound(pipe,
+    `plain_guidance`). `negative`: whether its call takes a negative prompt at all, as farm
+    calls it (FramePack's takes one that counts only with true CFG, which farm leaves off: none;
+    a spec that gives one to a family that takes none is refused at validation).
+    `call_frames(frames)`: the call's `num_frames` that makes it return `frames` frames, for a
+    family whose call returns another count than it is asked (FramePack: whole sections; None:
+    `frames` itself; farm still checks that the call returned `frames`). `sound(pipe,
     output)`, for a family whose calls make sound too: the call's soundtrack from the
     pipeline's output, as (a float array (channels, samples) in [-1, 1], its sample rate in
     Hz); None for a silent family."""
@@ -132,6 +144,7 @@ class Family:
     guidance: Callable[[dict], dict] | None = None
     negative: bool = True
     requires_config: dict = field(default_factory=dict, hash=False)
+    call_frames: Callable[[int], int] | None = None
     sound: Callable | None = None
 
     @property
@@ -147,6 +160,10 @@ class Family:
     def guidance_call(self, params: dict) -> dict:
         """The keyword arguments that carry the call's guidance and negative prompt."""
         return (self.guidance or plain_guidance)(params)
+
+    def num_frames(self, frames: int) -> int:
+        """The `num_frames` a call is given to make `frames` frames."""
+        return self.call_frames(frames) if self.call_frames else frames
 
     def fps_window(self, config: dict) -> tuple[float, int]:
         if self.native_time is not None:
