@@ -110,8 +110,10 @@ def test_twin_renders_through_farm(twin, farm_home, write_spec, monkeypatch):
         rule = timing.shape(ref)
         want = timing.segment(ref, 4, 8).clips
         assert len(want) == 1 and generated == [want[0]] * 2 and rule.valid_frames(want[0])
-        # (LTX: 8k+1; Wan 2.2 TI2V-5B and SkyReels-V2: 24 fps, first frame only: 12 frames of motion, 13)
-        want_n = {"tiny-ltx": 17, "tiny-ltx2": 17, "tiny-cogvideox": 9, "tiny-wan22-5b": 13, "tiny-skyreels-v2": 13}
+        # (LTX: 8k+1; Wan 2.2 TI2V-5B and SkyReels-V2: 24 fps, first frame only: 12 frames of motion, 13;
+        # FramePack: 30 fps, 16 with the keyframe, at least one section: 37)
+        want_n = {"tiny-ltx": 17, "tiny-ltx2": 17, "tiny-cogvideox": 9, "tiny-wan22-5b": 13, "tiny-skyreels-v2": 13,
+                  "tiny-framepack": 37}
         assert want[0] == want_n.get(twin, 9)
 
 

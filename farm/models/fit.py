@@ -4,7 +4,8 @@ A task's peak is the weights that are on the device at that moment plus the larg
 activation of its phases: the denoiser call (linear in latent tokens: frames, height and
 width after the VAE's compression and the transformer's patches) or the VAE decode (linear
 in the pixels decoded at once; video VAEs decode a few frames at a time, tiling bounds it by
-the tile). What a model needs comes from its preset's `[fit]` table (parameter counts and
+the tile; a call that packs its video in sections, FramePack, shows its denoiser one section at a
+time, `Memory.section_frames`). What a model needs comes from its preset's `[fit]` table (parameter counts and
 activation rules, each checked against a published figure named in the preset), or, for a
 model folder (the twins included), from its safetensors headers and its family's rule.
 
