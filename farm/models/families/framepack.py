@@ -7,13 +7,14 @@ pipelines/hunyuan_video/pipeline_hunyuan_video_framepack.py, and to lllyasviel/F
 - Conditioning: first and last frame. `image` starts the video; `last_image` (only with
   `sampling_type="inverted_anti_drifting"`, the default: :515-519 refuse it otherwise) is
   taken as the clean history of the first section denoised, which inverted sampling places at
-  the video's end (:841-842; its SigLIP embedding is averaged with the first's, :800-806).
-- Sections: `latent_window_size` L (default 9, :598; FramePack's demo_gradio.py hides it as
+  the video's end (:893-894; its SigLIP embedding is computed and averaged with the first's,
+  :808-813, but the transformer is given the first image's alone, :962, 982).
+- Sections: `latent_window_size` L (default 9, :599; FramePack's demo_gradio.py hides it as
   "Should not change") latent frames per section. A request of `num_frames` makes
-  S = ceil(num_frames / ((L-1)x4+1)) sections (:816-818). Each section's latents are decoded
-  and blended into the video with an overlap of (L-1)x4+1 frames (`_soft_append`, :1040-1054,
-  1077-1087): the first decode gives 4L-3 frames, each middle section adds 4L, the last
-  (which prepends the first frame's latent, :1004-1006) adds 4L+4, so the video has
+  S = ceil(num_frames / ((L-1)x4+1)) sections (:817-818). Each section's latents are decoded
+  and blended into the video with an overlap of (L-1)x4+1 frames (:1036-1056, `_soft_append`
+  :1079-1090): the first decode gives 4L-3 frames, each middle section adds 4L, the last
+  (which prepends the first frame's latent, :1016-1017) adds 4L+4, so the video has
   4L x S + 1 frames (one section alone: L+1 latents, 4L+1 frames), which the final trim
   (:1061-1066) keeps. The call returns 4L x S + 1 frames, not `num_frames`: the defaults (129
   asked, L=9) make 145, diffusers' own test (num_frames 9, L 3) makes 13. FramePack's demo
@@ -33,16 +34,17 @@ pipelines/hunyuan_video/pipeline_hunyuan_video_framepack.py, and to lllyasviel/F
 - Size: sides in multiples of 16 (check_inputs, :470: 8x VAE, 2x2 patches). Its rotary
   positions are computed for the frame indices and grid they are given
   (HunyuanVideoFramepackRotaryPosEmbed), so no table bounds sizes or lengths.
-- Guidance: `guidance_scale` is embedded guidance, a transformer input (:863; the model is
+- Guidance: `guidance_scale` is embedded guidance, a transformer input (:864; the model is
   guidance-distilled, FramePack's "Distilled CFG Scale", 10 in its demo). The negative prompt
-  only counts with `true_cfg_scale` > 1 (:761-764), which FramePack's demo fixes at 1 ("Should
+  only counts with `true_cfg_scale` > 1 (:753), which FramePack's demo fixes at 1 ("Should
   not change"), so farm passes none and refuses one (`negative`).
 - Memory: the denoiser sees one section at a time: L noisy latent frames plus the packed history
   (the first frame's latent and 1 history latent at full resolution, 2 at 2x and 16 at 4x
   compression, which the transformer's clean_x_embedder patches (2,4,4) and (4,8,8): 1/8 and
   1/64 of the tokens each): 9 + 2 + 2/8 + 16/64 = 11.5 latent frames' tokens, as a 45-frame
   clip's 12 (`Memory.section_frames`). The VAE (AutoencoderKLHunyuanVideo) decodes in
-  16-frame temporal tiles by default (`use_framewise_decoding`, tile_sample_min_num_frames 16).
+  16-frame temporal tiles by default (models/autoencoders/autoencoder_kl_hunyuan_video.py:712,
+  717 and 811: `use_framewise_decoding`, tile_sample_min_num_frames 16).
   The decoded video is held on the device as it grows (3 channels per pixel per frame, in the
   VAE's dtype: 4.4 GB for a minute at 640x640 in bf16); the rule does not count it.
 """
@@ -86,7 +88,9 @@ def build_twin(shapes: dict):
     byte-level tokenizers, a one-layer SigLIP vision tower, the FramePack transformer (image
     projection, history embedders) and HunyuanVideo's causal VAE (8x in space, 4x in time).
     The tiny tokenizer has no LLaMA chat template: its preset passes
-    `prompt_template = {template = "{}", crop_start = 0}` as diffusers' test does."""
+    `prompt_template = {template = "{}", crop_start = 0}` as diffusers' test does. Its VAE is
+    narrower than the test's (4 channels, no mid-block attention): a minute is 51 sections,
+    and the time sweep renders one past it on a CPU."""
     import torch
     from diffusers import (
         AutoencoderKLHunyuanVideo,
