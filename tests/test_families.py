@@ -364,7 +364,7 @@ def test_framepack_is_asked_in_sections_and_returns_exactly_the_frames_farm_plan
                                                             "prompt_template": {"template": "{}", "crop_start": 0}}}}
     first, last = Image.new("RGB", (32, 32), (200, 20, 20)), Image.new("RGB", (32, 32), (20, 20, 200))
     for frames in (37, 73):
-        out = pipeline.clip(pipe, params, first, last, frames, seed=1)
+        out = pipeline.clip(pipe, params, first, last, frames, seed=1).frames
         call = pipe.calls[-1]
         assert len(out) == frames and call["num_frames"] == (frames - 1) // 36 * 33
         assert call["image"] is first and call["last_image"] is last and "negative_prompt" not in call
