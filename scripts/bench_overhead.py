@@ -7,7 +7,9 @@ same ffmpeg. Both run as fresh processes (imports included) on models already bu
 an empty task cache, each going first in every other round. Prints a table and, last, one
 JSON line: {"ratio": ... (of the medians), "best_ratio": ... (of the fastest runs), ...}.
 On a shared machine a run can take twice its time (other processes, the page cache); the
-fastest runs are the least disturbed, so read both figures.
+fastest runs are the least disturbed, so read both figures. The sides run back to back in each
+round, so the median of the rounds' own ratios (`paired_ratio`, with a bootstrap interval)
+cancels a drift in the machine's speed that both medians carry.
 
 The plain script does the work farm does (farm/models/timing.py): the Wan twin draws at 16 fps, so
 each 1-second segment is 16 frames of motion plus the next keyframe, 17 frames (Wan's 4k+1),
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -156,6 +159,13 @@ def main():
                 run_plain()
     farm_s, plain_s = statistics.median(times["farm"]), statistics.median(times["plain"])
     best = min(times["farm"]) / min(times["plain"])
+    # Each round ran both sides back to back: the ratio within a round cancels a drift in the
+    # machine's speed that the medians of the two sides do not. The interval is a bootstrap
+    # of those rounds (90%, seeded): how far the noise lets the median ratio move.
+    paired = [f / p for f, p in zip(times["farm"], times["plain"])]
+    draws = random.Random(0)
+    boot = sorted(statistics.median(draws.choices(paired, k=len(paired))) for _ in range(2000))
+    low, high = boot[100], boot[1899]
     print(f"{'':8}{'median s':>10}{'best s':>9}   runs")
     for k in ("farm", "plain"):
         print(f"{k:8}{statistics.median(times[k]):>10.2f}{min(times[k]):>9.2f}   "
@@ -163,7 +173,12 @@ def main():
     print(f"ratio farm/plain: {farm_s / plain_s:.3f} of the medians, {best:.3f} of the best runs, over {tasks} tasks "
           f"at {args.fps} fps ({args.rounds} rounds, each a fresh process; threads: {args.threads or 'default'}; "
           f"load {os.getloadavg()[0]:.1f})")
-    print(json.dumps({"ratio": round(farm_s / plain_s, 4), "best_ratio": round(best, 4), "tasks": tasks,
+    print(f"paired: median of the rounds' ratios {statistics.median(paired):.3f} "
+          f"(90% bootstrap interval {low:.3f} to {high:.3f}); rounds: {'  '.join(f'{r:.3f}' for r in paired)}")
+    print(json.dumps({"ratio": round(farm_s / plain_s, 4), "best_ratio": round(best, 4),
+                      "paired_ratio": round(statistics.median(paired), 4),
+                      "paired_interval": [round(low, 4), round(high, 4)],
+                      "tasks": tasks,
                       "farm_s": round(farm_s, 3), "plain_s": round(plain_s, 3), "fps": args.fps,
                       "threads": args.threads}))
 
