@@ -19,7 +19,7 @@ Without a config to read (weights not pulled), 1.5 as diffusers' conversion scri
 """
 
 from ..twins import build_tokenizer, t5
-from .family import Family, Memory, Shape, Time, Twin
+from .family import Family, Memory, Shape, Time, Twin, first_frame
 
 PIPELINE = "CogVideoXImageToVideoPipeline"
 V10_TIME = Time(step=4, offset=1, fps=8, window=49)
@@ -47,11 +47,6 @@ def shape(config: dict) -> Shape:
 def native_time(config: dict) -> tuple[float, int]:
     t = V10_TIME if is_v10(config) else V15_TIME
     return t.fps, t.window
-
-
-def first_only(params, first, last, generated):
-    """The first frame only; the segment moves away from it, then cuts."""
-    return {"image": first}
 
 
 def build_twin(shapes: dict):
@@ -87,7 +82,7 @@ def build_twin(shapes: dict):
 
 FAMILY = Family(
     name="CogVideoX", pipeline=PIPELINE, role="motion", conditioning="first frame only", multiple_of=16,
-    shape=shape, time=V15_TIME, native_time=native_time, adapter=first_only,
+    shape=shape, time=V15_TIME, native_time=native_time, adapter=first_frame,
     # 1.5's patch (2, 2, 2); its VAE decodes 2 latent frames (8 frames) at a time.
     memory=Memory(spatial=8, temporal=4, patch=(2, 2, 2), decode_frames=8, tile=300, token_bytes=200e3,
                   decode_bytes=4500, ref_params=5.6, ref_vae=0.216),

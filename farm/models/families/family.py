@@ -99,6 +99,24 @@ class Twin:
         return self.builder(dict(self.shapes))
 
 
+def first_frame(params, first, last, generated):
+    """The adapter of a first-frame family: `image` alone; the segment moves away from its
+    keyframe, then cuts to the next."""
+    return {"image": first}
+
+
+def first_and_last_frame(params, first, last, generated):
+    """The adapter of a family whose call takes `image` and `last_image` (no end frame for a
+    clip that runs free)."""
+    return {"image": first, "last_image": last}
+
+
+def embedded_guidance(params: dict) -> dict:
+    """The guidance of a guidance-distilled family: `guidance_scale` is the transformer's input,
+    and the call takes no negative prompt (validation refuses one: `negative=False`)."""
+    return {"guidance_scale": params["guidance"]}
+
+
 def plain_guidance(params: dict) -> dict:
     """How most pipelines take a call's guidance and negative prompt (none: None)."""
     return {"guidance_scale": params["guidance"], "negative_prompt": params["negative_prompt"] or None}

@@ -17,7 +17,7 @@ the transformer's joint_attention_dim is len(layers) x the text hidden size (347
 """
 
 from ..twins import build_tokenizer
-from .family import Family, Memory, Shape, Twin
+from .family import Family, Memory, Shape, Twin, embedded_guidance
 
 PIPELINE = "Flux2Pipeline"
 
@@ -30,11 +30,6 @@ CHAT_TEMPLATE = ("{% for message in messages %}[{{ message['role'] }}]"
 
 def shape(config: dict) -> Shape:
     return Shape(PIPELINE, multiple=8 * 2 * config.get("patch_size", 1))  # 8x VAE, latents patchified 2x2
-
-
-def embedded(params: dict) -> dict:
-    """Guidance as the transformer's input; no negative prompt (validation refuses one)."""
-    return {"guidance_scale": params["guidance"]}
 
 
 def build_twin(shapes: dict):
@@ -83,5 +78,5 @@ FAMILY = Family(
                   decode_bytes=3500, ref_params=32.0, ref_vae=0.084),
     denoisers=("transformer",),
     twin=Twin("flux2", build_twin, {"patch_size": 1}),
-    guidance=embedded, negative=False,
+    guidance=embedded_guidance, negative=False,
 )

@@ -49,7 +49,7 @@ pipelines/hunyuan_video/pipeline_hunyuan_video_framepack.py, and to lllyasviel/F
   VAE's dtype: 4.4 GB for a minute at 640x640 in bf16); the rule does not count it.
 """
 
-from .family import Family, Memory, Shape, Time, Twin
+from .family import Family, Memory, Shape, Time, Twin, embedded_guidance, first_and_last_frame
 
 PIPELINE = "HunyuanVideoFramepackPipeline"
 WINDOW = 9  # latent frames per section: the call's default latent_window_size, FramePack's only one
@@ -69,17 +69,6 @@ def call_frames(frames: int) -> int:
     """The `num_frames` that makes a call return `frames` = 1 + 36k frames: k sections, asked
     as k x 33 (any count in (33(k-1), 33k] asks for k)."""
     return (frames - 1) // STEP * SECTION_REQUEST
-
-
-def first_last(params, first, last, generated):
-    """`image`, and `last_image` when the clip ends on a keyframe (inverted anti-drifting, the
-    call's default sampling, takes it)."""
-    return {"image": first, "last_image": last}
-
-
-def embedded(params: dict) -> dict:
-    """Guidance is the transformer's input (guidance-distilled); no negative prompt."""
-    return {"guidance_scale": params["guidance"]}
 
 
 def build_twin(shapes: dict):
@@ -138,7 +127,7 @@ def build_twin(shapes: dict):
 
 FAMILY = Family(
     name="HunyuanVideo FramePack", pipeline=PIPELINE, role="motion", conditioning="first and last frame",
-    multiple_of=16, shape=shape, adapter=first_last, guidance=embedded, negative=False,
+    multiple_of=16, shape=shape, adapter=first_and_last_frame, guidance=embedded_guidance, negative=False,
     time=Time(step=STEP, offset=1, fps=30, window=STEP * 50 + 1, section=WINDOW), call_frames=call_frames,
     # HunyuanVideo's DiT is 3072 wide (as Wan 2.2 TI2V-5B's, whose per-token figure it takes);
     # each call of it sees one section (45 frames' tokens, above); the VAE decodes 16 frames at

@@ -21,7 +21,7 @@ further by Skywork: UMT5 text, CLIP vision, a Wan DiT (SkyReelsV2Transformer3DMo
 """
 
 from ..twins import build_tokenizer, t5
-from .family import Family, Time, Twin
+from .family import Family, Time, Twin, first_frame
 from .wan21 import FAMILY as WAN21, wan_shape
 
 PIPELINE = "SkyReelsV2ImageToVideoPipeline"
@@ -29,11 +29,6 @@ PIPELINE = "SkyReelsV2ImageToVideoPipeline"
 
 def shape(config: dict):
     return wan_shape(config, PIPELINE, spatial=8, ends=False)
-
-
-def first_only(params, first, last, generated):
-    """The first frame only; the segment moves away from it, then cuts."""
-    return {"image": first}
 
 
 def build_twin(shapes: dict):
@@ -75,7 +70,7 @@ def build_twin(shapes: dict):
 
 FAMILY = Family(
     name="SkyReels-V2", pipeline=PIPELINE, role="motion", conditioning="first frame only", multiple_of=16,
-    shape=shape, time=Time(step=4, offset=1, fps=24, window=97), adapter=first_only,
+    shape=shape, time=Time(step=4, offset=1, fps=24, window=97), adapter=first_frame,
     memory=WAN21.memory,  # Wan 2.1's DiT and VAE, and so its rule
     denoisers=("transformer",),
     twin=Twin("skyreels-v2", build_twin, {"patch_size": [1, 2, 2], "rope_max_seq_len": 64}),

@@ -7,7 +7,7 @@ in Wan 2.1), which bounds sizes and frame counts. Time: Wan2.1/2.2 shared_config
 from contextlib import contextmanager
 
 from ..twins import build_tokenizer, t5
-from .family import Family, Memory, Shape, Time, Twin
+from .family import Family, Memory, Shape, Time, Twin, first_and_last_frame
 
 PIPELINE = "WanImageToVideoPipeline"
 
@@ -26,11 +26,6 @@ def wan_shape(config: dict, pipeline: str = PIPELINE, spatial: int = 8, ends: bo
 
 def shape(config: dict) -> Shape:
     return wan_shape(config)
-
-
-def first_last(params, first, last, generated):
-    """`image` and `last_image` (none for a clip that runs free)."""
-    return {"image": first, "last_image": last}
 
 
 @contextmanager
@@ -116,7 +111,7 @@ def build_twin(shapes: dict):
 
 FAMILY = Family(
     name="Wan 2.1", pipeline=PIPELINE, role="motion", conditioning="first and last frame", multiple_of=16,
-    shape=shape, time=Time(step=4, offset=1, fps=16, window=81), adapter=first_last, around=one_image_twice,
+    shape=shape, time=Time(step=4, offset=1, fps=16, window=81), adapter=first_and_last_frame, around=one_image_twice,
     # Wan's causal VAE decodes one latent frame (4 frames) at a time with a feature cache.
     memory=Memory(spatial=8, temporal=4, patch=(1, 2, 2), decode_frames=4, tile=256, token_bytes=150e3,
                   decode_bytes=3500, ref_params=14.3, ref_vae=0.127),

@@ -22,7 +22,7 @@ true, "boundary_ratio": null`), hence `requires_config`.
 """
 
 from ..twins import build_tokenizer, t5
-from .family import Family, Memory, Time, Twin
+from .family import Family, Memory, Time, Twin, first_frame
 from .wan21 import PIPELINE, wan_shape
 
 SPATIAL = 16
@@ -30,11 +30,6 @@ SPATIAL = 16
 
 def shape(config: dict):
     return wan_shape(config, PIPELINE, spatial=SPATIAL, ends=False)
-
-
-def first_only(params, first, last, generated):
-    """The first frame only; the segment moves away from it, then cuts."""
-    return {"image": first}
 
 
 def build_twin(shapes: dict):
@@ -71,7 +66,7 @@ def build_twin(shapes: dict):
 
 FAMILY = Family(
     name="Wan 2.2 TI2V-5B", pipeline=PIPELINE, role="motion", conditioning="first frame only",
-    multiple_of=SPATIAL * 2, shape=shape, time=Time(step=4, offset=1, fps=24, window=121), adapter=first_only,
+    multiple_of=SPATIAL * 2, shape=shape, time=Time(step=4, offset=1, fps=24, window=121), adapter=first_frame,
     requires_config={"expand_timesteps": True},
     # Wan's causal VAE decodes one latent frame (4 frames) at a time with a feature cache. The 5B
     # DiT is 3072 wide (Wan 2.1 14B: 5120): activations per token scale with the width.
