@@ -141,39 +141,41 @@ def _check_loras(c, data: dict, path: Path):
 
 
 def _denoisers(data: dict, path: Path) -> tuple[str, ...]:
-    """The denoiser components of a preset's family: a built-in model's, else its twin's (the
-    twin is built in code, so its family is certain), else the one its pipeline class and
-    [fit] components name (Wan 2.1 and 2.2 share a class; `transformer_2` tells them apart)."""
-    source = data["source"]
-    if not source.startswith("builtin:") and isinstance(data.get("twin"), str) \
-            and re.fullmatch(r"[\w][\w.-]*", data["twin"]):  # a preset's name, never a path
+    """The denoiser components of a preset's family, as `preset_family` finds it, while the
+    preset is being read: its twin is read from the file beside it (a preset's name, never a
+    path; an unreadable twin is the twin's own error to report)."""
+    twin = None
+    if not data["source"].startswith("builtin:") and isinstance(data.get("twin"), str) \
+            and re.fullmatch(r"[\w][\w.-]*", data["twin"]):
         try:
             twin = tomli.loads(files.read_regular(path.parent / f"{data['twin']}.toml", MAX_PRESET_BYTES,
-                                                  "a preset").decode("utf-8"))
-            source = twin.get("source") if isinstance(twin.get("source"), str) else source
+                                                  "a preset").decode("utf-8")).get("source")
         except (OSError, UnicodeDecodeError, tomli.TOMLDecodeError, RecursionError, FarmError):
-            pass  # its own error is the twin's to report
-    if source.startswith("builtin:") and (family := families.of_twin(source.split(":", 1)[1])):
-        return family.denoisers
+            pass
     fit = data.get("fit") if isinstance(data.get("fit"), dict) else {}
-    params = fit.get("params") if isinstance(fit.get("params"), dict) else {}
-    family = families.family(data["pipeline"], params)
+    family = _family_of(data["pipeline"], data["source"], twin, fit.get("params"))
     return family.denoisers if family else ()
 
 
 def preset_family(preset: dict) -> families.Family | None:
-    """The family of a preset's model where its weights are not read (not on this machine):
-    its twin's, the built-in miniature of its family, when the twin is one of its pipeline
-    class (so Wan 2.2 TI2V-5B, which shares Wan 2.1's class and components, is told apart
-    without its model_index.json); else its class's, told apart by the components its [fit]
-    table names."""
+    """The family of a preset's model where its weights are not read (not on this machine): see
+    `_family_of`."""
     twin = preset.get("twin")
-    if twin and twin in preset_names():
-        source = load_preset(twin)["source"]
-        found = families.of_twin(source.split(":", 1)[1]) if source.startswith("builtin:") else None
-        if found is not None and found.pipeline == preset["pipeline"]:
-            return found
-    return families.family(preset["pipeline"], preset.get("fit", {}).get("params", {}))
+    twin_source = load_preset(twin)["source"] if twin and twin in preset_names() else None
+    return _family_of(preset["pipeline"], preset["source"], twin_source, preset.get("fit", {}).get("params"))
+
+
+def _family_of(pipeline: str, source: str, twin_source, params) -> families.Family | None:
+    """A built-in model's family, else its twin's (the built-in miniature of its family, so Wan
+    2.2 TI2V-5B, which shares Wan 2.1's class and components, is told apart without its
+    model_index.json), when it is of the preset's pipeline class; else the class's, told apart
+    by the components its [fit] table names (`transformer_2`: Wan 2.2)."""
+    for src in (source, twin_source):
+        if isinstance(src, str) and src.startswith("builtin:"):
+            found = families.of_twin(src.split(":", 1)[1])
+            if found is not None and found.pipeline == pipeline:
+                return found
+    return families.family(pipeline, params if isinstance(params, dict) else {})
 
 
 def preset_defaults(name: str, preset: dict) -> dict:
