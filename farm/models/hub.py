@@ -56,12 +56,9 @@ def cached_file(repo: str, file: str, revision: str | None) -> Path | None:
 def download_file(name: str, repo: str, file: str, revision: str | None, timeout: float = 10.0) -> Path:
     """Download one file of `repo` at `revision` (a LoRA that preset `name` applies) into the
     Hugging Face cache, as `download` does a whole repo; return its path there."""
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
-    from huggingface_hub import constants, hf_hub_download
+    endpoint = _endpoint(name, timeout)
+    from huggingface_hub import hf_hub_download
 
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    _reachable(endpoint, timeout, name)
     try:
         path = hf_hub_download(repo, file, revision=revision or None, etag_timeout=timeout, cache_dir=hub_cache(),
                                endpoint=endpoint)
@@ -77,12 +74,9 @@ def download(name: str, repo: str, revision: str | None, timeout: float = 10.0) 
 
     Checks that the hub answers first and gives every HTTP request `timeout` seconds, so an
     offline machine gets a FarmError in seconds rather than a hang."""
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
-    from huggingface_hub import constants, snapshot_download
+    endpoint = _endpoint(name, timeout)
+    from huggingface_hub import snapshot_download
 
-    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-    _reachable(endpoint, timeout, name)
     try:
         path = snapshot_download(repo, revision=revision or None, etag_timeout=timeout, cache_dir=hub_cache(),
                                  endpoint=endpoint)
@@ -90,6 +84,18 @@ def download(name: str, repo: str, revision: str | None, timeout: float = 10.0) 
         raise FarmError(f"Could not download {name!r} ({repo}{'@' + revision if revision else ''}) from {endpoint}: "
                         f"{type(e).__name__}: {e}", code=1) from None
     return Path(path)
+
+
+def _endpoint(name: str, timeout: float) -> str:
+    """The hub endpoint, checked to answer, with every HTTP request of huggingface_hub bounded
+    by `timeout` seconds (set before it is imported: it reads them then)."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(timeout)))
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(timeout)))
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    _reachable(endpoint, timeout, name)
+    return endpoint
 
 
 def _reachable(endpoint: str, timeout: float, name: str):
