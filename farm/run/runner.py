@@ -265,8 +265,9 @@ def run_segment(runner: Runner, task: tasks.Segment, out: Path):
         return
     with tempfile.TemporaryDirectory(prefix=".native-", dir=out) as tmp:
         if task.form == tasks.CHAIN:  # each next clip starts on the last frame of the one before
-            native = [f for j, key in enumerate(task.clip_keys) for f in runner.frames_of(key)[(1 if j else 0):]]
-            made = _chain_sound(runner, task)
+            clips = [runner.frames_of(key) for key in task.clip_keys]
+            native = [f for j, frames in enumerate(clips) for f in frames[(1 if j else 0):]]
+            made = _chain_sound(runner, task, [len(frames) for frames in clips])
         else:  # one clip: the last segment of a first/last-frame family loops back to its keyframe
             start = _image(first)
             end = _image(last) if last else (start if task.ends else None)
@@ -283,13 +284,14 @@ def run_segment(runner: Runner, task: tasks.Segment, out: Path):
     sound.keep(out, made, task.frames / task.fps)
 
 
-def _chain_sound(runner: Runner, task: tasks.Segment):
-    """A chain's clips' sounds joined as their frames are: each next clip drops its first
-    frame's time (the frame it shares with the clip before). None if no clip has sound."""
+def _chain_sound(runner: Runner, task: tasks.Segment, counts: list[int]):
+    """A chain's clips' sounds (`counts`: each clip's frames) joined as their frames are: each
+    next clip drops its first frame's time (the frame it shares with the clip before). None if
+    no clip has sound."""
     period = 1 / float(Fraction(task.rate))
     parts = []
-    for j, key in enumerate(task.clip_keys):
-        clip, count = sound.of(runner.output(key)), len(runner.frames_of(key))
+    for j, (key, count) in enumerate(zip(task.clip_keys, counts)):
+        clip = sound.of(runner.output(key))
         if clip is not None and j:
             audio, rate = clip
             clip = audio[:, sound.samples(period, rate):], rate
@@ -331,7 +333,8 @@ def _retime(native: list[Path], task: tasks.Segment, out: Path):
 
 
 def run_assemble(runner: Runner, task: tasks.Assemble, out: Path):
-    frames = [f for key in task.segments for f in runner.frames_of(key)]
+    segments = [runner.frames_of(key) for key in task.segments]
+    frames = [f for segment in segments for f in segment]
     if len(frames) != task.frames:
         raise FarmError(f"assembly expected {task.frames} frames from its segments, found {len(frames)}")
     dest = out / f"video{task.container}"
@@ -339,8 +342,8 @@ def run_assemble(runner: Runner, task: tasks.Assemble, out: Path):
     # sound (`audio = false`), no segment has any, or it is a folder of PNGs.
     track = None
     if task.audio and task.codec != "png":
-        track = sound.join([(sound.of(runner.output(key)), len(runner.frames_of(key)) / task.fps)
-                            for key in task.segments])
+        track = sound.join([(sound.of(runner.output(key)), len(segment) / task.fps)
+                            for key, segment in zip(task.segments, segments)])
     with tempfile.TemporaryDirectory(prefix=".sound-", dir=out) as tmp:
         wav = None
         if track is not None:
