@@ -153,8 +153,7 @@ def _pipeline_config(folder: Path) -> dict:
         index = files.read_json(folder / "model_index.json")
     except (OSError, ValueError, FarmError):
         return {}
-    return {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)} \
-        if isinstance(index, dict) else {}
+    return families.index_config(index) if isinstance(index, dict) else {}
 
 
 def _preset_family(name: str) -> families.Family:

@@ -54,8 +54,13 @@ def of_index(pipeline: str, index: Mapping) -> Family | None:
     """The family of a model from its model_index.json: its components (the entries naming a
     class) and its pipeline's own settings (the others, `_class_name` and the like aside)."""
     components = [k for k, v in index.items() if isinstance(v, list) and v and v[0]]
-    config = {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
-    return family(pipeline, components, config)
+    return family(pipeline, components, index_config(index))
+
+
+def index_config(index: Mapping) -> dict:
+    """A model_index.json's pipeline settings: its entries that name no component, `_class_name`
+    and the like aside."""
+    return {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
 
 
 def of_pipe(pipeline: str, pipe) -> Family | None:
