@@ -23,6 +23,12 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
+# Torch threads for the renders a test makes in this process: the cores, shared among the
+# pytest-xdist workers when there are several. A test that compares pixels with a render made
+# elsewhere (a worker process, a Ray actor) gives that render the same count: on the CPU, torch
+# sums in another order with another thread count, and the pixels differ.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ["FARM_TORCH_THREADS"] = str(THREADS)  # `farm work --cpu` workers and Ray's CPU actors take as many
 EXAMPLE = ROOT / "jobs" / "lighthouse.toml"  # the twins' example (noise, but every code path, fast)
 
 
@@ -150,7 +156,7 @@ def _seed():
 
     random.seed(0)
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -160,7 +160,8 @@ def test_lora_on_an_accelerated_model(home_with_models, write_spec, lora_file):
     adapter changes the picture), and one loaded accelerated pipeline serves both calls."""
     shutil.copy(lora_file, write_spec("").parent / "style.safetensors")
     worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()))
-    styled_spec = LORA_SPEC.replace("steps = 2\n", 'steps = 2\naccelerate = ["kernels"]\n', 1)
+    styled_spec = LORA_SPEC.replace("steps = 2\n", 'steps = 2\naccelerate = ["kernels"]\n', 1).replace(
+        '[[frames]]\nprompt = "a blue boat"\nseconds = 0.5\n\n', "")  # one keyframe drawn: Triton's interpreter is slow
     plain_spec = styled_spec.replace('loras = [{ path = "style.safetensors", scale = 0.8 }]\n', "")
     plain = render(write_spec(plain_spec, "fast.toml"), worker=worker)
     styled = render(write_spec(styled_spec, "fast-styled.toml"), worker=worker)

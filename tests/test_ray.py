@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL
+from conftest import SMALL, THREADS
 from test_farm import in_flight, wait_for
 
 # Ray started by the tests (and by `--ray local`) listens on the loopback address only: the
@@ -71,7 +71,7 @@ def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cl
     path = write_spec(SMALL)
     clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, not this process's
-    env["FARM_TORCH_THREADS"] = "2"  # the reference's thread count (conftest): the same sums, the same pixels
+    env["FARM_TORCH_THREADS"] = str(THREADS)  # the reference's thread count (conftest): the same sums, the same pixels
     proc = subprocess.run([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2",
                            "--until-empty"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -101,15 +101,15 @@ def ray_local():
 
 
 def driver_for(home, **kwargs):
-    """A driver with two CPU actors. Two torch threads each, as the in-process reference
-    render has (conftest): on the CPU, torch sums in another order with another thread
-    count, and the pixels differ."""
+    """A driver with two CPU actors, each with the in-process reference render's torch threads
+    (conftest's THREADS): on the CPU, torch sums in another order with another thread count,
+    and the pixels differ."""
     from farm.queue.cache import Cache
     from farm.queue.queue import Queue
     from farm.ray.cluster import Driver
 
     kwargs.setdefault("env", {"FARM_HOME": str(home)})
-    return Driver(Queue(home / "queue.db"), Cache(home / "cache"), actors=2, gpu=False, threads=2, **kwargs)
+    return Driver(Queue(home / "queue.db"), Cache(home / "cache"), actors=2, gpu=False, threads=THREADS, **kwargs)
 
 
 @needs_ray
@@ -387,27 +387,10 @@ def is_loopback(ip):
 
 
 @needs_ray
-def test_ray_local_listens_on_the_loopback_only(tmp_path):
-    import psutil
-
-    proc, status = ray_local_cli(tmp_path / "home")
-    try:
-        ray = psutil.Process(proc.pid).children(recursive=True)
-        listening = set()
-        for p in ray:
-            try:
-                listening |= {c.laddr.ip for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-            except psutil.Error:
-                pass
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    assert listening  # the GCS, the raylet, the agents...
-    assert all(is_loopback(ip) for ip in listening), listening  # not 0.0.0.0, ::, nor the machine's address
-
-
-@needs_ray
-def test_a_killed_ray_driver_leaves_no_process_and_its_actors_show_lost(tmp_path, cli, monkeypatch):
+def test_ray_local_listens_on_the_loopback_and_a_killed_driver_leaves_no_process(tmp_path, cli, monkeypatch):
+    """One Ray started by `farm work --ray local` (each start costs seconds of the suite): it
+    listens on the loopback only, and once its driver is SIGKILLed its actors show as lost at
+    once and none of its processes stays."""
     import psutil
 
     home = tmp_path / "home"
@@ -415,6 +398,12 @@ def test_a_killed_ray_driver_leaves_no_process_and_its_actors_show_lost(tmp_path
     proc, status = ray_local_cli(home)
     assert [w["state"] for w in status["workers"]] == ["working", "working"]
     ray = psutil.Process(proc.pid).children(recursive=True)  # the GCS, the raylet, its agents, the actors...
+    listening = set()
+    for p in ray:
+        try:
+            listening |= {c.laddr.ip for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            pass
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     # at once, not when their heartbeats are a lease (60 s) old
@@ -438,5 +427,7 @@ def test_a_killed_ray_driver_leaves_no_process_and_its_actors_show_lost(tmp_path
     stayed = [(p.pid, p.name()) for p in left()]
     for p in left():  # leave nothing behind on this machine either way
         p.kill()
+    assert listening  # the GCS, the raylet, the agents...
+    assert all(is_loopback(ip) for ip in listening), listening  # not 0.0.0.0, ::, nor the machine's address
     assert states == ["lost", "lost"] and text.count("lost") == 2, text
     assert stayed == []

@@ -60,7 +60,10 @@ def slots(gpus: str | None, cpu: bool, workers: int) -> list[Slot]:
     if cpu:
         if gpus:
             raise FarmError("Give either --cpu or --gpus, not both.", code=2)
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        # The cores shared among the workers, unless FARM_TORCH_THREADS says (as for Ray's CPU actors):
+        # on the CPU, torch sums in another order with another thread count, and pixels move.
+        threads = int(os.environ["FARM_TORCH_THREADS"]) if os.environ.get("FARM_TORCH_THREADS") else \
+            max(1, (os.cpu_count() or 1) // workers)
         return [Slot(i, "cpu", {"CUDA_VISIBLE_DEVICES": "", "FARM_TORCH_THREADS": str(threads)})
                 for i in range(workers)]
     found = _gpu_count()
