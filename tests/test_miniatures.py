@@ -54,6 +54,7 @@ def test_a_clip_from_a_first_picture_only_drifts_to_the_middle_and_stays():
         world.clip("a red ball on the left, blue sky", "a red box on the right, blue sky", 5)
 
 
+@pytest.mark.slow  # a training run of its own (16 CPU-seconds); the shipped weights are checked by test_pixels
 def test_training_a_few_steps_from_scratch_lowers_the_losses_and_saves_loadable_folders(tmp_path):
     import train_miniatures
 

@@ -14,6 +14,8 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
+
 from conftest import SMALL
 
 ANIMATIC = """
@@ -170,6 +172,7 @@ def test_ffmpeg_that_hangs_is_stopped_and_names_its_input(home_with_models, writ
     assert time.time() - started < 60
 
 
+@pytest.mark.slow  # the handler test_interrupt's Ctrl-C goes through, for another signal
 def test_sigterm_cancels_a_render_like_ctrl_c(home_with_models, write_spec, farm_home, hold):
     held = hold("segment")
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(write_spec(SMALL)), "-q"],
