@@ -13,7 +13,8 @@ FARM = Path(__file__).resolve().parent.parent / "farm"
 # (docs/development.md's layout says the same, one line a layer). An entry is a module or a
 # package (all its modules).
 LAYERS = [
-    ("farm.errors", "farm.files", "farm.units", "farm.home", "farm.quiet", "farm.checks"),  # the foundations
+    ("farm.errors", "farm.files", "farm.units", "farm.home", "farm.quiet", "farm.checks",  # the foundations
+     "farm.allocator"),
     ("farm.acceleration",),  # accelerate(pipe): attention backends, step caches, kernel rewrites
     ("farm.queue",),         # the SQLite queue, the cache, content digests
     ("farm.models",),        # presets, identity, loading, families and their twins, fit, placement, pipeline calls

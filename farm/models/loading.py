@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .. import files
+from .. import allocator, files
 from ..errors import FarmError
 from ..queue.digest import file_digest, folder_digest
 from ..quiet import silence_loaded
@@ -152,6 +152,7 @@ def release_memory(dev: str):
         import torch
 
         torch.cuda.empty_cache()
+    allocator.give_back()  # the host memory it held (and, on the CPU, what keep_freed kept)
 
 
 def adapter_name(lora: dict) -> str:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
-from .. import files, models
+from .. import allocator, files, models
 from ..errors import FarmError
 from ..media import encode, sound
 from ..media.manifest import VIDEO_INFO
@@ -50,6 +50,8 @@ class Runner:
         # fit. On the CPU, 8: the twins are a few MB each. `FARM_MAX_WARM` overrides both.
         env = os.environ.get("FARM_MAX_WARM")
         self.max_warm = max_warm or (int(env) if env else (8 if self.device == "cpu" else 2))
+        if self.device == "cpu":  # the models draw in host memory: keep glibc from re-faulting their buffers
+            allocator.keep_freed()
         self.steps_progress = steps_progress
         self.calls = {"load": 0, "unload": 0, "keyframe": 0, "segment": 0, "clip": 0, "assemble": 0}
         self._on_step = None  # the caller's check while a task runs (a worker's lease check)
