@@ -486,5 +486,17 @@ def main(argv: list[str] | None = None):
     sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
+def run():
+    """The `farm` command and `python -m farm.cli`: `main`, then an exit without the
+    interpreter's teardown (farm/process.py). Callers in Python (the tests) call `main`."""
+    from .process import exit_now
+
+    try:
+        main()
+    except SystemExit as e:
+        exit_now(e.code)
+    exit_now(0)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -49,6 +49,10 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
     held.caught(farm_home / "queue.db", proc=proc)
     proc.kill()  # SIGKILL: no handler runs, its job and worker row stay behind
     proc.communicate()
+    status = json.loads(farm("status", "--json").stdout)  # canceled at once: no worker ran since, no lease expired
+    assert [j["state"] for j in status["jobs"]] == ["canceled"] and status["workers"] == []
+    events = [json.loads(line) for line in farm("logs", "1").stdout.splitlines()]
+    assert events[-1]["event"] == "job.canceled" and "farm render" in events[-1]["reason"]
     path.write_text(SMALL.replace("a red boat", "version two"))
     second = farm("render", path, "--json", "-q")
     assert second.returncode == 0, second.stderr
@@ -65,19 +69,6 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
     status = json.loads(farm("status", "--json").stdout)
     assert not [j for j in status["jobs"] if j["state"] in ("queued", "running")]
     assert not [w for w in status["workers"] if w["name"].startswith("render:")]
-
-
-def test_status_shows_a_killed_renders_job_as_canceled_at_once(home_with_models, write_spec, farm_home, hold):
-    held = hold("segment")
-    proc = start("render", write_spec(SMALL), "-q", env=held.env())
-    held.caught(farm_home / "queue.db", proc=proc)
-    proc.kill()
-    proc.communicate()
-    status = json.loads(farm("status", "--json").stdout)  # no worker ran since, and no lease expired
-    assert [j["state"] for j in status["jobs"]] == ["canceled"]
-    assert status["workers"] == []
-    events = [json.loads(line) for line in farm("logs", "1").stdout.splitlines()]
-    assert events[-1]["event"] == "job.canceled" and "farm render" in events[-1]["reason"]
 
 
 def test_an_older_job_finished_later_is_superseded_not_published(home_with_models, write_spec, farm_home):

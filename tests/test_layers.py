@@ -14,7 +14,7 @@ FARM = Path(__file__).resolve().parent.parent / "farm"
 # package (all its modules).
 LAYERS = [
     ("farm.errors", "farm.files", "farm.units", "farm.home", "farm.quiet", "farm.checks",  # the foundations
-     "farm.allocator"),
+     "farm.allocator", "farm.process"),
     ("farm.acceleration",),  # accelerate(pipe): attention backends, step caches, kernel rewrites
     ("farm.queue",),         # the SQLite queue, the cache, content digests
     ("farm.models",),        # presets, identity, loading, families and their twins, fit, placement, pipeline calls

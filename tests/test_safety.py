@@ -144,6 +144,7 @@ def test_two_renders_at_once_both_finish(home_with_models, write_spec):
         assert json.loads(out)["frames"] == 18
 
 
+@pytest.mark.slow  # test_hold's killed-render scenario renders after a SIGKILLed render too
 def test_a_render_after_a_killed_render_finishes(home_with_models, write_spec, farm_home, hold):
     held = hold()  # killed at its first task
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(write_spec(SMALL, "slow.toml")), "-q"],

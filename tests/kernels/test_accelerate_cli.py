@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from farm.plan import plan
 from farm.spec import spec
 
@@ -21,6 +23,7 @@ seconds = 0.5
 """
 
 
+@pytest.mark.slow  # the counts are test_accelerate's; this is the --json form of the same report
 def test_report_json(home_with_models, cli):
     code, out, err = cli("accelerate", "--report", "tiny", "--json")
     assert code == 0, err
