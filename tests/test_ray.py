@@ -70,8 +70,8 @@ def test_without_ray_the_cli_says_how_to_get_it(cli, monkeypatch, farm_home):
 def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cli, tmp_path, monkeypatch):
     path = write_spec(SMALL)
     clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, not this process's
-    env["FARM_TORCH_THREADS"] = str(THREADS)  # the reference's thread count (conftest): the same sums, the same pixels
+    # a Ray of its own, not this process's; FARM_TORCH_THREADS (conftest) gives its actors the reference's threads
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2",
                            "--until-empty"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -41,7 +41,7 @@ from ..queue.cache import Cache
 from ..queue.queue import Queue
 from ..run.publish import finish
 from ..run.runner import Runner
-from ..run.supervisor import Restarts
+from ..run.supervisor import Restarts, torch_threads
 from ..run.worker import Worker
 
 DEPTH = 2  # tasks in flight per actor: one running, the next waiting there with its inputs sent
@@ -575,10 +575,7 @@ def work(address: str, *, cpu: bool, workers: int, db: str | None, lease: float,
     env = {"FARM_HOME": str(home.home())} if address == "local" else {}  # this machine's, for its own actors
     # The test hook (farm/models/pipeline.py: `hold`) reaches actors on every node, as it reaches `farm work`'s workers.
     env |= {k: os.environ[k] for k in (pipeline.HOLD, pipeline.HOLD_TASKS) if k in os.environ}
-    # CPU actors share the head's cores, as `farm work --cpu` workers do; FARM_TORCH_THREADS sets
-    # the count (on the CPU, torch sums in another order with another thread count: pixels move).
-    threads = int(os.environ["FARM_TORCH_THREADS"]) if os.environ.get("FARM_TORCH_THREADS") else \
-        max(1, (os.cpu_count() or 1) // actors) if not gpus else None
+    threads = torch_threads(None if gpus else actors)  # CPU actors share the head's cores, as local workers do
     if progress:
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         print(f"farm: Ray cluster of {nodes} node(s): {actors} {'GPU' if gpus else 'CPU'} actor(s)", file=sys.stderr)

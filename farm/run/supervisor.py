@@ -55,15 +55,22 @@ class Slot:
     env: dict
 
 
+def torch_threads(sharing: int | None) -> int | None:
+    """Torch threads for each of `sharing` CPU workers (local workers or Ray actors): the
+    machine's cores shared among them, unless FARM_TORCH_THREADS says; None (torch's own) for
+    GPU workers it does not name. On the CPU, torch sums in another order with another thread
+    count, and pixels move: set it when two machines must draw the same frames."""
+    if os.environ.get("FARM_TORCH_THREADS"):
+        return int(os.environ["FARM_TORCH_THREADS"])
+    return max(1, (os.cpu_count() or 1) // sharing) if sharing else None
+
+
 def slots(gpus: str | None, cpu: bool, workers: int) -> list[Slot]:
     """Which workers to start: `--gpus all|0,1`, or `--cpu --workers N`."""
     if cpu:
         if gpus:
             raise FarmError("Give either --cpu or --gpus, not both.", code=2)
-        # The cores shared among the workers, unless FARM_TORCH_THREADS says (as for Ray's CPU actors):
-        # on the CPU, torch sums in another order with another thread count, and pixels move.
-        threads = int(os.environ["FARM_TORCH_THREADS"]) if os.environ.get("FARM_TORCH_THREADS") else \
-            max(1, (os.cpu_count() or 1) // workers)
+        threads = torch_threads(workers)
         return [Slot(i, "cpu", {"CUDA_VISIBLE_DEVICES": "", "FARM_TORCH_THREADS": str(threads)})
                 for i in range(workers)]
     found = _gpu_count()
