@@ -271,10 +271,11 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     code, out, _ = cli("submit", path, "--json")
     job = json.loads(out)["job"]
     held = hold("segment")
-    proc = work_proc("--workers", "1", "--lease", "2", "--until-empty", "--quiet", env=held.env())
+    proc = work_proc("--workers", "1", "--until-empty", "--quiet", env=held.env())  # leases of 60 s
     db = farm_home / "queue.db"
     pid, task_id, name = wait_for(lambda: in_flight(db), proc=proc)  # held from here until released
     os.kill(pid, signal.SIGKILL)  # the worker dies mid-segment; the supervisor starts another
+    killed = time.time()
     held.release()  # which runs the segment through
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -283,6 +284,9 @@ def test_sigkill_mid_task_lease_expires_and_the_video_is_identical(built_models,
     assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
     events = [e for (e,) in conn.execute("SELECT event FROM events WHERE task_id = ? ORDER BY id", (task_id,))]
     assert events == ["task.started", "task.lease_expired", "task.started", "task.done"]
+    expired = conn.execute("SELECT ts FROM events WHERE task_id = ? AND event = 'task.lease_expired'",
+                           (task_id,)).fetchone()[0]
+    assert expired - killed < 30  # its pid gone from this host: given back at once, not a 60-s lease later
     done = conn.execute("SELECT task_id, count(*) FROM events WHERE event IN ('task.done', 'task.cached') "
                         "GROUP BY task_id HAVING count(*) > 1").fetchall()
     assert done == []  # no task counted twice

@@ -186,6 +186,42 @@ def test_expired_lease_returns_the_task(q, monkeypatch):
     assert not q.complete(t, "dead", cached=False, seconds=0)  # the dead worker's late report is ignored
 
 
+def test_a_dead_workers_task_returns_at_once_not_a_lease_later(q, monkeypatch):
+    """A worker known dead (its pid gone from this host, or reported by a Ray driver) holds its
+    task no longer: the next sweep gives it back, with an hour of its lease left. A live worker,
+    and a worker on another host (judged by its lease alone), keep theirs."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(queue_mod, "EXPIRY_EVERY", 0)
+    q.submit(make_plan(4))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid: a process that was, and is no longer
+    for name in ("killed", "alive", "elsewhere"):  # local `farm work` workers: each its own pid and host
+        q.register(name, device="cpu", lease=3600)
+    q.conn.execute("UPDATE workers SET pid = ? WHERE name = 'killed'", (dead.pid,))
+    q.conn.execute("UPDATE workers SET pid = ?, host = 'another-machine' WHERE name = 'elsewhere'", (dead.pid,))
+    q.register("actor", device="cpu", lease=3600, pid=dead.pid, host="another-machine")  # its driver: this process
+    held = {name: q.claim(name, lease=3600) for name in ("alive", "elsewhere", "actor", "killed")}
+    q.sweep()
+    running = {name for (name,) in q.conn.execute("SELECT lease_owner FROM tasks WHERE state = 'running'")}
+    assert running == {"alive", "elsewhere", "actor"}
+    q.lost("actor")  # the Ray driver was told its actor died
+    running = {name for (name,) in q.conn.execute("SELECT lease_owner FROM tasks WHERE state = 'running'")}
+    assert running == {"alive", "elsewhere"}
+    for name in ("killed", "actor"):
+        events = [e for (e,) in q.conn.execute("SELECT event FROM events WHERE task_id = ? ORDER BY id",
+                                                (held[name]["id"],))]
+        assert events == ["task.started", "task.lease_expired"]
+    again = {q.claim("alive")["id"]: 2, q.claim("alive")["id"]: 2}
+    assert again == {held["killed"]["id"]: 2, held["actor"]["id"]: 2}
+    attempts = dict(q.conn.execute("SELECT id, attempts FROM tasks WHERE id IN (?, ?)",
+                                   (held["killed"]["id"], held["actor"]["id"])).fetchall())
+    assert attempts == again  # the dead attempt counted, as for an expired lease
+    for name in ("killed", "actor"):
+        assert not q.complete(held[name], name, cached=False, seconds=0)  # a late report is ignored
+
+
 def test_retry_with_backoff_then_fail(q, monkeypatch):
     job = q.submit(make_plan(1), max_attempts=2)
     t = q.claim("w")

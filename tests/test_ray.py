@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,7 @@ def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_loca
     path = write_spec(SMALL)
     clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
     held = hold("segment[0]")  # in the actors' environment (the driver sets it), not in this process's
-    driver = driver_for(ray_home, lease=2, env={"FARM_HOME": str(ray_home), **held.vars()})
+    driver = driver_for(ray_home, lease=60, env={"FARM_HOME": str(ray_home), **held.vars()})
     result = {}
     thread = threading.Thread(target=lambda: result.update(code=driver.run()), daemon=True)
     thread.start()
@@ -134,6 +135,7 @@ def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_loca
     assert actors[pid]["task"] is not None and actors[pid]["device"] == "cpu"
 
     os.kill(pid, signal.SIGKILL)  # the actor's process dies mid-segment; Ray restarts it
+    killed = time.time()
     held.release()  # the segment's next attempt runs through
     thread.join(timeout=300)
     assert not thread.is_alive() and result["code"] == 0
@@ -141,6 +143,9 @@ def test_actor_killed_mid_task_lease_expires_and_the_video_is_identical(ray_loca
     assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
     events = [e for (e,) in conn.execute("SELECT event FROM events WHERE task_id = ? ORDER BY id", (task_id,))]
     assert events == ["task.started", "task.lease_expired", "task.started", "task.done"]
+    expired = conn.execute("SELECT ts FROM events WHERE task_id = ? AND event = 'task.lease_expired'",
+                           (task_id,)).fetchone()[0]
+    assert expired - killed < 30  # the driver, told by Ray, gave it back at once: not a 60-s lease later
     attempts = conn.execute("SELECT attempts FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
     assert attempts == 2
     done = conn.execute("SELECT task_id, count(*) FROM events WHERE event IN ('task.done', 'task.cached') "
@@ -325,11 +330,12 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
         env = {k: v for k, v in held.env().items() if k not in ("RAY_ADDRESS", "FARM_DEBUG")}
         env["FARM_TORCH_THREADS"] = "1"  # two actors on two cores
         proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "work", "--ray", cluster.address, "--cpu",
-                                 "--workers", "2", "--until-empty", "--lease", "8"],
+                                 "--workers", "2", "--until-empty"],  # leases of 60 s
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         db = home / "queue.db"
         lost = wait_for(lambda: running_on(db, second.node_id, "segment"), timeout=180, proc=proc)
         cluster.remove_node(second, allow_graceful=False)  # the node is lost, as a machine that goes away
+        removed = time.time()
         held.release()
         try:
             out, err = proc.communicate(timeout=240)
@@ -349,6 +355,9 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
     events = [e for (e,) in conn.execute("SELECT e.event FROM events e JOIN tasks t ON t.id = e.task_id "
                                          "WHERE t.job_id = ? AND t.name = ? ORDER BY e.id", (job, lost))]
     assert events[:3] == ["task.started", "task.lease_expired", "task.started"] and events[-1] == "task.done"
+    expired = conn.execute("SELECT e.ts FROM events e JOIN tasks t ON t.id = e.task_id WHERE t.job_id = ? AND "
+                           "t.name = ? AND e.event = 'task.lease_expired'", (job, lost)).fetchone()[0]
+    assert expired - removed < 30  # given back once Ray said the actor died: not a 60-s lease later
     assert (path.parent / "out" / "small.mp4").stat().st_size > 0
     # farm's own lines only: its messages and its progress lines, none of Ray's logs ([state-dump], (raylet) ...)
     assert out == ""

@@ -434,7 +434,15 @@ class Queue:
                 yield warm
 
     def _expire(self, now: float):
-        """Requeue running tasks whose lease ran out (their worker died or hung)."""
+        """Requeue running tasks whose lease ran out (their worker hung, or died on another
+        host) and, at once, those of a farm worker known dead (`gone`: its process, or its Ray
+        driver's, is no longer on this host): a killed worker's task is not kept a lease long."""
+        dead = [w["name"] for w in self.conn.execute(
+            "SELECT name, pid, host, driver_pid, driver_host FROM workers w WHERE role = 'farm' AND EXISTS "
+            "(SELECT 1 FROM tasks t WHERE t.lease_owner = w.name AND t.state = 'running')") if gone(w)]
+        if dead:
+            self.conn.execute(f"UPDATE tasks SET lease_expires = 0 WHERE state = 'running' AND lease_owner IN "
+                              f"({', '.join('?' * len(dead))})", dead)
         expired = self.conn.execute(
             "UPDATE tasks SET state = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
             "error = 'lease expired: its worker stopped reporting (killed or hung)', lease_owner = NULL, "
@@ -543,6 +551,14 @@ class Queue:
         if n:
             self.conn.execute("UPDATE tasks SET state = 'canceled' WHERE job_id = ? AND state = 'queued'", (job,))
             self._event(job, None, "job.failed", None, {"error": error})
+
+    def lost(self, worker: str):
+        """A worker known to be dead that `gone` cannot see (a Ray actor on another node, by its
+        driver): its running tasks go back to the queue now, as if their leases had run out."""
+        with self.transaction():
+            self.conn.execute("UPDATE tasks SET lease_expires = 0 WHERE state = 'running' AND lease_owner = ?",
+                              (worker,))
+            self._expire(time.time())
 
     def release(self, task: dict, worker: str):
         """Give a claimed task back untouched (the worker was stopped): not a failure."""
@@ -742,6 +758,16 @@ class Queue:
         return self.conn.execute("SELECT count(*) FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE "
                                  "t.state IN ('queued', 'running') AND j.state IN ('queued', 'running') "
                                  "AND j.paused = 0").fetchone()[0]
+
+
+def gone(worker) -> bool:
+    """Whether the process that heartbeats for a worker row (the worker's own, or a Ray actor's
+    driver) is known dead: it ran on this host and its pid is no longer there. A worker on
+    another host is judged by its heartbeat alone. (A pid reused since reads as alive: the
+    lease then decides, as for a worker elsewhere.)"""
+    pid, host = (worker["driver_pid"], worker["driver_host"]) if worker["driver_pid"] else (
+        worker["pid"], worker["host"])
+    return pid is not None and host == socket.gethostname() and not alive(pid)
 
 
 def alive(pid: int | None) -> bool:

@@ -14,9 +14,9 @@ the head's cache, so an actor would receive the largest data of the job and send
 back, for CPU work.
 
 Faults. The driver renews the leases of the tasks in flight. When an actor dies (its process
-killed, its node lost) its tasks' leases are no longer renewed: they run out and the queue puts
-the tasks back (`task.lease_expired`, then a second `task.started`), exactly as for a killed
-local worker. Ray restarts the actor (`max_restarts`), which loads its models again on first
+killed, its node lost) Ray tells the driver, which ends its tasks' leases at once (`Queue.lost`):
+the queue puts the tasks back (`task.lease_expired`, then a second `task.started`), as it does at
+once for a killed local worker. Ray restarts the actor (`max_restarts`), which loads its models again on first
 use; more than MAX_RESTARTS deaths of one actor in a minute and it is let go (`supervisor.Restarts`,
 the limit local workers have). The driver dying leaves every lease to run out the same way;
 starting it again resumes.
@@ -310,8 +310,8 @@ class Driver:
                 if self.abort or (self.stopping and (not busy or time.time() >= deadline)):
                     break
                 if not any(s.alive or s.probe or s.retry_at for s in self.slots):
-                    raise FarmError("Every Ray actor died repeatedly; stopping. Their tasks go back to the queue "
-                                    "when their leases run out.")
+                    raise FarmError("Every Ray actor died repeatedly; stopping. Their tasks are back in the queue "
+                                    "for the next `farm work`.")
                 if not busy and not self.stopping and self.until_empty and self.queue.pending() == 0:
                     break
                 refs = flights + [s.probe for s in self.slots if s.probe]
@@ -527,12 +527,14 @@ class Driver:
                             node=slot.node)
 
     def _died(self, slot: Slot, e: Exception):
-        """Its tasks in flight are left to lease expiry (the queue's rule for a dead worker);
-        Ray restarts the actor unless it keeps dying."""
+        """Its tasks in flight go back to the queue now (`Queue.lost`: the driver knows, where
+        the queue could only wait for their leases on a node elsewhere); Ray restarts the actor
+        unless it keeps dying."""
         with self.lock:
             lost = len(slot.flight)
             slot.flight.clear()
             slot.alive, slot.models = False, frozenset()
+        self.queue.lost(slot.name)
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not slot.restarts.died():
             print(f"farm: Ray actor {slot.name} died {slot.restarts.recent} times in a minute; not restarting it.",
@@ -542,7 +544,7 @@ class Driver:
             slot.pid = None
             return
         print(f"farm: Ray actor {slot.name} on node {(slot.node or '?')[:12]} died ({why}); its {lost + 1} task(s) "
-              f"go back to the queue when their leases run out; Ray restarts it.", file=sys.stderr)
+              f"went back to the queue; Ray restarts it.", file=sys.stderr)
         slot.probe = slot.actor.info.remote()
 
     def _say_once(self, slot: Slot, message: str):

@@ -190,7 +190,8 @@ def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: boo
 def _follow(queue: Queue, job: int, worker: Worker, defer: bool, on_task, bar, poll: float = 0.25):
     """Until the job ends: draw what this process can take, or, while `farm work` workers
     are running and `defer` is set, let them. A task in the hands of a worker that died
-    comes back when its lease runs out, and is then drawn here or by them."""
+    comes back at once (its pid gone from this host) or when its lease runs out, and is then
+    drawn here or by them."""
     while True:
         record = queue.job(job)
         if bar is not None:

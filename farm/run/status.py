@@ -4,11 +4,10 @@ as plain dicts (printed as JSON for scripts, or as text for people)."""
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import time
 
-from ..queue.queue import Queue, alive
+from ..queue.queue import Queue, gone
 
 STATES = ("queued", "running", "done", "failed", "canceled")
 
@@ -55,15 +54,6 @@ def sweep(queue: Queue):
         pass  # a read-only or full database: report it as it stands
 
 
-def gone(worker: dict) -> bool:
-    """Whether the process that heartbeats for a worker (the worker's own, or a Ray actor's
-    driver) is known dead: it ran on this host and its pid is no longer there. A worker on
-    another host is judged by its heartbeat alone, as before."""
-    pid, host = (worker["driver_pid"], worker["driver_host"]) if worker.get("driver_pid") else (
-        worker["pid"], worker["host"])
-    return pid is not None and host == socket.gethostname() and not alive(pid)
-
-
 def farm(queue: Queue, recent: int = 20) -> dict:
     sweep(queue)
     jobs = queue.jobs()
@@ -79,8 +69,8 @@ def workers(queue: Queue) -> list[dict]:
     """The live workers as `farm status` lists them."""
     out = []
     for w in queue.workers():
-        # A SIGKILLed driver leaves its actors' rows fresh for up to a lease (60 s by default):
-        # they are shown `lost` (their tasks still theirs until the leases run out), not busy.
+        # A SIGKILLed worker or driver leaves its rows fresh for up to a lease (60 s by default):
+        # they are shown `lost`, not busy (the sweep above gave their tasks back to the queue).
         out.append({"name": w["name"], "pid": w["pid"], "host": w["host"], "node": w["node"], "device": w["device"],
                     "state": "lost" if gone(w) else w["state"], "models": w["models"], "task": w["task"],
                     "done": w["done"], "heartbeat_age": round(time.time() - w["heartbeat_at"], 1)})
@@ -111,8 +101,8 @@ def text_farm(s: dict) -> str:
     for w in s["workers"]:
         doing = f"job {w['task']['job']} {w['task']['name']}" if w["task"] else (
             "stopping" if w["state"] == "stopping" else "idle")
-        if w["state"] == "lost":  # its process is gone; a task it held waits for its lease to run out
-            doing = f"lost ({doing}, until its lease runs out)" if w["task"] else "lost"
+        if w["state"] == "lost":  # its process is gone; a task still its own: the sweep could not write
+            doing = f"lost ({doing})" if w["task"] else "lost"
         where = f"{w['device']}@{w['node'][:8]}" if w["node"] else w["device"]  # a Ray actor: its node too
         lines.append(f"worker {w['name']:<24} {where:<8} {doing:<28} models: {len(w['models'])}, "
                      f"{w['done']} tasks done")

@@ -9,7 +9,8 @@ which `farm work --ray` applies to its actors too).
 Stopping: the first SIGINT/SIGTERM makes every worker stop claiming; a worker finishes its
 task in flight, or after `grace` seconds releases it back to the queue, then exits, and
 the supervisor exits 0. A second signal makes workers release their task at once (exit
-130). A worker killed outright (SIGKILL, power loss) leaves its task to lease expiry.
+130). A worker killed outright (SIGKILL, the OOM killer) holds its task no longer: the queue
+gives it back at the next claim, its pid being gone from this host (`queue.gone`).
 """
 
 from __future__ import annotations
