@@ -67,28 +67,6 @@ def test_without_ray_the_cli_says_how_to_get_it(cli, monkeypatch, farm_home):
     assert code == 2 and "--gpus" in err
 
 
-@needs_ray
-def test_farm_work_ray_local_renders_the_same_video(built_models, write_spec, cli, tmp_path, monkeypatch):
-    path = write_spec(SMALL)
-    clean, ray_home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
-    # a Ray of its own, not this process's; FARM_TORCH_THREADS (conftest) gives its actors the reference's threads
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "farm.cli", "work", "--ray", "local", "--cpu", "--workers", "2",
-                           "--until-empty"], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert sha(path.parent / "out" / "small.mp4") == clean
-    conn = sqlite3.connect(ray_home / "queue.db")
-    assert conn.execute("SELECT state FROM jobs WHERE id = ?", (job,)).fetchone() == ("done",)
-    runners = {w for (w,) in conn.execute("SELECT DISTINCT worker FROM tasks WHERE job_id = ?", (job,))}
-    assert runners and all(w.startswith("ray:") for w in runners)
-    started = [json.loads(d) for (d,) in conn.execute("SELECT data FROM events WHERE event = 'worker.started'")]
-    assert len({s["pid"] for s in started}) == 2 and all(s["node"] for s in started)  # the actors' own processes
-    assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0  # unregistered on exit
-    # the driver published every output into the head's cache: a second render is all hits
-    code, out, err = cli("render", path, "--json", "-q")
-    assert code == 0 and json.loads(out)["tasks"]["run"] == 0
-
-
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance for the tests below (2 CPUs: two CPU actors), started as
@@ -359,6 +337,7 @@ def test_a_node_lost_mid_job_does_not_keep_until_empty_from_ending(built_models,
                            "t.name = ? AND e.event = 'task.lease_expired'", (job, lost)).fetchone()[0]
     assert expired - removed < 30  # given back once Ray said the actor died: not a 60-s lease later
     assert (path.parent / "out" / "small.mp4").stat().st_size > 0
+    assert conn.execute("SELECT count(*) FROM workers").fetchone()[0] == 0  # every actor unregistered on exit
     # farm's own lines only: its messages and its progress lines, none of Ray's logs ([state-dump], (raylet) ...)
     assert out == ""
     foreign = [line for line in err.splitlines() if line and not line.startswith(("farm: ", "[ray:"))]
@@ -396,16 +375,29 @@ def is_loopback(ip):
 
 
 @needs_ray
-def test_ray_local_listens_on_the_loopback_and_a_killed_driver_leaves_no_process(tmp_path, cli, monkeypatch):
-    """One Ray started by `farm work --ray local` (each start costs seconds of the suite): it
-    listens on the loopback only, and once its driver is SIGKILLed its actors show as lost at
+def test_farm_work_ray_local_renders_the_same_video_on_the_loopback_and_leaves_no_process(
+        built_models, write_spec, cli, tmp_path, monkeypatch):
+    """One Ray started by `farm work --ray local` (each start costs seconds of the suite): its
+    actors draw a submitted job to the video `farm render` makes in-process, byte for byte; it
+    listens on the loopback only; and once its driver is SIGKILLed its actors show as lost at
     once and none of its processes stays."""
     import psutil
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("FARM_HOME", str(home))
-    proc, status = ray_local_cli(home)
+    path = write_spec(SMALL)
+    clean, home, job = reference_then_submit(cli, path, built_models, tmp_path, monkeypatch)
+    proc, status = ray_local_cli(home)  # FARM_TORCH_THREADS (conftest) gives its actors the reference's threads
     assert [w["state"] for w in status["workers"]] == ["working", "working"]
+    db = home / "queue.db"
+    wait_for(lambda: sqlite3.connect(db).execute("SELECT state IN ('done', 'failed', 'canceled') AND (state != "
+                                                 "'done' OR published IS NOT NULL) FROM jobs WHERE id = ?",
+                                                 (job,)).fetchone()[0], timeout=300, proc=proc)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT state, published FROM jobs WHERE id = ?", (job,)).fetchone() == ("done", "published")
+    assert sha(path.parent / "out" / "small.mp4") == clean
+    runners = {w for (w,) in conn.execute("SELECT DISTINCT worker FROM tasks WHERE job_id = ?", (job,))}
+    assert runners and all(w.startswith("ray:") for w in runners)
+    started = [json.loads(d) for (d,) in conn.execute("SELECT data FROM events WHERE event = 'worker.started'")]
+    assert len({s["pid"] for s in started}) == 2 and all(s["node"] for s in started)  # the actors' own processes
     ray = psutil.Process(proc.pid).children(recursive=True)  # the GCS, the raylet, its agents, the actors...
     listening = set()
     for p in ray:
@@ -440,3 +432,9 @@ def test_ray_local_listens_on_the_loopback_and_a_killed_driver_leaves_no_process
     assert all(is_loopback(ip) for ip in listening), listening  # not 0.0.0.0, ::, nor the machine's address
     assert states == ["lost", "lost"] and text.count("lost") == 2, text
     assert stayed == []
+    # the driver published every output into the head's cache: a second render is all hits, drawn
+    # at once, not deferred to the dead actors until their rows' leases (60 s) run out
+    began = time.time()
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0 and json.loads(out)["tasks"]["run"] == 0
+    assert time.time() - began < 30

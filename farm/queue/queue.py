@@ -536,13 +536,14 @@ class Queue:
                 self._fail_job(task["job_id"], f"{task['name']}: {error}", now)
 
     def _someone_can_take(self, task: dict, worker: str, now: float) -> bool:
-        """Is there a live worker (this one included) not blocklisted for this task's kind and job?"""
+        """Is there a live worker (this one included) not blocklisted for this task's kind and job?
+        Live: its heartbeat within its lease, and not known dead (`gone`)."""
         blocked = {w for (w,) in self.conn.execute(
             "SELECT worker FROM blocklist WHERE job_id = ? AND kind = ? AND failures >= ?",
             (task["job_id"], task["kind"], BLOCK_AFTER))}
-        live = {w for (w,) in self.conn.execute(
-            "SELECT name FROM workers WHERE heartbeat_at + lease >= ? AND state != 'stopping' AND role = 'farm'",
-            (now,))}
+        live = {w["name"] for w in self.conn.execute(
+            "SELECT name, pid, host, driver_pid, driver_host FROM workers WHERE heartbeat_at + lease >= ? "
+            "AND state != 'stopping' AND role = 'farm'", (now,)) if not gone(w)}
         return bool((live | {worker}) - blocked)
 
     def _fail_job(self, job: int, error: str, now: float):

@@ -18,7 +18,7 @@ from ..errors import FarmError, Terminated, storage_error
 from ..media import manifest
 from ..plan import plan as planner
 from ..queue.cache import Cache
-from ..queue.queue import TERMINAL, Queue
+from ..queue.queue import TERMINAL, Queue, gone
 from ..spec import spec as specs
 from . import publish as publisher
 from .worker import Worker
@@ -86,9 +86,10 @@ def _own_worker(queue: Queue, progress: bool) -> Worker:
 
 def _farm_workers(queue: Queue) -> list[dict]:
     """Live `farm work` workers that can take a new job: not stopping, heartbeat within their
-    lease (a killed one's row stops counting when its lease runs out). Another `farm
-    render`'s in-process worker never counts: it takes only its own job."""
-    return [w for w in queue.workers() if w["state"] != "stopping" and w["role"] == "farm"]
+    lease, and not known dead (`gone`: a SIGKILLed worker, or a Ray actor whose driver was, on
+    this host; elsewhere a killed one's row stops counting when its lease runs out). Another
+    `farm render`'s in-process worker never counts: it takes only its own job."""
+    return [w for w in queue.workers() if w["state"] != "stopping" and w["role"] == "farm" and not gone(w)]
 
 
 def render_spec(spec: specs.Spec, *, db: str | Path | None = None, progress: bool = False,
