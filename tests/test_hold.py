@@ -41,7 +41,7 @@ def job_states(home):
     return dict(db(home).execute("SELECT id, state FROM jobs ORDER BY id").fetchall())
 
 
-def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models, write_spec, farm_home, hold):
+def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models, write_spec, farm_home, hold, cli):
     """The issue's scenario: SIGKILL a render mid-segment, edit the spec, render again, then `farm work`."""
     path = write_spec(SMALL.replace("a red boat", "version one"))
     held = hold("segment")
@@ -54,9 +54,9 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
     events = [json.loads(line) for line in farm("logs", "1").stdout.splitlines()]
     assert events[-1]["event"] == "job.canceled" and "farm render" in events[-1]["reason"]
     path.write_text(SMALL.replace("a red boat", "version two"))
-    second = farm("render", path, "--json", "-q")
-    assert second.returncode == 0, second.stderr
-    video = Path(json.loads(second.stdout)["output"])
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0, err
+    video = Path(json.loads(out)["output"])
     newer = sha(video)
 
     work = farm("work", "--cpu", "--workers", "1", "--until-empty", "-q")
@@ -71,15 +71,15 @@ def test_a_killed_renders_job_never_overwrites_the_newer_video(home_with_models,
     assert not [w for w in status["workers"] if w["name"].startswith("render:")]
 
 
-def test_an_older_job_finished_later_is_superseded_not_published(home_with_models, write_spec, farm_home):
+def test_an_older_job_finished_later_is_superseded_not_published(home_with_models, write_spec, farm_home, cli):
     """A `farm submit`ted job (no render owns it) that finishes after a newer render of the same
     output was published: finished into the cache, not copied out, and said so everywhere."""
     path = write_spec(SMALL.replace("a red boat", "version one"))
     assert farm("submit", path).returncode == 0  # job 1, left in the queue
     path.write_text(SMALL.replace("a red boat", "version two"))
-    first = farm("render", path, "--json", "-q")  # job 2, published now (no `farm work` is running)
-    assert first.returncode == 0, first.stderr
-    video = Path(json.loads(first.stdout)["output"])
+    code, out, err = cli("render", path, "--json", "-q")  # job 2, published now (no `farm work` is running)
+    assert code == 0, err
+    video = Path(json.loads(out)["output"])
     newer = sha(video)
 
     work = farm("work", "--cpu", "--until-empty", "-q")
@@ -108,9 +108,9 @@ def test_an_older_job_finished_later_is_superseded_not_published(home_with_model
 
     # Nothing of job 1 is lost: rendering version one again is all cache hits, and publishes it.
     path.write_text(SMALL.replace("a red boat", "version one"))
-    again = farm("render", path, "--json", "-q")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["tasks"]["run"] == 0 and sha(video) != newer
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["tasks"]["run"] == 0 and sha(video) != newer
 
 
 @pytest.mark.slow  # the handler test_interrupt's Ctrl-C goes through, for another signal
@@ -187,7 +187,7 @@ def fill(folder, leave):
 
 # The database fills, then the cache (a third point between them is slow: the same paths, later)
 @pytest.mark.parametrize("leave", [64 * 1024, pytest.param(300 * 1024, marks=pytest.mark.slow), 600 * 1024])
-def test_a_full_disk_is_an_error_that_loses_nothing(small_disk, write_spec, monkeypatch, leave):
+def test_a_full_disk_is_an_error_that_loses_nothing(small_disk, write_spec, monkeypatch, leave, cli):
     """The queue database or the cache runs out of space mid-render: exit 1 with a message that
     says so (not "internal error"), no job left running with nobody behind it, and once space is
     freed the same command renders."""
@@ -203,9 +203,9 @@ def test_a_full_disk_is_an_error_that_loses_nothing(small_disk, write_spec, monk
     filler.unlink()
     status = json.loads(farm("status", "--json").stdout)
     assert not [j for j in status["jobs"] if j["state"] in ("queued", "running")], status["jobs"]
-    again = farm("render", path, "--json", "-q")
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["frames"] == 18
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["frames"] == 18
 
 
 # --- gc and publishing --------------------------------------------------------------------------

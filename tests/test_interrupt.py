@@ -9,7 +9,7 @@ import sys
 from conftest import SMALL
 
 
-def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, write_spec, farm_home, hold):
+def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, write_spec, farm_home, hold, cli):
     path = write_spec(SMALL)
     held = hold("segment")  # Ctrl-C reaches it mid-segment
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "render", str(path), "--json", "-q"],
@@ -29,11 +29,11 @@ def test_ctrl_c_cancels_cleanly_and_the_next_render_resumes(home_with_models, wr
     assert not (path.parent / "out" / "small.mp4").exists()
     db.close()
 
-    # Resuming: what finished is reused, the rest runs.
-    resumed = subprocess.run([sys.executable, "-m", "farm.cli", "render", str(path), "--json", "-q"],
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f'"cached": {done}' in resumed.stdout
+    # Resuming (in this process: the interrupted one was a process of its own): what finished is
+    # reused, the rest runs.
+    code, out, err = cli("render", path, "--json", "-q")
+    assert code == 0, err
+    assert f'"cached": {done}' in out
 
 
 def test_disk_full_is_reported_without_a_traceback(home_with_models, write_spec, cli, monkeypatch, farm_home):
