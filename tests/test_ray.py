@@ -170,6 +170,7 @@ seconds = 0.5
 
 
 @needs_ray
+@pytest.mark.slow  # affinity as the queue's claims apply it (test_queue, test_sweep), through Ray's actors
 def test_two_models_on_two_actors_each_keeps_its_own(ray_local, built_models, write_spec, cli, tmp_path,
                                                      monkeypatch):
     (home,) = homes(built_models, tmp_path, "ray")
@@ -224,6 +225,7 @@ def test_an_actor_finds_a_hub_model_in_its_own_nodes_cache_or_says_it_is_missing
 
 
 @needs_ray
+@pytest.mark.slow  # its actor side is tested in the default suite (a hub model found, or missing, on a node)
 def test_a_node_without_the_model_gives_its_task_to_one_that_has_it(ray_local, built_models, write_spec, cli,
                                                                    tmp_path, monkeypatch, capsys):
     import shutil
