@@ -66,10 +66,27 @@ EVERY_FAMILY = {
     "tiny-wan22": {"adaln": 5, "gated_residual": 4, "rmsnorm_rope": 4, "gelu": 3},
     "tiny-ltx": {"adaln": 3, "gelu": 2},
     "tiny-cogvideox": {"adaln": 5, "gated_residual": 4, "gelu": 1},
+    "tiny-skyreels-v2": {"adaln": 5, "gated_residual": 4, "rmsnorm_rope": 4, "gelu": 3},
+    "tiny-wan22-5b": {"adaln": 5, "rmsnorm_rope": 4, "gelu": 3},
+    # the later families' twins: 5 to 9 s each under the interpreter, so with the slow tests
+    "tiny-flux2": {"adaln": 6, "gated_residual": 5},
+    "tiny-framepack": {"adaln": 6, "gated_residual": 7, "gelu": 3},
+    "tiny-ltx2": {"adaln": 18, "gated_residual": 8, "gelu": 6},
+    "tiny-qwen-image": {"adaln": 18, "gated_residual": 16, "gelu": 8},
 }
+SLOW_TWINS = {"tiny-flux2", "tiny-framepack", "tiny-ltx2", "tiny-qwen-image"}
 
 
-@pytest.mark.parametrize("twin", EVERY_FAMILY)
+def test_every_family_has_its_twin_checked_here():
+    """A new family's twin joins the check below (or `EXPECTED`'s), or this fails."""
+    from farm.models import families, timing
+
+    checked = {timing.family_of(models.resolve(twin)).name for twin in [*EVERY_FAMILY, *EXPECTED]}
+    assert checked == {f.name for f in families.FAMILIES}
+
+
+@pytest.mark.parametrize("twin", [pytest.param(t, marks=pytest.mark.slow) if t in SLOW_TWINS else t
+                                  for t in EVERY_FAMILY])
 def test_kernels_in_every_family_draw_what_stock_draws(home_with_models, twin):
     import numpy as np
 
