@@ -189,26 +189,28 @@ def test_expired_lease_returns_the_task(q, monkeypatch):
 def test_a_dead_workers_task_returns_at_once_not_a_lease_later(q, monkeypatch):
     """A worker known dead (its pid gone from this host, or reported by a Ray driver) holds its
     task no longer: the next sweep gives it back, with an hour of its lease left. A live worker,
-    and a worker on another host (judged by its lease alone), keep theirs."""
+    a worker on another host and one in another container of this host (another pid namespace,
+    the same host name) are judged by their leases alone, and keep theirs."""
     import subprocess
     import sys
 
     monkeypatch.setattr(queue_mod, "EXPIRY_EVERY", 0)
-    q.submit(make_plan(4))
+    q.submit(make_plan(5))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid: a process that was, and is no longer
-    for name in ("killed", "alive", "elsewhere"):  # local `farm work` workers: each its own pid and host
+    for name in ("killed", "alive", "elsewhere", "container"):  # local `farm work` workers: own pid and host
         q.register(name, device="cpu", lease=3600)
     q.conn.execute("UPDATE workers SET pid = ? WHERE name = 'killed'", (dead.pid,))
     q.conn.execute("UPDATE workers SET pid = ?, host = 'another-machine' WHERE name = 'elsewhere'", (dead.pid,))
+    q.conn.execute("UPDATE workers SET pid = ?, pidns = 'pid:[1]' WHERE name = 'container'", (dead.pid,))
     q.register("actor", device="cpu", lease=3600, pid=dead.pid, host="another-machine")  # its driver: this process
-    held = {name: q.claim(name, lease=3600) for name in ("alive", "elsewhere", "actor", "killed")}
+    held = {name: q.claim(name, lease=3600) for name in ("alive", "elsewhere", "container", "actor", "killed")}
     q.sweep()
     running = {name for (name,) in q.conn.execute("SELECT lease_owner FROM tasks WHERE state = 'running'")}
-    assert running == {"alive", "elsewhere", "actor"}
+    assert running == {"alive", "elsewhere", "container", "actor"}
     q.lost("actor")  # the Ray driver was told its actor died
     running = {name for (name,) in q.conn.execute("SELECT lease_owner FROM tasks WHERE state = 'running'")}
-    assert running == {"alive", "elsewhere"}
+    assert running == {"alive", "elsewhere", "container"}
     for name in ("killed", "actor"):
         events = [e for (e,) in q.conn.execute("SELECT event FROM events WHERE task_id = ? ORDER BY id",
                                                 (held[name]["id"],))]

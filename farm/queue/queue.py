@@ -158,6 +158,12 @@ MIGRATIONS = [
     CREATE INDEX tasks_claim ON tasks (priority DESC, id, job_id, model, skipped, kind, not_before, state)
         WHERE state = 'queued'
     """,
+    # The pid namespace (Linux's /proc/self/ns/pid) of the process `gone` checks for a worker:
+    # two containers on one host may share its name (host networking) but not their pids, and a
+    # pid of the other one's is no process here. NULL where there is none (macOS), or unknown.
+    """
+    ALTER TABLE workers ADD COLUMN pidns TEXT
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -438,7 +444,7 @@ class Queue:
         host) and, at once, those of a farm worker known dead (`gone`: its process, or its Ray
         driver's, is no longer on this host): a killed worker's task is not kept a lease long."""
         dead = [w["name"] for w in self.conn.execute(
-            "SELECT name, pid, host, driver_pid, driver_host FROM workers w WHERE role = 'farm' AND EXISTS "
+            "SELECT name, pid, host, pidns, driver_pid, driver_host FROM workers w WHERE role = 'farm' AND EXISTS "
             "(SELECT 1 FROM tasks t WHERE t.lease_owner = w.name AND t.state = 'running')") if gone(w)]
         if dead:
             self.conn.execute(f"UPDATE tasks SET lease_expires = 0 WHERE state = 'running' AND lease_owner IN "
@@ -469,11 +475,10 @@ class Queue:
         Its job is canceled rather than left to `farm work`: finishing it would publish the
         video of a spec the user may have edited and rendered again since. Its finished tasks
         stay in the cache, so rendering the spec again resumes from them."""
-        host = socket.gethostname()
-        gone = [(name, pid) for name, pid, h, beat, lease in self.conn.execute(
-                    "SELECT name, pid, host, heartbeat_at, lease FROM workers WHERE role = 'render'")
-                if beat + lease < now or (h == host and not alive(pid))]
-        for name, pid in gone:
+        lost = [(w["name"], w["pid"]) for w in self.conn.execute(
+                    "SELECT name, pid, host, pidns, driver_pid, driver_host, heartbeat_at, lease FROM workers "
+                    "WHERE role = 'render'") if w["heartbeat_at"] + w["lease"] < now or gone(w)]
+        for name, pid in lost:
             self.conn.execute("DELETE FROM workers WHERE name = ?", (name,))
             self._event(None, None, "worker.lost", name, {"pid": pid})
         orphans = self.conn.execute(
@@ -542,7 +547,7 @@ class Queue:
             "SELECT worker FROM blocklist WHERE job_id = ? AND kind = ? AND failures >= ?",
             (task["job_id"], task["kind"], BLOCK_AFTER))}
         live = {w["name"] for w in self.conn.execute(
-            "SELECT name, pid, host, driver_pid, driver_host FROM workers WHERE heartbeat_at + lease >= ? "
+            "SELECT name, pid, host, pidns, driver_pid, driver_host FROM workers WHERE heartbeat_at + lease >= ? "
             "AND state != 'stopping' AND role = 'farm'", (now,)) if not gone(w)}
         return bool((live | {worker}) - blocked)
 
@@ -583,8 +588,8 @@ class Queue:
         with self.transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO workers (name, pid, host, node, device, lease, started_at, heartbeat_at, role, "
-                "driver_pid, driver_host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (worker, pid, host, node, device, lease, now, now, role, *driver))
+                "driver_pid, driver_host, pidns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker, pid, host, node, device, lease, now, now, role, *driver, PIDNS))
             self._event(None, None, "worker.started", worker,
                         {"device": device, "pid": pid, **({"node": node} if node else {})})
 
@@ -761,14 +766,26 @@ class Queue:
                                  "AND j.paused = 0").fetchone()[0]
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return None
+
+
+PIDNS = _pid_namespace()  # this process's; a worker row holds its registering process's
+
+
 def gone(worker) -> bool:
     """Whether the process that heartbeats for a worker row (the worker's own, or a Ray actor's
-    driver) is known dead: it ran on this host and its pid is no longer there. A worker on
-    another host is judged by its heartbeat alone. (A pid reused since reads as alive: the
-    lease then decides, as for a worker elsewhere.)"""
+    driver, which registered it) is known dead: it ran on this host, in this pid namespace, and
+    its pid is no longer there. Any other worker (another host, another container of this one)
+    is judged by its heartbeat alone. (A pid reused since reads as alive: the lease then
+    decides, as for a worker elsewhere.)"""
     pid, host = (worker["driver_pid"], worker["driver_host"]) if worker["driver_pid"] else (
         worker["pid"], worker["host"])
-    return pid is not None and host == socket.gethostname() and not alive(pid)
+    return (pid is not None and host == socket.gethostname() and worker["pidns"] == PIDNS
+            and not alive(pid))
 
 
 def alive(pid: int | None) -> bool:
