@@ -160,9 +160,9 @@ def test_lora_on_an_accelerated_model(home_with_models, write_spec, lora_file):
     adapter changes the picture), and one loaded accelerated pipeline serves both calls."""
     shutil.copy(lora_file, write_spec("").parent / "style.safetensors")
     worker = Worker(Queue(home.db_path()), Cache(home.cache_dir()))
-    # one small keyframe of one step drawn: Triton's interpreter runs each kernel's programs in Python
+    # one keyframe of one step drawn: under Triton's interpreter each kernel launch costs milliseconds
     styled_spec = LORA_SPEC.replace("steps = 2\n", 'steps = 1\naccelerate = ["kernels"]\n', 1).replace(
-        '[[frames]]\nprompt = "a blue boat"\nseconds = 0.5\n\n', "").replace("size = [64, 64]", "size = [32, 32]")
+        '[[frames]]\nprompt = "a blue boat"\nseconds = 0.5\n\n', "")
     plain_spec = styled_spec.replace('loras = [{ path = "style.safetensors", scale = 0.8 }]\n', "")
     plain = render(write_spec(plain_spec, "fast.toml"), worker=worker)
     styled = render(write_spec(styled_spec, "fast-styled.toml"), worker=worker)

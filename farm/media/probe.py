@@ -33,8 +33,9 @@ def probe(name: str, features=None, *, cache_threshold: float | None = None,
 
 
 def sample(pipe, ref, steps: int = 2) -> list:
-    """One small call of a loaded pipeline through farm's own call path (2 steps: a step cache
-    decides from the second; a few latent tokens, 8 frames for a video model); its images."""
+    """One small call of a loaded pipeline through farm's own call path (`steps` steps: 2 by
+    default, as a step cache decides from the second; a few latent tokens, 8 frames for a video
+    model); its images."""
     side = 2 * timing.shape(ref).multiple
     params = {"prompt": "a lighthouse", "negative_prompt": "", "steps": steps, "guidance": 5.0, "width": side,
               "height": side, "seed": 0, "frames": 1 if ref.role == "keyframes" else 8, "fps": 8,

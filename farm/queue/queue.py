@@ -444,7 +444,7 @@ class Queue:
         host) and, at once, those of a farm worker known dead (`gone`: its process, or its Ray
         driver's, is no longer on this host): a killed worker's task is not kept a lease long."""
         dead = [w["name"] for w in self.conn.execute(
-            "SELECT name, pid, host, pidns, driver_pid, driver_host FROM workers w WHERE role = 'farm' AND EXISTS "
+            f"SELECT {WHO} FROM workers w WHERE role = 'farm' AND EXISTS "
             "(SELECT 1 FROM tasks t WHERE t.lease_owner = w.name AND t.state = 'running')") if gone(w)]
         if dead:
             self.conn.execute(f"UPDATE tasks SET lease_expires = 0 WHERE state = 'running' AND lease_owner IN "
@@ -476,8 +476,8 @@ class Queue:
         video of a spec the user may have edited and rendered again since. Its finished tasks
         stay in the cache, so rendering the spec again resumes from them."""
         lost = [(w["name"], w["pid"]) for w in self.conn.execute(
-                    "SELECT name, pid, host, pidns, driver_pid, driver_host, heartbeat_at, lease FROM workers "
-                    "WHERE role = 'render'") if w["heartbeat_at"] + w["lease"] < now or gone(w)]
+                    f"SELECT {WHO}, heartbeat_at, lease FROM workers WHERE role = 'render'")
+                if w["heartbeat_at"] + w["lease"] < now or gone(w)]
         for name, pid in lost:
             self.conn.execute("DELETE FROM workers WHERE name = ?", (name,))
             self._event(None, None, "worker.lost", name, {"pid": pid})
@@ -547,8 +547,8 @@ class Queue:
             "SELECT worker FROM blocklist WHERE job_id = ? AND kind = ? AND failures >= ?",
             (task["job_id"], task["kind"], BLOCK_AFTER))}
         live = {w["name"] for w in self.conn.execute(
-            "SELECT name, pid, host, pidns, driver_pid, driver_host FROM workers WHERE heartbeat_at + lease >= ? "
-            "AND state != 'stopping' AND role = 'farm'", (now,)) if not gone(w)}
+            f"SELECT {WHO} FROM workers WHERE heartbeat_at + lease >= ? AND state != 'stopping' AND role = 'farm'",
+            (now,)) if not gone(w)}
         return bool((live | {worker}) - blocked)
 
     def _fail_job(self, job: int, error: str, now: float):
@@ -774,6 +774,7 @@ def _pid_namespace() -> str | None:
 
 
 PIDNS = _pid_namespace()  # this process's; a worker row holds its registering process's
+WHO = "name, pid, host, pidns, driver_pid, driver_host"  # a worker row's columns that `gone` reads
 
 
 def gone(worker) -> bool:

@@ -15,11 +15,12 @@ back, for CPU work.
 
 Faults. The driver renews the leases of the tasks in flight. When an actor dies (its process
 killed, its node lost) Ray tells the driver, which ends its tasks' leases at once (`Queue.lost`):
-the queue puts the tasks back (`task.lease_expired`, then a second `task.started`), as it does at
-once for a killed local worker. Ray restarts the actor (`max_restarts`), which loads its models again on first
-use; more than MAX_RESTARTS deaths of one actor in a minute and it is let go (`supervisor.Restarts`,
-the limit local workers have). The driver dying leaves every lease to run out the same way;
-starting it again resumes.
+the queue puts the tasks back (`task.lease_expired`, then a second `task.started`), as it does
+for a killed local worker. Ray restarts the actor (`max_restarts`), which loads its models again
+on first use; more than MAX_RESTARTS deaths of one actor in a minute and it is let go
+(`supervisor.Restarts`, the limit local workers have). The driver dying gives its actors' tasks
+back at the next claim on its host (its pid is gone: `queue.gone`), or when their leases run out
+elsewhere; starting it again resumes.
 """
 
 from __future__ import annotations

@@ -4,10 +4,9 @@ A worker is the queue loop around a runner (farm/run/runner.py: the loaded pipel
 task handlers). It tells the queue which models its runner holds so that claims can prefer
 tasks for them. A heartbeat thread renews the lease of the task in flight; if the worker
 dies, the task goes back to the queue: at the next claim when its pid is gone from this host,
-else when its lease runs out. What follows a job's end
-(publishing its video, pruning the cache) is not the worker's: whoever drains passes it in
-as `on_job_done` (`farm render`, `farm work`, and `farm work --ray`'s driver pass
-`publish.finish`).
+else when its lease runs out. What follows a job's end (publishing its video, pruning the
+cache) is not the worker's: whoever drains passes it in as `on_job_done` (`farm render`,
+`farm work`, and `farm work --ray`'s driver pass `publish.finish`).
 """
 
 from __future__ import annotations
